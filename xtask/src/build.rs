@@ -1,0 +1,342 @@
+//! `images render` and `images build`: render, plan, and run docker buildx bake.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use xshell::{cmd, Shell};
+
+use crate::catalog::{Catalog, Image};
+use crate::cli::{BuildArgs, RenderArgs};
+use crate::plan::{validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET};
+use crate::project;
+use crate::render::{render_all, RenderOptions, Rendered};
+
+const DEFAULT_SOURCE_URL: &str = "https://github.com/kubeopencode/kubeopencode";
+
+/// The catalog images a command works on, parents first, rendered and written to disk.
+struct Prepared<'a> {
+    images: Vec<&'a Image>,
+    rendered: Vec<Rendered>,
+    out: PathBuf,
+}
+
+fn prepare<'a>(catalog: &'a Catalog, args: &RenderArgs) -> Result<Prepared<'a>> {
+    let images = catalog.build_order(&args.images)?;
+    let options = RenderOptions {
+        base_registry: args.base_registry.clone(),
+        publish: args.publish.publish(),
+    };
+    // Validate naming before anything is written.
+    options.publish.tags()?;
+    let rendered = render_all(catalog, &images, &options)?;
+    let out = match &args.out {
+        Some(out) => absolute(out)?,
+        None => project::images_out(&catalog.root),
+    };
+    for r in &rendered {
+        r.write(&out)?;
+    }
+    Ok(Prepared {
+        images,
+        rendered,
+        out,
+    })
+}
+
+pub fn run_render(root: &Path, args: &RenderArgs) -> Result<()> {
+    let catalog = Catalog::load(root)?;
+    let prepared = prepare(&catalog, args)?;
+    for r in &prepared.rendered {
+        println!("{}", prepared.out.join(&r.name).join("Dockerfile").display());
+    }
+    Ok(())
+}
+
+pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
+    let catalog = Catalog::load(root)?;
+    let inputs = plan_inputs(root, args)?;
+    let prepared = prepare(&catalog, &args.render)?;
+    let plan = BuildPlan::new(
+        &prepared.images,
+        &prepared.rendered,
+        &args.render.images,
+        &prepared.out,
+        &inputs,
+    )?;
+    let bake_path = prepared.out.join("bake.json");
+    let metadata_path = prepared.out.join("metadata.json");
+    let bake = serde_json::to_string_pretty(&plan.bake_file())?;
+    fs::write(&bake_path, format!("{bake}\n"))
+        .with_context(|| format!("writing {}", bake_path.display()))?;
+    let docker_args = plan.bake_args(&bake_path, &metadata_path);
+
+    if args.dry_run {
+        print_plan(&plan, &docker_args, args.json)?;
+        return Ok(());
+    }
+
+    let sh = Shell::new()?;
+    preflight(&sh, &plan)?;
+    let _ = fs::remove_file(&metadata_path);
+    eprintln!(
+        "==> building {} ({} target(s) in the bake file {})",
+        plan.requested().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
+        plan.targets.len(),
+        bake_path.display()
+    );
+    cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
+        anyhow!(
+            "docker buildx bake failed; the build log above names the failing step \
+             (re-run with --progress plain for the full log)"
+        )
+    })?;
+    report(&plan, &metadata_path, args.json)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
+    let mut build_args = BTreeMap::new();
+    let mut secrets = Vec::new();
+    if let Some(ca) = &args.ca_bundle {
+        secrets.push(format!("id={CA_BUNDLE_SECRET},src={}", check_ca_bundle(ca)?.display()));
+    }
+    for secret in &args.secrets {
+        validate_secret(secret)?;
+        secrets.push(secret.clone());
+    }
+    if let Some(mirror) = &args.artifact_mirror {
+        build_args.insert("ARTIFACT_MIRROR".into(), check_url("--artifact-mirror", mirror)?);
+    }
+    let npm_registry = match &args.npm_registry {
+        Some(url) => Some(check_url("--npm-registry", url)?),
+        None => npm_config_registry(),
+    };
+    if let Some(url) = npm_registry {
+        build_args.insert("NPM_REGISTRY".into(), url);
+    }
+    let output = match (args.push, args.load) {
+        (true, _) => Output::Push,
+        (false, true) => Output::Load,
+        (false, false) => Output::Cache,
+    };
+    Ok(PlanInputs {
+        publish: args.render.publish.publish(),
+        platforms: args.platform.clone(),
+        output,
+        builder: args.builder.clone(),
+        progress: args.progress.clone(),
+        build_args,
+        secrets,
+        source_url: args
+            .source_url
+            .clone()
+            .or_else(|| project::source_url(root))
+            .unwrap_or_else(|| DEFAULT_SOURCE_URL.to_string()),
+        revision: project::revision(root),
+        created: created_timestamp()?,
+    })
+}
+
+/// A readable PEM file; the path goes into the plan, the contents only into BuildKit.
+fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        anyhow!("--ca-bundle {}: cannot read it ({e}); pass a PEM file of CA certificates", path.display())
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "--ca-bundle {}: no PEM certificate in it; pass a file with -----BEGIN CERTIFICATE----- blocks",
+            path.display()
+        );
+    }
+    absolute(path)
+}
+
+fn check_url(flag: &str, url: &str) -> Result<String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+        && trimmed.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+    if !valid {
+        bail!("{flag} '{url}' is not an http(s) URL; write it like https://mirror.example.com/artifacts");
+    }
+    if trimmed.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
+        bail!("{flag} must not carry credentials in the URL; they would end up in the image history");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The machine's npm registry, so npm-sourced downloads follow the local configuration.
+fn npm_config_registry() -> Option<String> {
+    let output = std::process::Command::new("npm")
+        .args(["config", "get", "registry"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let url = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    check_url("npm registry", &url).ok()
+}
+
+/// RFC 3339, honouring SOURCE_DATE_EPOCH for reproducible labels.
+fn created_timestamp() -> Result<String> {
+    let time = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => {
+            let seconds: u64 = epoch.trim().parse().map_err(|_| {
+                anyhow!("SOURCE_DATE_EPOCH '{epoch}' is not a number of seconds since 1970")
+            })?;
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds)
+        }
+        Err(_) => SystemTime::now(),
+    };
+    Ok(humantime::format_rfc3339_seconds(time).to_string())
+}
+
+#[derive(Serialize)]
+struct PlanDocument<'a> {
+    command: Vec<String>,
+    plan: &'a BuildPlan,
+    bake: serde_json::Value,
+}
+
+fn print_plan(plan: &BuildPlan, docker_args: &[String], json: bool) -> Result<()> {
+    let mut command = vec!["docker".to_string()];
+    command.extend(docker_args.iter().cloned());
+    if json {
+        let document = PlanDocument {
+            command,
+            plan,
+            bake: plan.bake_file(),
+        };
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
+    println!("# Build plan (dry run: no daemon was contacted)");
+    for t in &plan.targets {
+        let role = if t.requested { "" } else { " (dependency, kept in build cache)" };
+        println!("# {}{role}: {} for {}", t.name, t.tags.join(", "), t.platforms.join(","));
+    }
+    println!("{}", shell_words(&command));
+    println!("# bake file:");
+    println!("{}", serde_json::to_string_pretty(&plan.bake_file())?);
+    Ok(())
+}
+
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c)) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn preflight(sh: &Shell, plan: &BuildPlan) -> Result<()> {
+    if cmd!(sh, "docker buildx version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        bail!(
+            "docker buildx is not available: install Docker with the buildx plugin and start \
+             the daemon (.ci/provision does both on Debian), or use --dry-run to see the plan"
+        );
+    }
+    if cmd!(sh, "docker info").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        bail!("the Docker daemon does not answer `docker info`: start dockerd, or use --dry-run");
+    }
+    if let Some(builder) = &plan.builder {
+        let known = cmd!(sh, "docker buildx inspect {builder}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+        if known.is_err() {
+            bail!("buildx builder '{builder}' does not exist: see `docker buildx ls`");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Built {
+    image: String,
+    digest: Option<String>,
+    tags: Vec<String>,
+    platforms: Vec<String>,
+    output: Output,
+}
+
+fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
+    let metadata: serde_json::Value = fs::read_to_string(metadata_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let built: Vec<Built> = plan
+        .requested()
+        .map(|t| Built {
+            image: t.name.clone(),
+            digest: metadata[&t.name]["containerimage.digest"].as_str().map(String::from),
+            tags: t.tags.clone(),
+            platforms: t.platforms.clone(),
+            output: t.output,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = built
+        .iter()
+        .map(|b| {
+            vec![
+                b.image.clone(),
+                b.digest.clone().unwrap_or_else(|| "-".into()),
+                b.platforms.join(","),
+                b.tags.join(" "),
+            ]
+        })
+        .collect();
+    print!("{}", crate::report::table(&["IMAGE", "DIGEST", "PLATFORMS", "TAGS"], &rows));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(check_url("--x", "https://m.example/a/").unwrap(), "https://m.example/a");
+        assert!(check_url("--x", "ftp://m").is_err());
+        assert!(check_url("--x", "https://").is_err());
+        let err = check_url("--x", "https://u:p@m.example").unwrap_err().to_string();
+        assert!(err.contains("credentials"), "{err}");
+    }
+
+    #[test]
+    fn ca_bundle_must_be_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        fs::write(&not_pem, "hello").unwrap();
+        assert!(check_ca_bundle(&not_pem).unwrap_err().to_string().contains("no PEM"));
+        assert!(check_ca_bundle(&dir.path().join("missing")).is_err());
+        let pem = dir.path().join("ca.pem");
+        fs::write(&pem, "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n").unwrap();
+        assert_eq!(check_ca_bundle(&pem).unwrap(), pem);
+    }
+
+    #[test]
+    fn shell_words_quote_only_when_needed() {
+        let words = ["docker", "a b", "it's"].map(String::from);
+        assert_eq!(shell_words(&words), r"docker 'a b' 'it'\''s'");
+    }
+}

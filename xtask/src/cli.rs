@@ -1,0 +1,123 @@
+//! Every command-line flag, in one place.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::naming::Publish;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, check and mirror the KubeOpenCode agent images")]
+pub struct Cli {
+    /// The project checkout to work on (default: the one this xtask was built from).
+    #[arg(long, global = true, env = "XTASK_PROJECT_DIR", hide = true)]
+    pub project_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Container images: list, render, build.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List the images in the catalog (agents/*/image.toml).
+    List(ListArgs),
+    /// Render Dockerfiles and build contexts without building.
+    Render(RenderArgs),
+    /// Render and build images with docker buildx.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PublishArgs {
+    /// Registry the images are published to.
+    #[arg(long, env = "IMG_REGISTRY", default_value = "ghcr.io")]
+    pub registry: String,
+    /// Organisation (path) under the registry.
+    #[arg(long, env = "IMG_ORG", default_value = "kubeopencode")]
+    pub org: String,
+    /// Image tag; a semantic version like v1.2.3 for releases.
+    #[arg(long, env = "VERSION", default_value = "latest")]
+    pub version: String,
+    /// Also tag X.Y.Z, X.Y, X and latest (needs --version vX.Y.Z; skipped for pre-releases).
+    #[arg(long)]
+    pub release_tags: bool,
+}
+
+impl PublishArgs {
+    pub fn publish(&self) -> Publish {
+        Publish {
+            registry: self.registry.clone(),
+            org: self.org.clone(),
+            version: self.version.clone(),
+            release_tags: self.release_tags,
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RenderArgs {
+    /// Images to render (default: all).
+    pub images: Vec<String>,
+    /// Output folder (default: target/images).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Pull every base image from this mirror prefix, e.g. registry.example.com/mirror.
+    #[arg(long, env = "BASE_REGISTRY")]
+    pub base_registry: Option<String>,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+    /// Target platforms, comma separated (default: each image's own list).
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Push to the registry.
+    #[arg(long, conflicts_with = "load")]
+    pub push: bool,
+    /// Load into the local Docker image store.
+    #[arg(long)]
+    pub load: bool,
+    /// The buildx builder to use (default: the current one).
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// A CA bundle (PEM) for downloads inside the build, passed as a BuildKit secret.
+    #[arg(long, env = "CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Fetch pinned tool downloads from this mirror: URL/<host>/<path>.
+    #[arg(long, env = "ARTIFACT_MIRROR")]
+    pub artifact_mirror: Option<String>,
+    /// npm registry for npm-sourced artifacts (default: `npm config get registry`).
+    #[arg(long, env = "NPM_REGISTRY")]
+    pub npm_registry: Option<String>,
+    /// Extra BuildKit secret, as for buildx: id=NAME,src=FILE or id=NAME,env=VAR.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// URL recorded in org.opencontainers.image.source (default: the git remote).
+    #[arg(long, env = "IMG_SOURCE")]
+    pub source_url: Option<String>,
+    /// buildx progress output: auto, plain, tty, quiet.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Print the plan (command line and bake file) without running docker.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run, print the plan as one JSON document; otherwise print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,285 @@
+//! The build plan: plain data, printable and testable without a daemon, turned into a
+//! `docker buildx bake` file.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{validate_platform, Image};
+use crate::naming::Publish;
+use crate::render::Rendered;
+
+pub const CA_BUNDLE_SECRET: &str = "ca-bundle";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Build only; the result stays in the build cache.
+    Cache,
+    Load,
+    Push,
+}
+
+impl Output {
+    fn exporter(self) -> &'static str {
+        match self {
+            Output::Cache => "type=cacheonly",
+            Output::Load => "type=docker",
+            Output::Push => "type=registry",
+        }
+    }
+}
+
+/// Inputs shared by every target of one build.
+#[derive(Debug, Clone)]
+pub struct PlanInputs {
+    pub publish: Publish,
+    pub platforms: Vec<String>,
+    pub output: Output,
+    pub builder: Option<String>,
+    pub progress: String,
+    pub build_args: BTreeMap<String, String>,
+    /// `id=...,src=...` / `id=...,env=...` entries; paths only, never contents.
+    pub secrets: Vec<String>,
+    pub source_url: String,
+    pub revision: String,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildTarget {
+    pub name: String,
+    /// False for parents built only because a requested image needs them.
+    pub requested: bool,
+    pub context: PathBuf,
+    pub tags: Vec<String>,
+    pub platforms: Vec<String>,
+    pub args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub contexts: BTreeMap<String, String>,
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildPlan {
+    pub targets: Vec<BuildTarget>,
+    pub builder: Option<String>,
+    pub progress: String,
+}
+
+impl BuildPlan {
+    /// `images` in build order (parents first), each with its rendered context at
+    /// `out/<name>`; `requested` names what the user asked for (all when empty).
+    pub fn new(
+        images: &[&Image],
+        rendered: &[Rendered],
+        requested: &[String],
+        out: &Path,
+        inputs: &PlanInputs,
+    ) -> Result<BuildPlan> {
+        for platform in &inputs.platforms {
+            validate_platform(platform)?;
+        }
+        if inputs.output == Output::Push && inputs.publish.registry.trim().is_empty() {
+            bail!("--push needs a registry: pass --registry or set IMG_REGISTRY");
+        }
+        let mut targets = Vec::new();
+        for (image, rendered) in images.iter().zip(rendered) {
+            let is_requested = requested.is_empty() || requested.contains(&image.name);
+            let platforms = if inputs.platforms.is_empty() {
+                image.spec.platforms.clone()
+            } else {
+                inputs.platforms.clone()
+            };
+            let contexts = match (&image.spec.parent, &rendered.parent_context) {
+                (Some(parent), Some(key)) => BTreeMap::from([(key.clone(), format!("target:{parent}"))]),
+                _ => BTreeMap::new(),
+            };
+            targets.push(BuildTarget {
+                name: image.name.clone(),
+                requested: is_requested,
+                context: out.join(&image.name),
+                tags: inputs.publish.refs(&image.name)?.iter().map(ToString::to_string).collect(),
+                platforms,
+                args: inputs.build_args.clone(),
+                labels: labels(image, inputs),
+                secrets: inputs.secrets.clone(),
+                contexts,
+                // A parent pulled in only as a dependency stays in the build cache.
+                output: if is_requested { inputs.output } else { Output::Cache },
+            });
+        }
+        Ok(BuildPlan {
+            targets,
+            builder: inputs.builder.clone(),
+            progress: inputs.progress.clone(),
+        })
+    }
+
+    pub fn requested(&self) -> impl Iterator<Item = &BuildTarget> {
+        self.targets.iter().filter(|t| t.requested)
+    }
+
+    /// The bake file, in buildx's JSON format.
+    pub fn bake_file(&self) -> Value {
+        let mut targets = Map::new();
+        for t in &self.targets {
+            let mut target = json!({
+                "context": t.context,
+                "dockerfile": "Dockerfile",
+                "tags": t.tags,
+                "platforms": t.platforms,
+                "labels": t.labels,
+                "output": [t.output.exporter()],
+            });
+            let fields = target.as_object_mut().expect("a JSON object");
+            if !t.args.is_empty() {
+                fields.insert("args".into(), json!(t.args));
+            }
+            if !t.secrets.is_empty() {
+                fields.insert("secret".into(), json!(t.secrets));
+            }
+            if !t.contexts.is_empty() {
+                fields.insert("contexts".into(), json!(t.contexts));
+            }
+            targets.insert(t.name.clone(), target);
+        }
+        let group: Vec<&str> = self.requested().map(|t| t.name.as_str()).collect();
+        json!({
+            "group": { "default": { "targets": group } },
+            "target": targets,
+        })
+    }
+
+    /// The exact `docker` arguments that run this plan.
+    pub fn bake_args(&self, bake_file: &Path, metadata_file: &Path) -> Vec<String> {
+        let mut args: Vec<String> = vec!["buildx".into(), "bake".into()];
+        if let Some(builder) = &self.builder {
+            args.extend(["--builder".into(), builder.clone()]);
+        }
+        args.extend([
+            "--file".into(),
+            bake_file.display().to_string(),
+            "--metadata-file".into(),
+            metadata_file.display().to_string(),
+            "--progress".into(),
+            self.progress.clone(),
+        ]);
+        args.extend(self.requested().map(|t| t.name.clone()));
+        args
+    }
+}
+
+fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
+    let oci = |key: &str| format!("org.opencontainers.image.{key}");
+    BTreeMap::from([
+        (oci("title"), format!("{}{}", crate::naming::IMAGE_PREFIX, image.name)),
+        (oci("description"), image.spec.description.clone()),
+        (oci("source"), inputs.source_url.clone()),
+        (oci("revision"), inputs.revision.clone()),
+        (oci("version"), inputs.publish.version.clone()),
+        (oci("created"), inputs.created.clone()),
+    ])
+}
+
+/// Checks a `--secret` value the way buildx reads it, so typos fail before the build.
+pub fn validate_secret(spec: &str) -> Result<()> {
+    let fields: BTreeMap<&str, &str> = spec.split(',').filter_map(|kv| kv.split_once('=')).collect();
+    let id_ok = fields.get("id").is_some_and(|id| !id.is_empty());
+    let source_ok = fields.contains_key("src") || fields.contains_key("env");
+    if !id_ok || !source_ok {
+        bail!("--secret '{spec}' must look like id=NAME,src=FILE or id=NAME,env=VARIABLE");
+    }
+    if fields.get("id") == Some(&CA_BUNDLE_SECRET) {
+        bail!("--secret id={CA_BUNDLE_SECRET} is reserved; pass the file with --ca-bundle instead");
+    }
+    if let Some(src) = fields.get("src") {
+        if !Path::new(src).is_file() {
+            bail!("--secret '{spec}': file '{src}' does not exist");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::{project, spec};
+    use crate::catalog::Catalog;
+    use crate::render::{render_all, RenderOptions};
+
+    fn inputs(output: Output) -> PlanInputs {
+        PlanInputs {
+            publish: Publish {
+                registry: "127.0.0.1:5000".into(),
+                org: "e2e".into(),
+                version: "v1.2.3".into(),
+                release_tags: true,
+            },
+            platforms: vec![],
+            output,
+            builder: Some("ci".into()),
+            progress: "plain".into(),
+            build_args: BTreeMap::from([("NPM_REGISTRY".into(), "http://npm.invalid/".into())]),
+            secrets: vec!["id=ca-bundle,src=/tmp/ca.pem".into()],
+            source_url: "https://example.com/repo".into(),
+            revision: "abc123".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn plan_for(requested: &[&str], inputs: &PlanInputs) -> BuildPlan {
+        let dir = project(&[("a", &spec(None)), ("b", &spec(Some("a"))), ("c", &spec(None))]);
+        let catalog = Catalog::load(dir.path()).unwrap();
+        let requested: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
+        let images = catalog.build_order(&requested).unwrap();
+        let options = RenderOptions {
+            base_registry: None,
+            publish: inputs.publish.clone(),
+        };
+        let rendered = render_all(&catalog, &images, &options).unwrap();
+        BuildPlan::new(&images, &rendered, &requested, Path::new("/out"), inputs).unwrap()
+    }
+
+    #[test]
+    fn bake_file_chains_parent_and_keeps_dependencies_in_cache() {
+        let plan = plan_for(&["b"], &inputs(Output::Push));
+        insta::assert_json_snapshot!(plan.bake_file());
+        assert_eq!(
+            plan.bake_args(Path::new("/out/bake.json"), Path::new("/out/meta.json")),
+            [
+                "buildx", "bake", "--builder", "ci", "--file", "/out/bake.json",
+                "--metadata-file", "/out/meta.json", "--progress", "plain", "b"
+            ]
+        );
+    }
+
+    #[test]
+    fn platform_override_and_load() {
+        let mut inputs = inputs(Output::Load);
+        inputs.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        let plan = plan_for(&[], &inputs);
+        assert_eq!(plan.requested().count(), 3);
+        for t in &plan.targets {
+            assert_eq!(t.platforms, ["linux/amd64", "linux/arm64"]);
+            assert_eq!(t.output, Output::Load);
+        }
+        inputs.platforms = vec!["darwin/arm64".into()];
+        let dir = project(&[("a", &spec(None))]);
+        let catalog = Catalog::load(dir.path()).unwrap();
+        let images = catalog.build_order(&[]).unwrap();
+        let err = BuildPlan::new(&images, &[], &[], Path::new("/out"), &inputs).unwrap_err();
+        assert!(err.to_string().contains("linux/<arch>"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_validated() {
+        assert!(validate_secret("id=token,env=GITHUB_TOKEN").is_ok());
+        assert!(validate_secret("token").is_err());
+        assert!(validate_secret("id=x,src=/definitely/not/here").is_err());
+        assert!(validate_secret("id=ca-bundle,env=X").unwrap_err().to_string().contains("--ca-bundle"));
+    }
+}

@@ -1,0 +1,332 @@
+//! Renders Dockerfile templates (minijinja) and assembles each image's build context.
+
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{Catalog, Image, MANIFEST, TEMPLATES_DIR};
+use crate::naming::Publish;
+
+/// Everything a template may depend on besides its own `image.toml`.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub base_registry: Option<String>,
+    pub publish: Publish,
+}
+
+/// One image ready for `docker buildx`: a Dockerfile and the files of its context.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub name: String,
+    pub dockerfile: String,
+    /// Files copied from the image folder, relative path to source path.
+    pub context_files: BTreeMap<PathBuf, PathBuf>,
+    /// The named build context the template refers to its parent by.
+    pub parent_context: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TemplateContext<'a> {
+    image: ImageInfo<'a>,
+    bases: BTreeMap<&'a str, String>,
+    vars: &'a toml::Table,
+    parent: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ImageInfo<'a> {
+    name: &'a str,
+    description: &'a str,
+    platforms: &'a [String],
+}
+
+pub fn environment(root: &Path) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_loader(minijinja::path_loader(root.join(TEMPLATES_DIR)));
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(true);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_function("fail", |message: String| -> Result<Value, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+    });
+    env
+}
+
+/// Renders `images` (with their parents resolved through the catalog) in memory.
+pub fn render_all(
+    catalog: &Catalog,
+    images: &[&Image],
+    options: &RenderOptions,
+) -> Result<Vec<Rendered>> {
+    let env = environment(&catalog.root);
+    images
+        .iter()
+        .map(|image| render_image(&env, catalog, image, options))
+        .collect()
+}
+
+fn render_image(
+    env: &Environment<'_>,
+    catalog: &Catalog,
+    image: &Image,
+    options: &RenderOptions,
+) -> Result<Rendered> {
+    let parent_context = match &image.spec.parent {
+        Some(parent) => {
+            let primary = options.publish.refs(parent)?.remove(0);
+            Some(primary.context_key())
+        }
+        None => None,
+    };
+    let dockerfile = match (&image.spec.template, &image.spec.dockerfile) {
+        (Some(template), _) => {
+            let bases = image
+                .bases
+                .iter()
+                .map(|(role, reference)| {
+                    let rewritten = match &options.base_registry {
+                        Some(prefix) => reference.under_prefix(prefix)?,
+                        None => reference.clone(),
+                    };
+                    Ok((role.as_str(), rewritten.to_string()))
+                })
+                .collect::<Result<_>>()?;
+            let context = TemplateContext {
+                image: ImageInfo {
+                    name: &image.name,
+                    description: &image.spec.description,
+                    platforms: &image.spec.platforms,
+                },
+                bases,
+                vars: &image.spec.vars,
+                parent: parent_context.clone(),
+            };
+            let body = env
+                .get_template(template)
+                .and_then(|t| t.render(&context))
+                .map_err(|e| template_error(&catalog.root, &image.name, &e))?;
+            format!(
+                "# Generated from {TEMPLATES_DIR}/{template} by `cargo xtask images render`. \
+                 Do not edit; edit the template or agents/{}/{MANIFEST}.\n{body}",
+                image.name
+            )
+        }
+        (None, Some(dockerfile)) => {
+            let path = image.dir.join(dockerfile);
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => unreachable!("validated by the catalog"),
+    };
+    reject_syntax_directive(&image.name, &dockerfile)?;
+    Ok(Rendered {
+        name: image.name.clone(),
+        dockerfile,
+        context_files: context_files(image)?,
+        parent_context,
+    })
+}
+
+/// `file:line: message (near: source line)`, one line, for any template failure.
+fn template_error(root: &Path, image: &str, error: &minijinja::Error) -> anyhow::Error {
+    let name = error.name().unwrap_or("?");
+    let mut message = error.kind().to_string();
+    if let Some(detail) = error.detail() {
+        message = format!("{message}: {detail}");
+    }
+    let source_line = error.line().and_then(|line| {
+        fs::read_to_string(root.join(TEMPLATES_DIR).join(name))
+            .ok()
+            .and_then(|text| text.lines().nth(line.saturating_sub(1)).map(str::trim).map(String::from))
+    });
+    let location = match error.line() {
+        Some(line) => format!("{TEMPLATES_DIR}/{name}:{line}"),
+        None => format!("{TEMPLATES_DIR}/{name}"),
+    };
+    match source_line {
+        Some(text) if !text.is_empty() => {
+            anyhow!("{location}: {message} (in `{text}`, rendering image '{image}')")
+        }
+        _ => anyhow!("{location}: {message} (rendering image '{image}')"),
+    }
+}
+
+/// Offline builders have no Dockerfile frontend image to pull; the built-in one must do.
+fn reject_syntax_directive(image: &str, dockerfile: &str) -> Result<()> {
+    let directive = dockerfile
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .any(|l| l.trim_start_matches('#').trim().to_ascii_lowercase().starts_with("syntax="));
+    if directive {
+        bail!(
+            "image '{image}': the Dockerfile has a `# syntax=` directive, which makes BuildKit \
+             pull a frontend image and breaks offline builds; remove it"
+        );
+    }
+    Ok(())
+}
+
+fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, PathBuf>> {
+    let mut files = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(&image.dir).follow_links(false) {
+        let entry = entry.with_context(|| format!("reading {}", image.dir.display()))?;
+        if !entry.file_type().is_file() && !entry.file_type().is_symlink() {
+            continue;
+        }
+        let relative = entry
+            .path()
+            .strip_prefix(&image.dir)
+            .expect("walkdir stays under its root")
+            .to_path_buf();
+        if relative == Path::new(MANIFEST) {
+            continue;
+        }
+        files.insert(relative, entry.path().to_path_buf());
+    }
+    Ok(files)
+}
+
+impl Rendered {
+    /// Writes the context to `out/<name>/`, replacing what was there in one rename so a
+    /// failed run never leaves a half-written context behind.
+    pub fn write(&self, out: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let target = out.join(&self.name);
+        let staging = out.join(format!(".{}.tmp-{}", self.name, std::process::id()));
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        fs::create_dir_all(&staging)?;
+        let result = (|| -> Result<()> {
+            for (relative, source) in &self.context_files {
+                let dest = staging.join(relative);
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::copy(source, &dest)
+                    .with_context(|| format!("copying {} into the build context", source.display()))?;
+            }
+            fs::write(staging.join("Dockerfile"), &self.dockerfile)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if target.exists() {
+            fs::remove_dir_all(&target)
+                .with_context(|| format!("replacing {}", target.display()))?;
+        }
+        fs::rename(&staging, &target)
+            .with_context(|| format!("moving the rendered context to {}", target.display()))?;
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::{project, spec};
+
+    fn options(base_registry: Option<&str>) -> RenderOptions {
+        RenderOptions {
+            base_registry: base_registry.map(String::from),
+            publish: Publish {
+                registry: "ghcr.io".into(),
+                org: "kubeopencode".into(),
+                version: "latest".into(),
+                release_tags: false,
+            },
+        }
+    }
+
+    fn render_one(dir: &Path, name: &str, opts: &RenderOptions) -> Result<Rendered> {
+        let catalog = Catalog::load(dir)?;
+        let images = catalog.build_order(&[name.to_string()])?;
+        let image = images.last().copied().unwrap();
+        render_all(&catalog, &[image], opts).map(|mut v| v.remove(0))
+    }
+
+    #[test]
+    fn header_and_base_prefix() {
+        let dir = project(&[("a", &spec(None))]);
+        let rendered = render_one(dir.path(), "a", &options(Some("127.0.0.1:5000/mirror"))).unwrap();
+        assert!(rendered.dockerfile.starts_with(
+            "# Generated from dockerfiles/plain.Dockerfile.j2 by `cargo xtask images render`. Do not edit"
+        ));
+        assert!(rendered
+            .dockerfile
+            .contains("FROM 127.0.0.1:5000/mirror/library/debian:bookworm-slim\n"));
+        let plain = render_one(dir.path(), "a", &options(None)).unwrap();
+        assert!(plain.dockerfile.contains("FROM docker.io/library/debian:bookworm-slim\n"));
+    }
+
+    #[test]
+    fn template_errors_are_one_line_with_location() {
+        let dir = project(&[("a", &spec(None))]);
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "FROM scratch\nRUN echo {{ vars.missing }}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.starts_with("dockerfiles/plain.Dockerfile.j2:2: undefined value"), "{err}");
+        assert!(err.contains("`RUN echo {{ vars.missing }}`"), "{err}");
+
+        fs::write(dir.path().join("dockerfiles/plain.Dockerfile.j2"), "{% if %}\n").unwrap();
+        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
+        assert!(err.contains("syntax error"), "{err}");
+
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "{{ fail('opencode_source must be npm or github') }}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
+        assert!(err.contains("opencode_source must be npm or github"), "{err}");
+    }
+
+    #[test]
+    fn syntax_directive_is_refused() {
+        let dir = project(&[("a", &spec(None))]);
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "# syntax=docker/dockerfile:1\nFROM scratch\n",
+        )
+        .unwrap();
+        let err = render_one(dir.path(), "a", &options(None)).unwrap_err().to_string();
+        assert!(err.contains("`# syntax=` directive"), "{err}");
+    }
+
+    #[test]
+    fn parent_is_a_named_context_and_files_are_copied() {
+        let dir = project(&[("a", &spec(None)), ("b", &spec(Some("a")))]);
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "FROM {{ parent | default('scratch') }}\n",
+        )
+        .unwrap();
+        fs::create_dir_all(dir.path().join("agents/b/files")).unwrap();
+        fs::write(dir.path().join("agents/b/files/entry.sh"), "#!/bin/sh\n").unwrap();
+        let rendered = render_one(dir.path(), "b", &options(None)).unwrap();
+        assert_eq!(
+            rendered.parent_context.as_deref(),
+            Some("ghcr.io/kubeopencode/kubeopencode-agent-a")
+        );
+        assert!(rendered.dockerfile.contains("FROM ghcr.io/kubeopencode/kubeopencode-agent-a\n"));
+        let out = tempfile::tempdir().unwrap();
+        let written = rendered.write(out.path()).unwrap();
+        assert!(written.join("files/entry.sh").is_file());
+        assert!(written.join("Dockerfile").is_file());
+        assert!(!written.join("image.toml").exists());
+        // Writing again replaces the context and leaves no staging folder behind.
+        rendered.write(out.path()).unwrap();
+        let names: Vec<_> = fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["b"]);
+    }
+}
