@@ -50,7 +50,10 @@ pub fn run_render(root: &Path, args: &RenderArgs) -> Result<()> {
     let catalog = Catalog::load(root)?;
     let prepared = prepare(&catalog, args)?;
     for r in &prepared.rendered {
-        println!("{}", prepared.out.join(&r.name).join("Dockerfile").display());
+        println!(
+            "{}",
+            prepared.out.join(&r.name).join("Dockerfile").display()
+        );
     }
     Ok(())
 }
@@ -83,7 +86,10 @@ pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
     let _ = fs::remove_file(&metadata_path);
     eprintln!(
         "==> building {} ({} target(s) in the bake file {})",
-        plan.requested().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
+        plan.requested()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         plan.targets.len(),
         bake_path.display()
     );
@@ -108,14 +114,20 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
     let mut build_args = BTreeMap::new();
     let mut secrets = Vec::new();
     if let Some(ca) = &args.ca_bundle {
-        secrets.push(format!("id={CA_BUNDLE_SECRET},src={}", check_ca_bundle(ca)?.display()));
+        secrets.push(format!(
+            "id={CA_BUNDLE_SECRET},src={}",
+            check_ca_bundle(ca)?.display()
+        ));
     }
     for secret in &args.secrets {
         validate_secret(secret)?;
         secrets.push(secret.clone());
     }
     if let Some(mirror) = &args.artifact_mirror {
-        build_args.insert("ARTIFACT_MIRROR".into(), check_url("--artifact-mirror", mirror)?);
+        build_args.insert(
+            "ARTIFACT_MIRROR".into(),
+            check_url("--artifact-mirror", mirror)?,
+        );
     }
     let npm_registry = match &args.npm_registry {
         Some(url) => Some(check_url("--npm-registry", url)?),
@@ -150,7 +162,10 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
 /// A readable PEM file; the path goes into the plan, the contents only into BuildKit.
 fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
     let text = fs::read_to_string(path).map_err(|e| {
-        anyhow!("--ca-bundle {}: cannot read it ({e}); pass a PEM file of CA certificates", path.display())
+        anyhow!(
+            "--ca-bundle {}: cannot read it ({e}); pass a PEM file of CA certificates",
+            path.display()
+        )
     })?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
         bail!(
@@ -164,12 +179,21 @@ fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
 fn check_url(flag: &str, url: &str) -> Result<String> {
     let trimmed = url.trim().trim_end_matches('/');
     let valid = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
-        && trimmed.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+        && trimmed
+            .split("://")
+            .nth(1)
+            .is_some_and(|rest| !rest.is_empty());
     if !valid {
         bail!("{flag} '{url}' is not an http(s) URL; write it like https://mirror.example.com/artifacts");
     }
-    if trimmed.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
-        bail!("{flag} must not carry credentials in the URL; they would end up in the image history");
+    if trimmed
+        .split("://")
+        .nth(1)
+        .is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@'))
+    {
+        bail!(
+            "{flag} must not carry credentials in the URL; they would end up in the image history"
+        );
     }
     Ok(trimmed.to_string())
 }
@@ -220,8 +244,17 @@ fn print_plan(plan: &BuildPlan, docker_args: &[String], json: bool) -> Result<()
     }
     println!("# Build plan (dry run: no daemon was contacted)");
     for t in &plan.targets {
-        let role = if t.requested { "" } else { " (dependency, kept in build cache)" };
-        println!("# {}{role}: {} for {}", t.name, t.tags.join(", "), t.platforms.join(","));
+        let role = if t.requested {
+            ""
+        } else {
+            " (dependency, kept in build cache)"
+        };
+        println!(
+            "# {}{role}: {} for {}",
+            t.name,
+            t.tags.join(", "),
+            t.platforms.join(",")
+        );
     }
     println!("{}", shell_words(&command));
     println!("# bake file:");
@@ -233,7 +266,9 @@ fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
-            if w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c)) {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', r"'\''"))
@@ -244,13 +279,25 @@ fn shell_words(words: &[String]) -> String {
 }
 
 fn preflight(sh: &Shell, plan: &BuildPlan) -> Result<()> {
-    if cmd!(sh, "docker buildx version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+    if cmd!(sh, "docker buildx version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
         bail!(
             "docker buildx is not available: install Docker with the buildx plugin and start \
              the daemon (.ci/provision does both on Debian), or use --dry-run to see the plan"
         );
     }
-    if cmd!(sh, "docker info").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+    if cmd!(sh, "docker info")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
         bail!("the Docker daemon does not answer `docker info`: start dockerd, or use --dry-run");
     }
     if let Some(builder) = &plan.builder {
@@ -284,7 +331,9 @@ fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
         .requested()
         .map(|t| Built {
             image: t.name.clone(),
-            digest: metadata[&t.name]["containerimage.digest"].as_str().map(String::from),
+            digest: metadata[&t.name]["containerimage.digest"]
+                .as_str()
+                .map(String::from),
             tags: t.tags.clone(),
             platforms: t.platforms.clone(),
             output: t.output,
@@ -305,7 +354,10 @@ fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!("{}", crate::report::table(&["IMAGE", "DIGEST", "PLATFORMS", "TAGS"], &rows));
+    print!(
+        "{}",
+        crate::report::table(&["IMAGE", "DIGEST", "PLATFORMS", "TAGS"], &rows)
+    );
     Ok(())
 }
 
@@ -315,10 +367,15 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert_eq!(check_url("--x", "https://m.example/a/").unwrap(), "https://m.example/a");
+        assert_eq!(
+            check_url("--x", "https://m.example/a/").unwrap(),
+            "https://m.example/a"
+        );
         assert!(check_url("--x", "ftp://m").is_err());
         assert!(check_url("--x", "https://").is_err());
-        let err = check_url("--x", "https://u:p@m.example").unwrap_err().to_string();
+        let err = check_url("--x", "https://u:p@m.example")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("credentials"), "{err}");
     }
 
@@ -327,10 +384,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let not_pem = dir.path().join("ca.txt");
         fs::write(&not_pem, "hello").unwrap();
-        assert!(check_ca_bundle(&not_pem).unwrap_err().to_string().contains("no PEM"));
+        assert!(check_ca_bundle(&not_pem)
+            .unwrap_err()
+            .to_string()
+            .contains("no PEM"));
         assert!(check_ca_bundle(&dir.path().join("missing")).is_err());
         let pem = dir.path().join("ca.pem");
-        fs::write(&pem, "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n").unwrap();
+        fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         assert_eq!(check_ca_bundle(&pem).unwrap(), pem);
     }
 

@@ -80,8 +80,12 @@ impl Catalog {
     /// Loads and validates every `agents/*/image.toml` under `root`.
     pub fn load(root: &Path) -> Result<Catalog> {
         let agents = root.join(AGENTS_DIR);
-        let entries = fs::read_dir(&agents)
-            .with_context(|| format!("reading {}: is this a checkout of the project?", agents.display()))?;
+        let entries = fs::read_dir(&agents).with_context(|| {
+            format!(
+                "reading {}: is this a checkout of the project?",
+                agents.display()
+            )
+        })?;
         let mut images = BTreeMap::new();
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -286,8 +290,11 @@ fn validate_spec(root: &Path, name: &str, label: &str, spec: &ImageSpec) -> Resu
 
 pub fn validate_platform(platform: &str) -> Result<()> {
     let parts: Vec<&str> = platform.split('/').collect();
-    let known_arch = ["amd64", "arm64", "arm", "ppc64le", "s390x", "riscv64", "386"];
-    let ok = (2..=3).contains(&parts.len()) && parts[0] == "linux" && known_arch.contains(&parts[1]);
+    let known_arch = [
+        "amd64", "arm64", "arm", "ppc64le", "s390x", "riscv64", "386",
+    ];
+    let ok =
+        (2..=3).contains(&parts.len()) && parts[0] == "linux" && known_arch.contains(&parts[1]);
     if !ok {
         bail!(
             "platform '{platform}' is not of the form linux/<arch>[/<variant>] \
@@ -339,7 +346,9 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn spec(parent: Option<&str>) -> String {
-        let parent = parent.map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default();
+        let parent = parent
+            .map(|p| format!("parent = \"{p}\"\n"))
+            .unwrap_or_default();
         format!(
             "description = \"test\"\ntemplate = \"plain.Dockerfile.j2\"\n{parent}\
              [bases]\nbase = \"debian:bookworm-slim\"\n"
@@ -366,9 +375,17 @@ pub(crate) mod tests {
             .map(|i| i.name.clone())
             .collect();
         assert_eq!(order, ["a", "b", "c"]);
-        let all: Vec<_> = catalog.build_order(&[]).unwrap().iter().map(|i| i.name.clone()).collect();
+        let all: Vec<_> = catalog
+            .build_order(&[])
+            .unwrap()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
         assert_eq!(all, ["a", "b", "c"]);
-        assert_eq!(catalog.images["a"].bases["base"].to_string(), "docker.io/library/debian:bookworm-slim");
+        assert_eq!(
+            catalog.images["a"].bases["base"].to_string(),
+            "docker.io/library/debian:bookworm-slim"
+        );
     }
 
     #[test]
@@ -388,7 +405,10 @@ pub(crate) mod tests {
     #[test]
     fn unknown_parent() {
         let err = load_err(&[("a", &spec(Some("ghost")))]);
-        assert_eq!(err, "agents/a/image.toml: parent 'ghost' is not in the catalog (known: a)");
+        assert_eq!(
+            err,
+            "agents/a/image.toml: parent 'ghost' is not in the catalog (known: a)"
+        );
     }
 
     #[test]
@@ -421,13 +441,34 @@ pub(crate) mod tests {
     #[test]
     fn other_bad_specs() {
         for (bad, why) in [
-            (spec(None).replace("template = \"plain.Dockerfile.j2\"\n", ""), "set `template`"),
-            (format!("dockerfile = \"Dockerfile\"\n{}", spec(None)), "not both"),
-            (format!("platforms = [\"windows/amd64\"]\n{}", spec(None)), "linux/<arch>"),
-            (format!("platforms = []\n{}", spec(None)), "platforms is empty"),
-            (spec(None).replace("\"test\"", "\"  \""), "description is empty"),
-            (spec(None).replace("debian:bookworm-slim", "Debian"), "bases.base"),
-            (format!("{}[size]\nmax_compressed_mib = 0\n", spec(None)), "can never be met"),
+            (
+                spec(None).replace("template = \"plain.Dockerfile.j2\"\n", ""),
+                "set `template`",
+            ),
+            (
+                format!("dockerfile = \"Dockerfile\"\n{}", spec(None)),
+                "not both",
+            ),
+            (
+                format!("platforms = [\"windows/amd64\"]\n{}", spec(None)),
+                "linux/<arch>",
+            ),
+            (
+                format!("platforms = []\n{}", spec(None)),
+                "platforms is empty",
+            ),
+            (
+                spec(None).replace("\"test\"", "\"  \""),
+                "description is empty",
+            ),
+            (
+                spec(None).replace("debian:bookworm-slim", "Debian"),
+                "bases.base",
+            ),
+            (
+                format!("{}[size]\nmax_compressed_mib = 0\n", spec(None)),
+                "can never be met",
+            ),
         ] {
             let err = load_err(&[("a", &bad)]);
             assert!(err.contains(why), "expected {why:?} in {err}");
@@ -441,17 +482,33 @@ pub(crate) mod tests {
         let toml = "description = \"custom\"\ndockerfile = \"Dockerfile\"\n";
         let dir = project(&[("custom", toml)]);
         let err = format!("{:#}", Catalog::load(dir.path()).unwrap_err());
-        assert!(err.contains("dockerfile 'Dockerfile' not found in agents/custom/"), "{err}");
-        fs::write(dir.path().join("agents/custom/Dockerfile"), "FROM scratch\n").unwrap();
+        assert!(
+            err.contains("dockerfile 'Dockerfile' not found in agents/custom/"),
+            "{err}"
+        );
+        fs::write(
+            dir.path().join("agents/custom/Dockerfile"),
+            "FROM scratch\n",
+        )
+        .unwrap();
         let catalog = Catalog::load(dir.path()).unwrap();
-        assert_eq!(catalog.images["custom"].source_label(), "agents/custom/Dockerfile");
+        assert_eq!(
+            catalog.images["custom"].source_label(),
+            "agents/custom/Dockerfile"
+        );
     }
 
     #[test]
     fn unknown_image_lists_the_catalog() {
         let dir = project(&[("a", &spec(None))]);
         let catalog = Catalog::load(dir.path()).unwrap();
-        let err = catalog.build_order(&["zzz".into()]).unwrap_err().to_string();
-        assert_eq!(err, "unknown image 'zzz': the catalog has a; see `cargo xtask images list`");
+        let err = catalog
+            .build_order(&["zzz".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown image 'zzz': the catalog has a; see `cargo xtask images list`"
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use crate::naming::Publish;
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Build, check and mirror the KubeOpenCode agent images")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, check and mirror the KubeOpenCode agent images"
+)]
 pub struct Cli {
     /// The project checkout to work on (default: the one this xtask was built from).
     #[arg(long, global = true, env = "XTASK_PROJECT_DIR", hide = true)]

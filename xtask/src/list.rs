@@ -49,7 +49,13 @@ pub fn run(root: &Path, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"], &rows));
+    print!(
+        "{}",
+        table(
+            &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
+            &rows
+        )
+    );
     Ok(())
 }
 

@@ -13,7 +13,10 @@ use cli::{Cli, Command, ImagesCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let root = cli.project_dir.clone().unwrap_or_else(project::project_root);
+    let root = cli
+        .project_dir
+        .clone()
+        .unwrap_or_else(project::project_root);
     let result = match &cli.command {
         Command::Images(ImagesCommand::List(args)) => list::run(&root, args.json),
         Command::Images(ImagesCommand::Render(args)) => build::run_render(&root, args),

@@ -303,12 +303,18 @@ mod tests {
     #[test]
     fn context_keys_match_buildkit_normalisation() {
         assert_eq!(parse("debian:latest").context_key(), "debian");
-        assert_eq!(parse("docker.io/library/debian:12").context_key(), "debian:12");
+        assert_eq!(
+            parse("docker.io/library/debian:12").context_key(),
+            "debian:12"
+        );
         assert_eq!(
             parse("ghcr.io/kubeopencode/kubeopencode-agent-opencode:latest").context_key(),
             "ghcr.io/kubeopencode/kubeopencode-agent-opencode"
         );
-        assert_eq!(parse("127.0.0.1:5000/o/i:v1").context_key(), "127.0.0.1:5000/o/i:v1");
+        assert_eq!(
+            parse("127.0.0.1:5000/o/i:v1").context_key(),
+            "127.0.0.1:5000/o/i:v1"
+        );
     }
 
     fn publish(version: &str, release_tags: bool) -> Publish {
@@ -341,8 +347,14 @@ mod tests {
             ["v1.2.3", "1.2.3", "1.2", "1", "latest"]
         );
         // A pre-release never moves the floating tags.
-        assert_eq!(publish("v1.2.3-rc.1", true).tags().unwrap(), ["v1.2.3-rc.1"]);
-        assert_eq!(publish("1.0.0", true).tags().unwrap(), ["1.0.0", "1.0", "1", "latest"]);
+        assert_eq!(
+            publish("v1.2.3-rc.1", true).tags().unwrap(),
+            ["v1.2.3-rc.1"]
+        );
+        assert_eq!(
+            publish("1.0.0", true).tags().unwrap(),
+            ["1.0.0", "1.0", "1", "latest"]
+        );
         let err = publish("nightly", true).tags().unwrap_err().to_string();
         assert!(err.contains("semantic version"), "{err}");
         assert!(publish("bad tag", false).tags().is_err());

@@ -95,21 +95,32 @@ impl BuildPlan {
                 inputs.platforms.clone()
             };
             let contexts = match (&image.spec.parent, &rendered.parent_context) {
-                (Some(parent), Some(key)) => BTreeMap::from([(key.clone(), format!("target:{parent}"))]),
+                (Some(parent), Some(key)) => {
+                    BTreeMap::from([(key.clone(), format!("target:{parent}"))])
+                }
                 _ => BTreeMap::new(),
             };
             targets.push(BuildTarget {
                 name: image.name.clone(),
                 requested: is_requested,
                 context: out.join(&image.name),
-                tags: inputs.publish.refs(&image.name)?.iter().map(ToString::to_string).collect(),
+                tags: inputs
+                    .publish
+                    .refs(&image.name)?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 platforms,
                 args: inputs.build_args.clone(),
                 labels: labels(image, inputs),
                 secrets: inputs.secrets.clone(),
                 contexts,
                 // A parent pulled in only as a dependency stays in the build cache.
-                output: if is_requested { inputs.output } else { Output::Cache },
+                output: if is_requested {
+                    inputs.output
+                } else {
+                    Output::Cache
+                },
             });
         }
         Ok(BuildPlan {
@@ -176,7 +187,10 @@ impl BuildPlan {
 fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
     let oci = |key: &str| format!("org.opencontainers.image.{key}");
     BTreeMap::from([
-        (oci("title"), format!("{}{}", crate::naming::IMAGE_PREFIX, image.name)),
+        (
+            oci("title"),
+            format!("{}{}", crate::naming::IMAGE_PREFIX, image.name),
+        ),
         (oci("description"), image.spec.description.clone()),
         (oci("source"), inputs.source_url.clone()),
         (oci("revision"), inputs.revision.clone()),
@@ -187,7 +201,10 @@ fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
 
 /// Checks a `--secret` value the way buildx reads it, so typos fail before the build.
 pub fn validate_secret(spec: &str) -> Result<()> {
-    let fields: BTreeMap<&str, &str> = spec.split(',').filter_map(|kv| kv.split_once('=')).collect();
+    let fields: BTreeMap<&str, &str> = spec
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
     let id_ok = fields.get("id").is_some_and(|id| !id.is_empty());
     let source_ok = fields.contains_key("src") || fields.contains_key("env");
     if !id_ok || !source_ok {
@@ -232,7 +249,11 @@ mod tests {
     }
 
     fn plan_for(requested: &[&str], inputs: &PlanInputs) -> BuildPlan {
-        let dir = project(&[("a", &spec(None)), ("b", &spec(Some("a"))), ("c", &spec(None))]);
+        let dir = project(&[
+            ("a", &spec(None)),
+            ("b", &spec(Some("a"))),
+            ("c", &spec(None)),
+        ]);
         let catalog = Catalog::load(dir.path()).unwrap();
         let requested: Vec<String> = requested.iter().map(|s| s.to_string()).collect();
         let images = catalog.build_order(&requested).unwrap();
@@ -251,8 +272,17 @@ mod tests {
         assert_eq!(
             plan.bake_args(Path::new("/out/bake.json"), Path::new("/out/meta.json")),
             [
-                "buildx", "bake", "--builder", "ci", "--file", "/out/bake.json",
-                "--metadata-file", "/out/meta.json", "--progress", "plain", "b"
+                "buildx",
+                "bake",
+                "--builder",
+                "ci",
+                "--file",
+                "/out/bake.json",
+                "--metadata-file",
+                "/out/meta.json",
+                "--progress",
+                "plain",
+                "b"
             ]
         );
     }
@@ -280,6 +310,9 @@ mod tests {
         assert!(validate_secret("id=token,env=GITHUB_TOKEN").is_ok());
         assert!(validate_secret("token").is_err());
         assert!(validate_secret("id=x,src=/definitely/not/here").is_err());
-        assert!(validate_secret("id=ca-bundle,env=X").unwrap_err().to_string().contains("--ca-bundle"));
+        assert!(validate_secret("id=ca-bundle,env=X")
+            .unwrap_err()
+            .to_string()
+            .contains("--ca-bundle"));
     }
 }

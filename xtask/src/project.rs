@@ -17,7 +17,12 @@ pub fn images_out(root: &Path) -> PathBuf {
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let output = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
     if !output.status.success() {
         return None;
     }
@@ -50,7 +55,9 @@ fn strip_userinfo(url: &str) -> String {
         return url.to_string();
     };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     format!("{scheme}://{host}/{path}")
 }
 
@@ -64,6 +71,9 @@ mod tests {
             strip_userinfo("https://user:token@github.com/org/repo.git"),
             "https://github.com/org/repo.git"
         );
-        assert_eq!(strip_userinfo("https://github.com/org/repo"), "https://github.com/org/repo");
+        assert_eq!(
+            strip_userinfo("https://github.com/org/repo"),
+            "https://github.com/org/repo"
+        );
     }
 }

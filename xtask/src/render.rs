@@ -51,9 +51,12 @@ pub fn environment(root: &Path) -> Environment<'static> {
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.add_function("fail", |message: String| -> Result<Value, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "fail",
+        |message: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     env
 }
 
@@ -141,7 +144,12 @@ fn template_error(root: &Path, image: &str, error: &minijinja::Error) -> anyhow:
     let source_line = error.line().and_then(|line| {
         fs::read_to_string(root.join(TEMPLATES_DIR).join(name))
             .ok()
-            .and_then(|text| text.lines().nth(line.saturating_sub(1)).map(str::trim).map(String::from))
+            .and_then(|text| {
+                text.lines()
+                    .nth(line.saturating_sub(1))
+                    .map(str::trim)
+                    .map(String::from)
+            })
     });
     let location = match error.line() {
         Some(line) => format!("{TEMPLATES_DIR}/{name}:{line}"),
@@ -160,7 +168,12 @@ fn reject_syntax_directive(image: &str, dockerfile: &str) -> Result<()> {
     let directive = dockerfile
         .lines()
         .take_while(|l| l.starts_with('#'))
-        .any(|l| l.trim_start_matches('#').trim().to_ascii_lowercase().starts_with("syntax="));
+        .any(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("syntax=")
+        });
     if directive {
         bail!(
             "image '{image}': the Dockerfile has a `# syntax=` directive, which makes BuildKit \
@@ -207,8 +220,9 @@ impl Rendered {
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                fs::copy(source, &dest)
-                    .with_context(|| format!("copying {} into the build context", source.display()))?;
+                fs::copy(source, &dest).with_context(|| {
+                    format!("copying {} into the build context", source.display())
+                })?;
             }
             fs::write(staging.join("Dockerfile"), &self.dockerfile)?;
             Ok(())
@@ -254,7 +268,8 @@ mod tests {
     #[test]
     fn header_and_base_prefix() {
         let dir = project(&[("a", &spec(None))]);
-        let rendered = render_one(dir.path(), "a", &options(Some("127.0.0.1:5000/mirror"))).unwrap();
+        let rendered =
+            render_one(dir.path(), "a", &options(Some("127.0.0.1:5000/mirror"))).unwrap();
         assert!(rendered.dockerfile.starts_with(
             "# Generated from dockerfiles/plain.Dockerfile.j2 by `cargo xtask images render`. Do not edit"
         ));
@@ -262,7 +277,9 @@ mod tests {
             .dockerfile
             .contains("FROM 127.0.0.1:5000/mirror/library/debian:bookworm-slim\n"));
         let plain = render_one(dir.path(), "a", &options(None)).unwrap();
-        assert!(plain.dockerfile.contains("FROM docker.io/library/debian:bookworm-slim\n"));
+        assert!(plain
+            .dockerfile
+            .contains("FROM docker.io/library/debian:bookworm-slim\n"));
     }
 
     #[test]
@@ -273,13 +290,26 @@ mod tests {
             "FROM scratch\nRUN echo {{ vars.missing }}\n",
         )
         .unwrap();
-        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            render_one(dir.path(), "a", &options(None)).unwrap_err()
+        );
         assert!(!err.contains('\n'), "{err}");
-        assert!(err.starts_with("dockerfiles/plain.Dockerfile.j2:2: undefined value"), "{err}");
+        assert!(
+            err.starts_with("dockerfiles/plain.Dockerfile.j2:2: undefined value"),
+            "{err}"
+        );
         assert!(err.contains("`RUN echo {{ vars.missing }}`"), "{err}");
 
-        fs::write(dir.path().join("dockerfiles/plain.Dockerfile.j2"), "{% if %}\n").unwrap();
-        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "{% if %}\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            render_one(dir.path(), "a", &options(None)).unwrap_err()
+        );
         assert!(err.contains("syntax error"), "{err}");
 
         fs::write(
@@ -287,8 +317,14 @@ mod tests {
             "{{ fail('opencode_source must be npm or github') }}\n",
         )
         .unwrap();
-        let err = format!("{:#}", render_one(dir.path(), "a", &options(None)).unwrap_err());
-        assert!(err.contains("opencode_source must be npm or github"), "{err}");
+        let err = format!(
+            "{:#}",
+            render_one(dir.path(), "a", &options(None)).unwrap_err()
+        );
+        assert!(
+            err.contains("opencode_source must be npm or github"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -299,7 +335,9 @@ mod tests {
             "# syntax=docker/dockerfile:1\nFROM scratch\n",
         )
         .unwrap();
-        let err = render_one(dir.path(), "a", &options(None)).unwrap_err().to_string();
+        let err = render_one(dir.path(), "a", &options(None))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`# syntax=` directive"), "{err}");
     }
 
@@ -318,7 +356,9 @@ mod tests {
             rendered.parent_context.as_deref(),
             Some("ghcr.io/kubeopencode/kubeopencode-agent-a")
         );
-        assert!(rendered.dockerfile.contains("FROM ghcr.io/kubeopencode/kubeopencode-agent-a\n"));
+        assert!(rendered
+            .dockerfile
+            .contains("FROM ghcr.io/kubeopencode/kubeopencode-agent-a\n"));
         let out = tempfile::tempdir().unwrap();
         let written = rendered.write(out.path()).unwrap();
         assert!(written.join("files/entry.sh").is_file());
@@ -326,7 +366,30 @@ mod tests {
         assert!(!written.join("image.toml").exists());
         // Writing again replaces the context and leaves no staging folder behind.
         rendered.write(out.path()).unwrap();
-        let names: Vec<_> = fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["b"]);
+    }
+
+    /// Every Dockerfile the real catalog renders, as reviewed snapshots.
+    #[test]
+    fn catalog_dockerfiles_match_snapshots() {
+        let catalog = Catalog::load(&crate::project::project_root()).unwrap();
+        let images = catalog.build_order(&[]).unwrap();
+        let rendered = render_all(
+            &catalog,
+            &images,
+            &options(Some("registry.example.com/mirror")),
+        )
+        .unwrap();
+        assert!(!rendered.is_empty());
+        for r in rendered {
+            assert!(r
+                .dockerfile
+                .contains("registry.example.com/mirror/library/debian:bookworm-slim"));
+            insta::assert_snapshot!(format!("dockerfile_{}", r.name), r.dockerfile);
+        }
     }
 }

@@ -29,7 +29,13 @@ mod tests {
 
     #[test]
     fn columns_align() {
-        let rows = vec![vec!["opencode".to_string(), "x".to_string()], vec!["a".into(), "yy".into()]];
-        assert_eq!(table(&["NAME", "V"], &rows), "NAME      V\nopencode  x\na         yy\n");
+        let rows = vec![
+            vec!["opencode".to_string(), "x".to_string()],
+            vec!["a".into(), "yy".into()],
+        ];
+        assert_eq!(
+            table(&["NAME", "V"], &rows),
+            "NAME      V\nopencode  x\na         yy\n"
+        );
     }
 }

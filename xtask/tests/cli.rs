@@ -1,0 +1,298 @@
+//! The command line as a user meets it, without a Docker daemon: plans, listings, and
+//! one clear line for every kind of bad input.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use support::*;
+
+/// A copy of the project's catalog and templates to break on purpose.
+fn project_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["agents", "dockerfiles"] {
+        run(
+            "cp",
+            &[
+                "-r",
+                project_root().join(folder).to_str().unwrap(),
+                dir.path().to_str().unwrap(),
+            ],
+        );
+    }
+    dir
+}
+
+fn catalog_names() -> Vec<String> {
+    let out = xtask(&["images", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Asserts a failure with exactly one line on stderr that starts with `prefix`.
+fn assert_one_line_error(output: &std::process::Output, prefix: &str) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with(&format!("error: {prefix}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn list_shows_every_image_as_table_and_json() {
+    let names = catalog_names();
+    assert!(
+        names.contains(&"opencode".to_string()) && names.contains(&"attach".to_string()),
+        "{names:?}"
+    );
+    // Parents come first.
+    let opencode = names.iter().position(|n| n == "opencode").unwrap();
+    let attach = names.iter().position(|n| n == "attach").unwrap();
+    assert!(opencode < attach);
+    let table = xtask(&["images", "list"]);
+    let table = text(&table.stdout);
+    assert!(table.starts_with("NAME"), "{table}");
+    for name in &names {
+        assert!(
+            table.lines().any(|l| l.starts_with(name.as_str())),
+            "{name} missing: {table}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_for_every_image_without_touching_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    // A `docker` that records being called: the dry run must never call it.
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let called = dir.path().join("docker-was-called");
+    let fake = bin.join("docker");
+    fs::write(
+        &fake,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", called.display()),
+    )
+    .unwrap();
+    run("chmod", &["+x", fake.to_str().unwrap()]);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    let secret = "xtask-dry-run-secret-marker";
+    let ca = dir.path().join("ca.pem");
+    fs::write(
+        &ca,
+        format!("-----BEGIN CERTIFICATE-----\n{secret}\n-----END CERTIFICATE-----\n"),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let output = xtask_in(
+        &project_root(),
+        &[
+            "images",
+            "build",
+            "--dry-run",
+            "--push",
+            "--version",
+            "v1.2.3",
+            "--release-tags",
+            "--ca-bundle",
+            ca.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--npm-registry",
+            "https://npm.example.invalid/",
+        ],
+        &[("PATH", &path), ("DOCKER_HOST", "unix:///nonexistent.sock")],
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!called.exists(), "--dry-run ran docker");
+    assert!(stdout.contains("docker buildx bake --file"), "{stdout}");
+    for name in catalog_names() {
+        assert!(
+            stdout.contains(&format!(
+                "ghcr.io/kubeopencode/kubeopencode-agent-{name}:1.2"
+            )),
+            "{name}: {stdout}"
+        );
+        let dockerfile = fs::read_to_string(out_dir.join(&name).join("Dockerfile")).unwrap();
+        assert!(!dockerfile.contains(secret));
+    }
+    assert!(
+        stdout.contains(&format!("id=ca-bundle,src={}", ca.display())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(secret), "CA contents leaked into the plan");
+    let bake = fs::read_to_string(out_dir.join("bake.json")).unwrap();
+    assert!(!bake.contains(secret));
+
+    // The same plan as one JSON document for pipelines.
+    let json = xtask(&[
+        "images",
+        "build",
+        "--dry-run",
+        "--json",
+        "attach",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        plan["bake"]["group"]["default"]["targets"],
+        serde_json::json!(["attach"])
+    );
+    assert_eq!(
+        plan["bake"]["target"]["opencode"]["output"],
+        serde_json::json!(["type=cacheonly"])
+    );
+    assert_eq!(
+        plan["bake"]["target"]["attach"]["contexts"]
+            ["ghcr.io/kubeopencode/kubeopencode-agent-opencode"],
+        "target:opencode"
+    );
+}
+
+#[test]
+fn malformed_image_toml_is_one_line() {
+    let dir = project_copy();
+    let manifest = dir.path().join("agents/attach/image.toml");
+    let original = fs::read_to_string(&manifest).unwrap();
+    fs::write(&manifest, original.replace("parent = ", "parrent = ")).unwrap();
+    let output = xtask_in(dir.path(), &["images", "list"], &[]);
+    let err = assert_one_line_error(&output, "agents/attach/image.toml:");
+    assert!(err.contains("unknown field `parrent`"), "{err}");
+
+    fs::write(&manifest, "description = [\n").unwrap();
+    let output = xtask_in(dir.path(), &["images", "build", "--dry-run"], &[]);
+    assert_one_line_error(&output, "agents/attach/image.toml:");
+}
+
+#[test]
+fn unknown_image_is_one_line() {
+    let output = xtask(&["images", "build", "--dry-run", "no-such-image"]);
+    let err = assert_one_line_error(&output, "unknown image 'no-such-image'");
+    assert!(
+        err.contains("opencode"),
+        "the error lists what exists: {err}"
+    );
+}
+
+#[test]
+fn template_error_is_one_line_and_keeps_the_last_good_render() {
+    let dir = project_copy();
+    let out = dir.path().join("out");
+    let render = |args: &[&str]| {
+        let mut all = vec!["images", "render", "--out", out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        xtask_in(dir.path(), &all, &[])
+    };
+    assert!(render(&[]).status.success());
+    let good = fs::read_to_string(out.join("opencode/Dockerfile")).unwrap();
+    assert!(
+        good.starts_with("# Generated from dockerfiles/opencode.Dockerfile.j2"),
+        "{good}"
+    );
+    assert!(!good.contains("# syntax="));
+
+    let template = dir.path().join("dockerfiles/opencode.Dockerfile.j2");
+    let text_before = fs::read_to_string(&template).unwrap();
+    fs::write(
+        &template,
+        text_before.replace("{{ version }}", "{{ vars.no_such_var }}"),
+    )
+    .unwrap();
+    let err = assert_one_line_error(&render(&[]), "dockerfiles/opencode.Dockerfile.j2:");
+    assert!(err.contains("undefined value"), "{err}");
+    assert_eq!(
+        fs::read_to_string(out.join("opencode/Dockerfile")).unwrap(),
+        good,
+        "a failed render touched the output"
+    );
+
+    fs::write(&template, text_before).unwrap();
+    let manifest = dir.path().join("agents/opencode/image.toml");
+    let spec = fs::read_to_string(&manifest).unwrap();
+    fs::write(
+        &manifest,
+        spec.replace("opencode_source = \"npm\"", "opencode_source = \"ftp\""),
+    )
+    .unwrap();
+    let err = assert_one_line_error(
+        &render(&["opencode"]),
+        "dockerfiles/opencode.Dockerfile.j2:",
+    );
+    assert!(err.contains("must be \"npm\" or \"github\""), "{err}");
+}
+
+#[test]
+fn bad_references_and_flags_are_one_line() {
+    for (args, prefix) in [
+        (vec!["--registry", "Bad Registry"], "image reference"),
+        (
+            vec!["--base-registry", "mirror-without-host"],
+            "registry prefix 'mirror-without-host'",
+        ),
+        (vec!["--version", "v1 beta"], "image reference"),
+        (
+            vec!["--platform", "windows/amd64"],
+            "platform 'windows/amd64'",
+        ),
+        (
+            vec!["--ca-bundle", "/no/such/ca.pem"],
+            "--ca-bundle /no/such/ca.pem",
+        ),
+        (
+            vec!["--artifact-mirror", "mirror.local"],
+            "--artifact-mirror 'mirror.local'",
+        ),
+        (vec!["--secret", "token"], "--secret 'token'"),
+        (
+            vec!["--release-tags", "--version", "nightly"],
+            "--release-tags needs a semantic version",
+        ),
+    ] {
+        let mut all = vec!["images", "build", "--dry-run"];
+        all.extend(args);
+        assert_one_line_error(&xtask(&all), prefix);
+    }
+}
+
+#[test]
+fn a_custom_executor_is_one_folder() {
+    let dir = project_copy();
+    let custom = dir.path().join("agents/my-tools");
+    fs::create_dir_all(&custom).unwrap();
+    fs::write(
+        custom.join("Dockerfile"),
+        "FROM ghcr.io/kubeopencode/kubeopencode-agent-attach\nCOPY hello.txt /hello.txt\n",
+    )
+    .unwrap();
+    fs::write(custom.join("hello.txt"), "hi\n").unwrap();
+    fs::write(
+        custom.join("image.toml"),
+        "description = \"My tools\"\ndockerfile = \"Dockerfile\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = xtask_in(
+        dir.path(),
+        &[
+            "images",
+            "build",
+            "--dry-run",
+            "my-tools",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("kubeopencode-agent-my-tools:latest"));
+    assert!(Path::new(&out.join("my-tools/hello.txt")).is_file());
+    assert!(!out.join("my-tools/image.toml").exists());
+}

@@ -1,0 +1,303 @@
+//! End to end, on a real dockerd and a real registry: the air-gapped build of opencode
+//! and attach, multi-arch, then the images doing their jobs.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+use support::*;
+
+const OPENCODE_VERSION: &str = "1.18.14";
+
+#[test]
+fn air_gapped_multi_arch_build_of_opencode_and_attach() {
+    if !docker_available() {
+        return;
+    }
+    let registry = Registry::start();
+    let prefix = format!("{}/mirror", registry.addr);
+    push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
+
+    // The host's CA bundle plus a marker, to prove the secret never lands in a layer.
+    let secrets = tempfile::tempdir().unwrap();
+    let marker = format!("xtask-e2e-ca-marker-{}", std::process::id());
+    let ca_bundle = secrets.path().join("ca.pem");
+    let host_ca = std::fs::read_to_string(HOST_CA_BUNDLE).unwrap();
+    std::fs::write(&ca_bundle, format!("# {marker}\n{host_ca}")).unwrap();
+
+    let version = format!("e2e-{}", std::process::id());
+    let out = tempfile::tempdir().unwrap();
+    let npm = npm_registry();
+    let args = [
+        "images",
+        "build",
+        "opencode",
+        "attach",
+        "--registry",
+        &registry.addr,
+        "--org",
+        "e2e",
+        "--version",
+        &version,
+        "--base-registry",
+        &prefix,
+        "--ca-bundle",
+        ca_bundle.to_str().unwrap(),
+        "--npm-registry",
+        &npm,
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--push",
+        "--progress",
+        "plain",
+        "--json",
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    let build = xtask(&args);
+    let stderr = text(&build.stderr);
+    assert!(build.status.success(), "build failed:\n{stderr}");
+    assert!(
+        !stderr.contains(&marker),
+        "the CA bundle's contents reached the build log"
+    );
+
+    // The result names each image with its pushed digest.
+    let built: serde_json::Value = serde_json::from_slice(&build.stdout).unwrap();
+    let built = built.as_array().unwrap();
+    assert_eq!(built.len(), 2);
+
+    for image in ["opencode", "attach"] {
+        let reference = format!("{}/e2e/kubeopencode-agent-{image}:{version}", registry.addr);
+        let index = skopeo_raw(&reference);
+        assert_eq!(
+            index["mediaType"], "application/vnd.oci.image.index.v1+json",
+            "{index}"
+        );
+        let platforms: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap(),
+                    m["platform"]["architecture"].as_str().unwrap()
+                )
+            })
+            .filter(|p| p != "unknown/unknown")
+            .collect();
+        assert_eq!(
+            platforms,
+            ["linux/amd64", "linux/arm64"],
+            "{image}: {index}"
+        );
+        let reported = built.iter().find(|b| b["image"] == image).unwrap();
+        let index_digest = run(
+            "skopeo",
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--format",
+                "{{.Digest}}",
+                &format!("docker://{reference}"),
+            ],
+        );
+        // skopeo's Digest is the digest of what the tag points at: the index.
+        assert_eq!(
+            reported["digest"].as_str().unwrap(),
+            index_digest.trim(),
+            "{image}"
+        );
+
+        let labels = &skopeo_config(&reference)["config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.version"], version.as_str());
+        assert_eq!(
+            labels["org.opencontainers.image.title"],
+            format!("kubeopencode-agent-{image}")
+        );
+        for key in ["source", "revision", "created", "description"] {
+            let value = labels[format!("org.opencontainers.image.{key}")]
+                .as_str()
+                .unwrap_or("");
+            assert!(
+                !value.is_empty(),
+                "{image}: label {key} is missing: {labels}"
+            );
+        }
+        assert_no_layer_contains(
+            &registry.addr,
+            &format!("e2e/kubeopencode-agent-{image}"),
+            &index,
+            &marker,
+        );
+    }
+
+    let opencode = format!(
+        "{}/e2e/kubeopencode-agent-opencode:{version}",
+        registry.addr
+    );
+    let attach = format!("{}/e2e/kubeopencode-agent-attach:{version}", registry.addr);
+    run("docker", &["pull", "--quiet", &opencode]);
+    run("docker", &["pull", "--quiet", &attach]);
+
+    // The init container fills a fresh /tools volume.
+    let volume = format!("xtask-e2e-tools-{}", std::process::id());
+    let _cleanup = VolumeGuard(volume.clone());
+    let init = run(
+        "docker",
+        &["run", "--rm", "-v", &format!("{volume}:/tools"), &opencode],
+    );
+    assert!(
+        init.contains(&format!(
+            "opencode {OPENCODE_VERSION} installed at /tools/opencode"
+        )),
+        "{init}"
+    );
+
+    // attach, as an OpenShift-style arbitrary UID in group 0.
+    let uid = "1000620000:0";
+    let tools = format!("{volume}:/tools");
+    let version_out = run(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--user",
+            uid,
+            &attach,
+            "opencode",
+            "--version",
+        ],
+    );
+    assert_eq!(version_out.trim(), OPENCODE_VERSION);
+    let from_tools = run(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--user",
+            uid,
+            "-v",
+            &tools,
+            &attach,
+            "/tools/opencode",
+            "--version",
+        ],
+    );
+    assert_eq!(
+        from_tools.trim(),
+        OPENCODE_VERSION,
+        "the binary the init container copied runs"
+    );
+    let env = run("docker", &["run", "--rm", "--user", uid, &attach, "sh", "-c", "echo $HOME $WORKSPACE_DIR $(pwd); cat /etc/opencode.version > /workspace/probe && cat /workspace/probe"]);
+    assert_eq!(
+        env.split_whitespace().collect::<Vec<_>>(),
+        ["/tmp", "/workspace", "/workspace", OPENCODE_VERSION]
+    );
+
+    // The operator's command line, up to the point of connecting to the server.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || {
+        let (stream, _) = server.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut first_line = String::new();
+        BufReader::new(&stream).read_line(&mut first_line).unwrap();
+        let _ = (&stream).write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        first_line
+    });
+    let line = format!(
+        "ln -sf /tools/opencode /usr/local/bin/opencode; /tools/opencode run --attach http://127.0.0.1:{port} 'say hello'"
+    );
+    let operator = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--user",
+            uid,
+            "-v",
+            &tools,
+            &attach,
+            "sh",
+            "-c",
+            &line,
+        ])
+        .output()
+        .unwrap();
+    let request = accept.join().unwrap();
+    eprintln!("operator line reached the server with: {}", request.trim());
+    assert!(
+        request.starts_with("GET ") || request.starts_with("POST "),
+        "opencode never reached the server: {request:?}\n{}",
+        text(&operator.stderr)
+    );
+    let output = format!("{}{}", text(&operator.stdout), text(&operator.stderr));
+    assert!(
+        !output.contains("not found") || output.contains("Session"),
+        "{output}"
+    );
+    assert!(!output.contains("Permission denied"), "{output}");
+}
+
+struct VolumeGuard(String);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Counts how often `needle` occurs in the uncompressed layers of every platform image.
+fn count_in_layers(
+    registry: &str,
+    repository: &str,
+    index: &serde_json::Value,
+    needle: &str,
+) -> usize {
+    let scratch = tempfile::tempdir().unwrap();
+    let blob_file = scratch.path().join("blob");
+    let mut total = 0;
+    for manifest in index["manifests"].as_array().unwrap() {
+        let digest = manifest["digest"].as_str().unwrap();
+        let image = skopeo_raw(&format!("{registry}/{repository}@{digest}"));
+        for layer in image["layers"].as_array().unwrap() {
+            let blob = layer["digest"].as_str().unwrap();
+            let url = format!("https://{registry}/v2/{repository}/blobs/{blob}");
+            run("curl", &["-skf", "-o", blob_file.to_str().unwrap(), &url]);
+            let script = format!(
+                "gzip -dc '{}' | grep -c -a -F '{needle}' || true",
+                blob_file.display()
+            );
+            total += run("sh", &["-c", &script]).trim().parse::<usize>().unwrap();
+        }
+    }
+    total
+}
+
+fn assert_no_layer_contains(
+    registry: &str,
+    repository: &str,
+    index: &serde_json::Value,
+    needle: &str,
+) {
+    // The scan itself must see content, or a broken scan would pass silently.
+    assert!(
+        count_in_layers(registry, repository, index, "ld-linux") > 0,
+        "layer scan of {repository} read nothing"
+    );
+    assert_eq!(
+        count_in_layers(registry, repository, index, needle),
+        0,
+        "a layer of {repository} holds the CA bundle"
+    );
+}

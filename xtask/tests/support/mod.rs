@@ -1,0 +1,285 @@
+//! Real things for end-to-end tests: the xtask binary, a distribution registry on
+//! loopback, a Debian base image made offline, and the machine's own package mirrors.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs the xtask binary with `args`.
+pub fn xtask(args: &[&str]) -> Output {
+    xtask_in(&project_root(), args, &[])
+}
+
+pub fn xtask_in(project: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.args(args).env("XTASK_PROJECT_DIR", project);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("running the xtask binary")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a command and returns stdout, failing the test with its stderr otherwise.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// True when a Docker daemon answers. Under CI=true a missing daemon fails the test,
+/// because CI must run the end-to-end path for real.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true but no Docker daemon answers `docker info`: run .ci/provision first");
+        }
+        eprintln!("SKIPPED: no Docker daemon (run .ci/provision to start one)");
+    }
+    ok
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The CNCF distribution registry on a free loopback port, removed when dropped.
+///
+/// It serves TLS with a throwaway self-signed certificate. Docker treats loopback
+/// registries as insecure and skips verification, and with TLS it never takes its
+/// plain-HTTP fallback, which in Docker 26.1 races under parallel pushes and can crash
+/// dockerd (moby/moby#48818).
+pub struct Registry {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+        );
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("data").display(),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry is not installed: run .ci/provision");
+        let registry = Registry {
+            addr,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_status(&registry.url("/v2/")) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "registry on {} did not start",
+                registry.addr
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        registry
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status code of a GET, or None when nothing answers. Loopback only: no TLS check.
+pub fn http_status(url: &str) -> Option<u16> {
+    let output = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .ok()?;
+    text(&output.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|code| *code != 0)
+}
+
+/// The URI of the Debian mirror this machine's apt uses.
+pub fn debian_mirror() -> String {
+    let sources = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
+    if let Some(uri) = sources.lines().find_map(|l| l.strip_prefix("URIs:")) {
+        return uri.split_whitespace().next().unwrap().to_string();
+    }
+    let list = fs::read_to_string("/etc/apt/sources.list").expect("no apt sources on this machine");
+    list.lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words.first() == Some(&"deb")).then(|| words[1].to_string())
+        })
+        .expect("no deb line in /etc/apt/sources.list")
+}
+
+/// The npm registry this machine uses.
+pub fn npm_registry() -> String {
+    run("npm", &["config", "get", "registry"])
+        .trim()
+        .to_string()
+}
+
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A Debian bookworm minbase image made with debootstrap from the machine's mirror, as a
+/// tarball cached under target/ so later runs skip debootstrap.
+pub fn debian_rootfs_tarball() -> PathBuf {
+    let cache = project_root().join("target/e2e-cache");
+    fs::create_dir_all(&cache).unwrap();
+    let tarball = cache.join("debian-bookworm-minbase.tar");
+    let lock = fs::File::create(cache.join("debian.lock")).unwrap();
+    lock.lock().unwrap();
+    if !tarball.exists() {
+        let rootfs = tempfile::tempdir_in(&cache).unwrap();
+        let target = rootfs.path().join("root");
+        run(
+            "debootstrap",
+            &[
+                "--variant=minbase",
+                "bookworm",
+                target.to_str().unwrap(),
+                &debian_mirror(),
+            ],
+        );
+        for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+            for entry in fs::read_dir(target.join(dir)).unwrap().flatten() {
+                if entry.path().is_file() {
+                    fs::remove_file(entry.path()).unwrap();
+                }
+            }
+        }
+        let partial = cache.join("debian-bookworm-minbase.tar.partial");
+        run(
+            "tar",
+            &[
+                "-C",
+                target.to_str().unwrap(),
+                "-cf",
+                partial.to_str().unwrap(),
+                ".",
+            ],
+        );
+        fs::rename(&partial, &tarball).unwrap();
+    }
+    tarball
+}
+
+/// Imports the cached rootfs and pushes it as `<registry>/<path>`.
+pub fn push_base_image(reference: &str) {
+    let tarball = debian_rootfs_tarball();
+    run("docker", &["import", tarball.to_str().unwrap(), reference]);
+    run("docker", &["push", "--quiet", reference]);
+}
+
+/// `skopeo inspect --raw` of a reference in a plain-HTTP loopback registry.
+pub fn skopeo_raw(reference: &str) -> serde_json::Value {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ],
+    );
+    serde_json::from_str(&raw).expect("skopeo printed JSON")
+}
+
+pub fn skopeo_config(reference: &str) -> serde_json::Value {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            &format!("docker://{reference}"),
+        ],
+    );
+    serde_json::from_str(&raw).expect("skopeo printed JSON")
+}
