@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Container images: list, render, build.
+    /// Container images: list, render, build, mirror, retag.
     #[command(subcommand)]
     Images(ImagesCommand),
 }
@@ -33,6 +33,10 @@ pub enum ImagesCommand {
     Render(RenderArgs),
     /// Render and build images with docker buildx.
     Build(BuildArgs),
+    /// Copy images under a registry prefix for air-gapped clusters.
+    Mirror(MirrorArgs),
+    /// Add tags to a manifest already in a registry, without moving layers.
+    Retag(RetagArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,4 +127,100 @@ pub struct BuildArgs {
     /// With --dry-run, print the plan as one JSON document; otherwise print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags every registry-facing command shares.
+#[derive(Debug, Args, Clone)]
+pub struct RegistryArgs {
+    /// A registry host to reach without TLS verification (loopback is always allowed).
+    #[arg(long = "insecure", value_name = "HOST")]
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MirrorArgs {
+    #[command(subcommand)]
+    pub action: Option<MirrorAction>,
+    #[command(flatten)]
+    pub copy: MirrorCopyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorAction {
+    /// Write the images to one OCI-layout tar, to carry across the air gap.
+    Save(MirrorSaveArgs),
+    /// Push an archive written by `mirror save` into a registry.
+    Load(MirrorLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorCopyArgs {
+    /// Groups under mirrors/ (kubeopencode, agentkube, base, build-time) or list files (default: all groups).
+    pub lists: Vec<String>,
+    /// Destination prefix, e.g. registry.example.com/exo-mirror.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// One more image to copy (repeatable).
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+    /// Put images under PREFIX/<source host>/... so registries never collide.
+    #[arg(long)]
+    pub keep_host: bool,
+    /// Copy only these platforms (rewrites indexes, so their digests change).
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Images copied at once (blobs: twice as many).
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Write the mapping, agentkube env, containerd hosts.toml, OpenShift mirror sets and Helm values here.
+    #[arg(long, value_name = "DIR")]
+    pub write_config: Option<PathBuf>,
+    /// Print what would be copied, from HEAD requests only.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or the --dry-run plan) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorSaveArgs {
+    /// Groups or list files, as for `mirror` (default: all groups).
+    pub lists: Vec<String>,
+    /// The archive to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// One more image to save (repeatable).
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorLoadArgs {
+    /// An archive written by `cargo xtask images mirror save`.
+    pub bundle: PathBuf,
+    /// Destination prefix, e.g. registry.example.com/exo-mirror.
+    #[arg(long)]
+    pub to: String,
+    /// Put images under PREFIX/<source host>/...
+    #[arg(long)]
+    pub keep_host: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RetagArgs {
+    /// The image that has the manifest, e.g. ghcr.io/org/img:v1.2.3.
+    pub source: String,
+    /// New tags: a bare tag (same repository) or a full reference in the same registry.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }

@@ -2,6 +2,7 @@ mod build;
 mod catalog;
 mod cli;
 mod list;
+mod mirror;
 mod naming;
 mod plan;
 mod project;
@@ -21,6 +22,8 @@ fn main() -> std::process::ExitCode {
         Command::Images(ImagesCommand::List(args)) => list::run(&root, args.json),
         Command::Images(ImagesCommand::Render(args)) => build::run_render(&root, args),
         Command::Images(ImagesCommand::Build(args)) => build::run_build(&root, args),
+        Command::Images(ImagesCommand::Mirror(args)) => mirror::run(&root, args),
+        Command::Images(ImagesCommand::Retag(args)) => mirror::retag::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 pub const IMAGE_PREFIX: &str = "kubeopencode-agent-";
 
 /// A parsed image reference: `registry/repository[:tag][@digest]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageRef {
     pub registry: String,
     pub repository: String,

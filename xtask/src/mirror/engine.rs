@@ -1,0 +1,485 @@
+//! The copy engine: one image at a time from the caller's view, blobs and platform
+//! manifests in parallel underneath, a manifest pushed only once all it references is
+//! in place, and the tag last.
+
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::registry::{verified_stream, with_retry, Failure, Registry, Stats};
+use crate::naming::ImageRef;
+
+/// Registries by host, connected once and shared by every task.
+pub struct Registries {
+    insecure: Vec<String>,
+    pub stats: Arc<Stats>,
+    connected: Mutex<HashMap<String, Arc<OnceCell<Arc<Registry>>>>>,
+}
+
+impl Registries {
+    pub fn new(insecure: Vec<String>) -> Registries {
+        Registries {
+            insecure,
+            stats: Arc::new(Stats::default()),
+            connected: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(&self, host: &str) -> Result<Arc<Registry>> {
+        let cell = self
+            .connected
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| Registry::connect(host, &self.insecure, self.stats.clone()))
+            .await
+            .cloned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyJob {
+    pub source: ImageRef,
+    pub destination: ImageRef,
+    /// Copy only these platforms; this rewrites the index and so changes its digest.
+    pub platforms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "result")]
+pub enum Outcome {
+    Copied { digest: String },
+    Skipped { digest: String },
+}
+
+impl Outcome {
+    pub fn digest(&self) -> &str {
+        match self {
+            Outcome::Copied { digest } | Outcome::Skipped { digest } => digest,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct BlobCounts {
+    pub copied: AtomicU64,
+    pub mounted: AtomicU64,
+    pub present: AtomicU64,
+}
+
+/// Called as blobs finish, for progress display.
+pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The repository a blob was first placed in at a destination registry.
+type Placement = Arc<OnceCell<String>>;
+
+pub struct Engine {
+    pub registries: Registries,
+    blob_slots: Semaphore,
+    /// Where each blob already is at a destination registry in this run, for mounts.
+    placed: Mutex<HashMap<(String, String), Placement>>,
+    /// Manifests already pushed in this run.
+    pushed: Mutex<HashSet<(String, String, String)>>,
+    pub blobs: BlobCounts,
+    on_bytes: OnBytes,
+}
+
+struct Side<'a> {
+    registry: Arc<Registry>,
+    repository: &'a str,
+}
+
+impl Engine {
+    pub fn new(insecure: Vec<String>, blob_jobs: usize, on_bytes: OnBytes) -> Engine {
+        Engine {
+            registries: Registries::new(insecure),
+            blob_slots: Semaphore::new(blob_jobs.max(1)),
+            placed: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashSet::new()),
+            blobs: BlobCounts::default(),
+            on_bytes,
+        }
+    }
+
+    /// The source's digest for `job`, by HEAD only.
+    pub async fn source_digest(&self, job: &CopyJob) -> Result<String> {
+        let source = self.registries.get(&job.source.registry).await?;
+        let reference = source_reference(&job.source);
+        let described = source
+            .head_manifest(&job.source.repository, &reference)
+            .await?
+            .ok_or_else(|| anyhow!("{} does not exist at the source", job.source))?;
+        if let Some(pinned) = &job.source.digest {
+            if &described.digest != pinned {
+                bail!(
+                    "digest mismatch: {} resolves to {}, not the pinned {pinned}",
+                    job.source,
+                    described.digest
+                );
+            }
+        }
+        Ok(described.digest)
+    }
+
+    /// The digest the destination tag points at, by HEAD only.
+    pub async fn destination_digest(&self, job: &CopyJob) -> Result<Option<String>> {
+        let destination = self.registries.get(&job.destination.registry).await?;
+        let described = destination
+            .head_manifest(&job.destination.repository, &destination_reference(job))
+            .await?;
+        Ok(described.map(|d| d.digest))
+    }
+
+    pub async fn copy(&self, job: &CopyJob) -> Result<Outcome> {
+        let source_digest = self.source_digest(job).await?;
+        // No-op: the destination already has exactly this; nothing else is requested.
+        if job.platforms.is_none()
+            && self.destination_digest(job).await?.as_deref() == Some(source_digest.as_str())
+        {
+            return Ok(Outcome::Skipped {
+                digest: source_digest,
+            });
+        }
+        let src = Side {
+            registry: self.registries.get(&job.source.registry).await?,
+            repository: &job.source.repository,
+        };
+        let dst = Side {
+            registry: self.registries.get(&job.destination.registry).await?,
+            repository: &job.destination.repository,
+        };
+        let (bytes, media_type) = self
+            .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
+            .await?;
+        let digest = super::registry::sha256_digest(&bytes);
+        let tag = destination_reference(job);
+        if job.platforms.is_some() && tag.starts_with("sha256:") && tag != digest {
+            bail!("{}: a platform subset changes the digest, so it needs a tag, not a digest, as destination", job.source);
+        }
+        if job.platforms.is_some() && job.destination.digest.is_none() {
+            // A subset can already be in place: compare before pushing.
+            if self.destination_digest(job).await?.as_deref() == Some(digest.as_str()) {
+                return Ok(Outcome::Skipped { digest });
+            }
+        }
+        dst.registry
+            .put_manifest(dst.repository, &tag, &bytes, &media_type)
+            .await?;
+        self.copy_attached(&src, &dst, &source_digest).await?;
+        Ok(Outcome::Copied { digest })
+    }
+
+    /// Pushes everything `digest` references (recursively), then returns its bytes for
+    /// the caller to push under a tag or digest.
+    fn copy_children<'a>(
+        &'a self,
+        src: &'a Side<'a>,
+        dst: &'a Side<'a>,
+        digest: &'a str,
+        platforms: Option<&'a [String]>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(Bytes, String)>> {
+        Box::pin(async move {
+            let (bytes, header_type) = src.registry.get_manifest(src.repository, digest).await?;
+            let json: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("manifest {digest} of {}: not JSON ({e})", src.repository))?;
+            let media_type = json["mediaType"]
+                .as_str()
+                .map(String::from)
+                .filter(|m| !m.is_empty())
+                .unwrap_or(header_type);
+            if let Some(children) = json["manifests"].as_array() {
+                let (kept, bytes) = match platforms {
+                    Some(platforms) => {
+                        let kept = subset(children, platforms);
+                        if kept.is_empty() {
+                            bail!(
+                                "{}@{digest} has none of the platforms {}",
+                                src.repository,
+                                platforms.join(", ")
+                            );
+                        }
+                        let mut rewritten = json.clone();
+                        rewritten["manifests"] = serde_json::Value::Array(kept.clone());
+                        (kept, Bytes::from(serde_json::to_vec_pretty(&rewritten)?))
+                    }
+                    None => (children.clone(), bytes),
+                };
+                try_join_all(kept.iter().map(|child| async move {
+                    let child_digest = child["digest"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("an index entry of {digest} has no digest"))?;
+                    self.copy_manifest_by_digest(src, dst, child_digest).await
+                }))
+                .await?;
+                return Ok((bytes, media_type));
+            }
+            let mut blobs: Vec<&serde_json::Value> = Vec::new();
+            blobs.extend(json.get("config"));
+            for key in ["layers", "blobs"] {
+                blobs.extend(json[key].as_array().into_iter().flatten());
+            }
+            try_join_all(
+                blobs
+                    .into_iter()
+                    .filter(|b| !is_foreign(b))
+                    .map(|blob| self.copy_blob(src, dst, blob)),
+            )
+            .await?;
+            Ok((bytes, media_type))
+        })
+    }
+
+    async fn copy_manifest_by_digest(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        digest: &str,
+    ) -> Result<()> {
+        let key = (
+            dst.registry.host.clone(),
+            dst.repository.to_string(),
+            digest.to_string(),
+        );
+        if self.pushed.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
+        let (bytes, media_type) = self.copy_children(src, dst, digest, None).await?;
+        dst.registry
+            .put_manifest(dst.repository, digest, &bytes, &media_type)
+            .await?;
+        self.pushed.lock().unwrap().insert(key);
+        Ok(())
+    }
+
+    /// Signatures and attestations that live beside an image: cosign's
+    /// `sha256-<hex>.{sig,att,sbom}` tags and OCI 1.1 referrers.
+    async fn copy_attached(&self, src: &Side<'_>, dst: &Side<'_>, digest: &str) -> Result<()> {
+        let hex = digest.trim_start_matches("sha256:");
+        for suffix in ["sig", "att", "sbom"] {
+            let tag = format!("sha256-{hex}.{suffix}");
+            if let Some(found) = src.registry.head_manifest(src.repository, &tag).await? {
+                let (bytes, media_type) = self.copy_children(src, dst, &found.digest, None).await?;
+                dst.registry
+                    .put_manifest(dst.repository, &tag, &bytes, &media_type)
+                    .await?;
+            }
+        }
+        if let Some(index) = src.registry.referrers(src.repository, digest).await? {
+            for referrer in index["manifests"].as_array().into_iter().flatten() {
+                if let Some(referrer_digest) = referrer["digest"].as_str() {
+                    self.copy_manifest_by_digest(src, dst, referrer_digest)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_blob(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        descriptor: &serde_json::Value,
+    ) -> Result<()> {
+        let digest = descriptor["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("a descriptor in {} has no digest", src.repository))?
+            .to_string();
+        let size = descriptor["size"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("blob {digest} in {} has no size", src.repository))?;
+        let cell = self
+            .placed
+            .lock()
+            .unwrap()
+            .entry((dst.registry.host.clone(), digest.clone()))
+            .or_default()
+            .clone();
+        // The first task to need a blob at this registry places it; the rest mount it.
+        let placed_in = cell
+            .get_or_try_init(|| async {
+                self.transfer(src, dst, &digest, size).await?;
+                Ok::<_, anyhow::Error>(dst.repository.to_string())
+            })
+            .await?;
+        if placed_in == dst.repository {
+            return Ok(());
+        }
+        let _slot = self.blob_slots.acquire().await?;
+        if dst.registry.has_blob(dst.repository, &digest).await? {
+            self.blobs.present.fetch_add(1, Ordering::Relaxed);
+        } else if dst
+            .registry
+            .mount_blob(dst.repository, &digest, placed_in)
+            .await?
+        {
+            self.blobs.mounted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            drop(_slot);
+            self.transfer(src, dst, &digest, size).await?;
+        }
+        Ok(())
+    }
+
+    /// HEAD at the destination, then a streamed, verified copy. A retry starts over with
+    /// the HEAD, so a blob that landed before a failure is not sent twice.
+    async fn transfer(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
+        let _slot = self.blob_slots.acquire().await?;
+        let what = format!(
+            "copying blob {digest} ({size} bytes) from {}/{}",
+            src.registry.host, src.repository
+        );
+        let stats = src.registry.stats.clone();
+        let copied = with_retry(&what, &stats, || async {
+            if dst
+                .registry
+                .has_blob(dst.repository, digest)
+                .await
+                .map_err(Failure::fatal)?
+            {
+                return Ok(false);
+            }
+            let response = src.registry.get_blob(src.repository, digest).await?;
+            let mismatch: Arc<Mutex<Option<String>>> = Arc::default();
+            let flag = mismatch.clone();
+            let label = format!("blob {digest} of {}/{}", src.registry.host, src.repository);
+            let verified = verified_stream(
+                response.bytes_stream(),
+                digest.to_string(),
+                size,
+                stats.clone(),
+                label,
+            )
+            .map(move |item| {
+                if let Err(e) = &item {
+                    if e.to_string().contains("digest mismatch") {
+                        *flag.lock().unwrap() = Some(e.to_string());
+                    }
+                }
+                item
+            });
+            // A bounded channel makes the body Sync for reqwest and caps memory at a
+            // few chunks, whatever the blob size.
+            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            let pump = tokio::spawn(async move {
+                let mut verified = Box::pin(verified);
+                while let Some(item) = verified.next().await {
+                    if sender.send(item).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let body = futures_util::stream::unfold(receiver, |mut r| async move {
+                r.recv().await.map(|item| (item, r))
+            });
+            let result = dst
+                .registry
+                .put_blob_stream(dst.repository, digest, size, body)
+                .await;
+            pump.abort();
+            if let Some(message) = mismatch.lock().unwrap().take() {
+                return Err(Failure::fatal(anyhow!(
+                    "{message}; refused, nothing was pushed"
+                )));
+            }
+            result.map(|()| true)
+        })
+        .await?;
+        if copied {
+            self.blobs.copied.fetch_add(1, Ordering::Relaxed);
+            (self.on_bytes)(size);
+        } else {
+            self.blobs.present.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn source_reference(source: &ImageRef) -> String {
+    source
+        .digest
+        .clone()
+        .or_else(|| source.tag.clone())
+        .unwrap_or_else(|| "latest".to_string())
+}
+
+fn destination_reference(job: &CopyJob) -> String {
+    job.destination
+        .tag
+        .clone()
+        .or_else(|| job.destination.digest.clone())
+        .unwrap_or_else(|| "latest".to_string())
+}
+
+fn is_foreign(descriptor: &serde_json::Value) -> bool {
+    let media_type = descriptor["mediaType"].as_str().unwrap_or("");
+    media_type.contains("foreign") || media_type.contains("nondistributable")
+}
+
+/// The index entries for `platforms`, plus the attestation manifests that describe them.
+fn subset(children: &[serde_json::Value], platforms: &[String]) -> Vec<serde_json::Value> {
+    let platform_of = |child: &serde_json::Value| {
+        let p = &child["platform"];
+        let mut name = format!(
+            "{}/{}",
+            p["os"].as_str().unwrap_or(""),
+            p["architecture"].as_str().unwrap_or("")
+        );
+        if let Some(variant) = p["variant"].as_str() {
+            name = format!("{name}/{variant}");
+        }
+        name
+    };
+    let kept: Vec<&serde_json::Value> = children
+        .iter()
+        .filter(|c| platforms.contains(&platform_of(c)))
+        .collect();
+    let kept_digests: HashSet<&str> = kept.iter().filter_map(|c| c["digest"].as_str()).collect();
+    children
+        .iter()
+        .filter(|c| {
+            kept.iter().any(|k| std::ptr::eq(*k, *c))
+                || c["annotations"]["vnd.docker.reference.digest"]
+                    .as_str()
+                    .is_some_and(|d| kept_digests.contains(d))
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_keeps_attestations_of_kept_platforms() {
+        let children = vec![
+            json!({"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}}),
+            json!({"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm64"}}),
+            json!({"digest": "sha256:c", "platform": {"os": "unknown", "architecture": "unknown"},
+                   "annotations": {"vnd.docker.reference.digest": "sha256:a"}}),
+            json!({"digest": "sha256:d", "platform": {"os": "unknown", "architecture": "unknown"},
+                   "annotations": {"vnd.docker.reference.digest": "sha256:b"}}),
+        ];
+        let kept: Vec<_> = subset(&children, &["linux/amd64".into()])
+            .iter()
+            .map(|c| c["digest"].clone())
+            .collect();
+        assert_eq!(kept, [json!("sha256:a"), json!("sha256:c")]);
+    }
+}

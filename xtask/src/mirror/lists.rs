@@ -1,0 +1,249 @@
+//! Mirror lists (`mirrors/<group>.toml`) and the plan they turn into.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::Catalog;
+use crate::naming::ImageRef;
+
+pub const MIRRORS_DIR: &str = "mirrors";
+/// Computed from the catalog: every base image a template builds FROM.
+pub const BASE_GROUP: &str = "base";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListFile {
+    #[allow(dead_code)]
+    description: String,
+    #[serde(default, rename = "image")]
+    images: Vec<EntrySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntrySpec {
+    source: String,
+    platforms: Option<Vec<String>>,
+    #[serde(rename = "override")]
+    override_var: Option<String>,
+    #[serde(default)]
+    helm: Vec<String>,
+    #[serde(default)]
+    helm_image: Vec<String>,
+    agent_field: Option<String>,
+}
+
+/// One image to mirror, with what the cluster-side outputs need to know about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub group: String,
+    pub source: ImageRef,
+    pub platforms: Option<Vec<String>>,
+    pub override_var: Option<String>,
+    /// Helm values keys that take `{repository, tag}`.
+    pub helm: Vec<String>,
+    /// Helm values keys that take a full reference.
+    pub helm_image: Vec<String>,
+    /// The Agent CRD field this image goes in.
+    pub agent_field: Option<String>,
+}
+
+impl Entry {
+    pub fn plain(group: &str, source: ImageRef) -> Entry {
+        Entry {
+            group: group.to_string(),
+            source,
+            platforms: None,
+            override_var: None,
+            helm: vec![],
+            helm_image: vec![],
+            agent_field: None,
+        }
+    }
+}
+
+/// The groups under `mirrors/` plus the computed `base` group.
+pub fn group_names(root: &Path) -> Vec<String> {
+    let mut names: BTreeSet<String> = fs::read_dir(root.join(MIRRORS_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".toml")
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.insert(BASE_GROUP.to_string());
+    names.into_iter().collect()
+}
+
+/// Entries for `selectors` (group names or TOML files; all groups when empty) plus
+/// `--image` references, de-duplicated by source.
+pub fn load(root: &Path, selectors: &[String], extra_images: &[String]) -> Result<Vec<Entry>> {
+    let selectors: Vec<String> = if selectors.is_empty() && extra_images.is_empty() {
+        group_names(root)
+    } else {
+        selectors.to_vec()
+    };
+    let mut entries = Vec::new();
+    for selector in &selectors {
+        entries.extend(load_selector(root, selector)?);
+    }
+    for image in extra_images {
+        let source = ImageRef::parse(image).map_err(|e| anyhow!("--image {image}: {e}"))?;
+        entries.push(Entry::plain("cli", source));
+    }
+    let mut seen = BTreeSet::new();
+    entries.retain(|e| seen.insert(e.source.to_string()));
+    Ok(entries)
+}
+
+fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
+    if selector == BASE_GROUP && !root.join(MIRRORS_DIR).join("base.toml").exists() {
+        return base_group(root);
+    }
+    let path = if selector.ends_with(".toml") || selector.contains('/') {
+        PathBuf::from(selector)
+    } else {
+        root.join(MIRRORS_DIR).join(format!("{selector}.toml"))
+    };
+    if !path.is_file() {
+        bail!(
+            "unknown mirror group or file '{selector}': groups are {} (files under {MIRRORS_DIR}/), or pass a path to a .toml list",
+            group_names(root).join(", ")
+        );
+    }
+    let group = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(selector)
+        .to_string();
+    let label = path.display().to_string();
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {label}"))?;
+    let file: ListFile = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(line) => anyhow!("{label}:{line}: {}", e.message().replace('\n', " ")),
+            None => anyhow!("{label}: {}", e.message().replace('\n', " ")),
+        }
+    })?;
+    file.images
+        .into_iter()
+        .map(|spec| {
+            let source = ImageRef::parse(&spec.source).map_err(|e| anyhow!("{label}: {e}"))?;
+            if source.tag.is_none() && source.digest.is_none() {
+                bail!("{label}: '{}' needs a tag or a digest, so the mirror knows what to copy", spec.source);
+            }
+            for platform in spec.platforms.iter().flatten() {
+                crate::catalog::validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
+            }
+            if let Some(var) = &spec.override_var {
+                if !var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                    bail!("{label}: override '{var}' is not an environment variable name (A-Z, 0-9, _)");
+                }
+            }
+            Ok(Entry {
+                group: group.clone(),
+                source,
+                platforms: spec.platforms,
+                override_var: spec.override_var,
+                helm: spec.helm,
+                helm_image: spec.helm_image,
+                agent_field: spec.agent_field,
+            })
+        })
+        .collect()
+}
+
+/// Every base image of the catalog, so the list never drifts from the templates.
+fn base_group(root: &Path) -> Result<Vec<Entry>> {
+    let catalog = Catalog::load(root)?;
+    let mut seen = BTreeSet::new();
+    Ok(catalog
+        .images
+        .values()
+        .flat_map(|image| image.bases.values().cloned())
+        .filter(|reference| seen.insert(reference.to_string()))
+        .map(|reference| Entry::plain(BASE_GROUP, reference))
+        .collect())
+}
+
+/// Where an image lands under `prefix`: `PREFIX/<repository>` by default, or
+/// `PREFIX/<source host>/<repository>` to keep registries apart.
+pub fn destination(source: &ImageRef, prefix: &str, keep_host: bool) -> Result<ImageRef> {
+    let mut placed = if keep_host {
+        let host = source.registry.replace(':', "_");
+        let scoped = ImageRef {
+            repository: format!("{host}/{}", source.repository),
+            ..source.clone()
+        };
+        scoped.under_prefix(prefix)?
+    } else {
+        source.under_prefix(prefix)?
+    };
+    // A digest-only source is tagged by digest at the destination too.
+    placed.digest = source.digest.clone();
+    Ok(placed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_keep_the_repository_path() {
+        let source = ImageRef::parse("docker.io/adaptivelive/agentkube-manager:v1").unwrap();
+        assert_eq!(
+            destination(&source, "registry.example.com/exo-mirror", false)
+                .unwrap()
+                .to_string(),
+            "registry.example.com/exo-mirror/adaptivelive/agentkube-manager:v1"
+        );
+        assert_eq!(
+            destination(&source, "registry.example.com/exo-mirror", true)
+                .unwrap()
+                .to_string(),
+            "registry.example.com/exo-mirror/docker.io/adaptivelive/agentkube-manager:v1"
+        );
+        let local = ImageRef::parse("127.0.0.1:5000/a/b:1").unwrap();
+        assert_eq!(
+            destination(&local, "m.example/p", true)
+                .unwrap()
+                .to_string(),
+            "m.example/p/127.0.0.1_5000/a/b:1"
+        );
+    }
+
+    #[test]
+    fn the_repository_lists_load() {
+        let root = crate::project::project_root();
+        let entries = load(&root, &[], &[]).unwrap();
+        let groups: BTreeSet<&str> = entries.iter().map(|e| e.group.as_str()).collect();
+        assert_eq!(
+            groups,
+            BTreeSet::from(["agentkube", "base", "build-time", "kubeopencode"])
+        );
+        let overrides: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| e.override_var.as_deref())
+            .collect();
+        assert!(
+            overrides.contains(&"AGENTKUBE_IMAGE_MANAGER")
+                && overrides.contains(&"AGENTKUBE_IMAGE_CURSOR")
+        );
+        assert!(entries
+            .iter()
+            .any(|e| e.source.to_string() == "docker.io/library/debian:bookworm-slim"));
+        let err = load(&root, &["nope".into()], &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown mirror group or file 'nope'"), "{err}");
+    }
+}

@@ -1,0 +1,362 @@
+//! `images mirror`: copy every runtime image under a registry prefix, registry to
+//! registry or through an OCI-layout archive, and emit what the cluster consumes.
+
+pub mod archive;
+pub mod config;
+pub mod engine;
+pub mod lists;
+pub mod registry;
+pub mod retag;
+
+use anyhow::{bail, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
+use engine::{CopyJob, Engine, Outcome, Registries};
+use lists::Entry;
+
+pub fn run(root: &Path, args: &MirrorArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match &args.action {
+        Some(MirrorAction::Save(save)) => runtime.block_on(archive::save(root, save)),
+        Some(MirrorAction::Load(load)) => runtime.block_on(archive::load(load)),
+        None => runtime.block_on(copy(root, &args.copy)),
+    }
+}
+
+/// One planned copy, as printed by --dry-run and written to the mapping file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub entry: Entry,
+    pub source: String,
+    pub destination: String,
+}
+
+pub fn plan(
+    entries: Vec<Entry>,
+    prefix: &str,
+    keep_host: bool,
+    platforms: &[String],
+) -> Result<Vec<(Planned, CopyJob)>> {
+    for platform in platforms {
+        crate::catalog::validate_platform(platform)?;
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            let destination = lists::destination(&entry.source, prefix, keep_host)?;
+            let platforms = if platforms.is_empty() {
+                entry.platforms.clone()
+            } else {
+                Some(platforms.to_vec())
+            };
+            let job = CopyJob {
+                source: entry.source.clone(),
+                destination: destination.clone(),
+                platforms,
+            };
+            let planned = Planned {
+                source: entry.source.to_string(),
+                destination: destination.to_string(),
+                entry,
+            };
+            Ok((planned, job))
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageResult {
+    pub source: String,
+    pub destination: String,
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub images: Vec<ImageResult>,
+    pub copied: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub blobs_copied: u64,
+    pub blobs_mounted: u64,
+    pub blobs_present: u64,
+    pub bytes: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub seconds: f64,
+}
+
+async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
+    let Some(prefix) = &args.to else {
+        bail!(
+            "--to PREFIX is required: where the images go, e.g. --to registry.example.com/mirror"
+        );
+    };
+    let entries = lists::load(root, &args.lists, &args.images)?;
+    let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
+    warn_about_subsets(&planned);
+    if args.dry_run {
+        return dry_run(&planned, args).await;
+    }
+    // An unreachable destination fails once, up front, instead of once per image.
+    if let Some((_, job)) = planned.first() {
+        Registries::new(args.registry.insecure.clone())
+            .get(&job.destination.registry)
+            .await?;
+    }
+    let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await;
+    if let Some(dir) = &args.write_config {
+        let digests: Vec<Option<String>> = summary
+            .images
+            .iter()
+            .map(|r| r.outcome.as_ref().map(|o| o.digest().to_string()))
+            .collect();
+        config::write(
+            dir,
+            prefix,
+            args.keep_host,
+            &planned.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            &digests,
+        )?;
+        eprintln!("wrote cluster configuration to {}", dir.display());
+    }
+    report(&summary, args.json)?;
+    if summary.failed > 0 {
+        bail!(
+            "{} of {} images failed; re-run to copy only what is missing",
+            summary.failed,
+            summary.images.len()
+        );
+    }
+    Ok(())
+}
+
+fn warn_about_subsets(planned: &[(Planned, CopyJob)]) {
+    for (p, job) in planned {
+        if let Some(platforms) = &job.platforms {
+            eprintln!(
+                "WARNING: {} is mirrored for {} only. The index is rewritten, so its digest at {} \
+                 will differ from the source's and digest-pinned references to it will not resolve.",
+                p.source,
+                platforms.join(", "),
+                p.destination
+            );
+        }
+    }
+}
+
+/// Copies every planned image with `jobs` images (and 2×`jobs` blobs) in flight.
+pub async fn copy_all(planned: &[(Planned, CopyJob)], jobs: usize, insecure: &[String]) -> Summary {
+    let started = Instant::now();
+    let bars = Bars::new(planned.len());
+    let bytes_bar = bars.bytes.clone();
+    let engine = Arc::new(Engine::new(
+        insecure.to_vec(),
+        jobs * 2,
+        Arc::new(move |n| bytes_bar.inc(n)),
+    ));
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut tasks = Vec::new();
+    for (planned, job) in planned.iter().cloned() {
+        let engine = engine.clone();
+        let semaphore = semaphore.clone();
+        let images_bar = bars.images.clone();
+        tasks.push(tokio::spawn(async move {
+            let _slot = semaphore
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            let outcome = engine.copy(&job).await;
+            images_bar.inc(1);
+            let line = match &outcome {
+                Ok(Outcome::Copied { digest }) => format!(
+                    "copied   {} -> {}@{digest}",
+                    planned.source, planned.destination
+                ),
+                Ok(Outcome::Skipped { .. }) => format!(
+                    "current  {} (already at {})",
+                    planned.source, planned.destination
+                ),
+                Err(e) => format!(
+                    "FAILED   {}: {}",
+                    planned.source,
+                    format!("{e:#}").replace('\n', " ")
+                ),
+            };
+            if images_bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                images_bar.println(line);
+            }
+            ImageResult {
+                source: planned.source,
+                destination: planned.destination,
+                error: outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{e:#}").replace('\n', " ")),
+                outcome: outcome.ok(),
+            }
+        }));
+    }
+    let mut images = Vec::new();
+    for task in tasks {
+        images.push(task.await.expect("a copy task panicked"));
+    }
+    bars.finish();
+    let stats = &engine.registries.stats;
+    Summary {
+        copied: images
+            .iter()
+            .filter(|r| matches!(r.outcome, Some(Outcome::Copied { .. })))
+            .count(),
+        skipped: images
+            .iter()
+            .filter(|r| matches!(r.outcome, Some(Outcome::Skipped { .. })))
+            .count(),
+        failed: images.iter().filter(|r| r.error.is_some()).count(),
+        images,
+        blobs_copied: engine.blobs.copied.load(Ordering::Relaxed),
+        blobs_mounted: engine.blobs.mounted.load(Ordering::Relaxed),
+        blobs_present: engine.blobs.present.load(Ordering::Relaxed),
+        bytes: stats.bytes_copied.load(Ordering::Relaxed),
+        requests: stats.requests.load(Ordering::Relaxed),
+        retries: stats.retries.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Progress on a terminal; silent (but for the per-image lines) in pipelines.
+struct Bars {
+    _multi: MultiProgress,
+    images: ProgressBar,
+    bytes: ProgressBar,
+}
+
+impl Bars {
+    fn new(images: usize) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let images_bar = multi.add(ProgressBar::new(images as u64));
+        images_bar.set_style(
+            ProgressStyle::with_template("images {pos}/{len} {wide_bar} {elapsed}")
+                .expect("a valid template"),
+        );
+        let bytes = multi.add(ProgressBar::new_spinner());
+        bytes.set_style(
+            ProgressStyle::with_template("copied {bytes} ({bytes_per_sec})")
+                .expect("a valid template"),
+        );
+        Bars {
+            _multi: multi,
+            images: images_bar,
+            bytes,
+        }
+    }
+
+    fn finish(&self) {
+        self.images.finish_and_clear();
+        self.bytes.finish_and_clear();
+    }
+}
+
+fn report(summary: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+        return Ok(());
+    }
+    println!(
+        "{} copied, {} already current, {} failed; blobs: {} copied, {} mounted, {} already there; \
+         {} moved in {:.1}s ({} requests, {} retries)",
+        summary.copied,
+        summary.skipped,
+        summary.failed,
+        summary.blobs_copied,
+        summary.blobs_mounted,
+        summary.blobs_present,
+        human_bytes(summary.bytes),
+        summary.seconds,
+        summary.requests,
+        summary.retries
+    );
+    Ok(())
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What would happen, from HEAD requests only; nothing is written.
+async fn dry_run(planned: &[(Planned, CopyJob)], args: &MirrorCopyArgs) -> Result<()> {
+    let engine = Engine::new(args.registry.insecure.clone(), 1, Arc::new(|_| {}));
+    let mut rows = Vec::new();
+    let mut documents = Vec::new();
+    for (p, job) in planned {
+        let source = engine.source_digest(job).await;
+        let destination = engine.destination_digest(job).await;
+        let action = match (&source, &destination) {
+            (Err(e), _) => format!(
+                "cannot read source: {}",
+                format!("{e:#}").replace('\n', " ")
+            ),
+            (Ok(_), Err(e)) => format!(
+                "cannot read destination: {}",
+                format!("{e:#}").replace('\n', " ")
+            ),
+            (Ok(s), Ok(Some(d))) if s == d && job.platforms.is_none() => "up to date".to_string(),
+            (Ok(_), Ok(Some(_))) => "copy (replaces the destination tag)".to_string(),
+            (Ok(_), Ok(None)) => "copy".to_string(),
+        };
+        rows.push(vec![
+            p.source.clone(),
+            p.destination.clone(),
+            action.clone(),
+        ]);
+        documents.push(serde_json::json!({
+            "source": p.source, "destination": p.destination, "group": p.entry.group,
+            "source_digest": source.ok(), "action": action,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&documents)?);
+    } else {
+        println!("# Mirror plan (dry run: nothing is written)");
+        print!(
+            "{}",
+            crate::report::table(&["SOURCE", "DESTINATION", "ACTION"], &rows)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}
