@@ -28,6 +28,8 @@ const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 #[derive(Default)]
 struct Collected {
     manifests: BTreeMap<String, (Bytes, String)>,
+    /// Parents before children, the order `load` needs them in.
+    manifest_order: Vec<String>,
     blobs: BTreeMap<String, u64>,
     /// Which repository each blob was read from.
     blob_sources: HashMap<String, (String, String)>,
@@ -117,6 +119,7 @@ fn collect<'a>(
             .unwrap_or(header_type);
         into.manifests
             .insert(digest.to_string(), (bytes, media_type));
+        into.manifest_order.push(digest.to_string());
         for child in json["manifests"].as_array().into_iter().flatten() {
             let child = child["digest"]
                 .as_str()
@@ -213,7 +216,8 @@ async fn write_archive(
         )
         .await?;
         send(&pieces, Piece::Small("index.json".into(), index)).await?;
-        for (digest, (bytes, _)) in &collected.manifests {
+        for digest in &collected.manifest_order {
+            let (bytes, _) = &collected.manifests[digest];
             send(&pieces, Piece::Small(blob_path(digest)?, bytes.clone())).await?;
         }
         for (digest, size) in &collected.blobs {

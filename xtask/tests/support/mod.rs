@@ -2,6 +2,8 @@
 //! loopback, a Debian base image made offline, and the machine's own package mirrors.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -84,44 +86,62 @@ pub fn free_port() -> u16 {
 pub struct Registry {
     pub addr: String,
     child: Child,
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
+    /// A registry with TLS, for Docker to push to.
     pub fn start() -> Registry {
+        Registry::spawn(true)
+    }
+
+    /// A plain-HTTP registry, for the mirror tests' proxies to sit in front of.
+    pub fn plain() -> Registry {
+        Registry::spawn(false)
+    }
+
+    fn spawn(tls: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                cert.to_str().unwrap(),
-            ],
-        );
+        let tls_config = if !tls {
+            String::new()
+        } else {
+            run(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    key.to_str().unwrap(),
+                    "-out",
+                    cert.to_str().unwrap(),
+                ],
+            );
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        };
         let config = dir.path().join("config.yml");
         fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}",
                 dir.path().join("data").display(),
-                cert.display(),
-                key.display()
             ),
         )
         .unwrap();
@@ -135,6 +155,7 @@ impl Registry {
         let registry = Registry {
             addr,
             child,
+            tls,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -150,7 +171,8 @@ impl Registry {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 }
 

@@ -1,0 +1,649 @@
+//! The mirror against real distribution registries on loopback, with a buildx-built
+//! multi-arch index that carries provenance attestations, checked with skopeo.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::proxy::{Action, Proxy};
+use support::*;
+
+/// A two-platform image with provenance, built once per test run as an OCI archive.
+fn fixture_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let dir = project_root().join(format!("target/e2e-cache/mirror-fixture-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("Dockerfile"), "FROM scratch\nARG TARGETARCH\nCOPY shared.bin /shared.bin\nCOPY arch-${TARGETARCH}.txt /arch.txt\n").unwrap();
+        // 3 MiB that does not compress away, identical for both platforms.
+        let mut state = 0x2545f4914f6cdd1du64;
+        let shared: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        fs::write(dir.join("shared.bin"), shared).unwrap();
+        fs::write(dir.join("arch-amd64.txt"), "amd64\n").unwrap();
+        fs::write(dir.join("arch-arm64.txt"), "arm64\n").unwrap();
+        let archive = dir.join("fixture.tar");
+        run(
+            "docker",
+            &[
+                "buildx", "build", "--quiet", "--platform", "linux/amd64,linux/arm64", "--provenance=mode=min",
+                "--output", &format!("type=oci,dest={}", archive.display()), dir.to_str().unwrap(),
+            ],
+        );
+        archive
+    })
+}
+
+/// Puts the fixture into `registry` as each of `repositories` (tag v1).
+fn seed(registry: &str, repositories: &[&str]) {
+    let archive = fixture_archive();
+    for repository in repositories {
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--all",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci-archive:{}", archive.display()),
+                &format!("docker://{registry}/{repository}:v1"),
+            ],
+        );
+    }
+}
+
+/// sha256 of what a reference points at, per skopeo.
+fn raw_digest(reference: &str) -> (String, serde_json::Value) {
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ],
+    );
+    let digest = {
+        use std::io::Write;
+        let mut child = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(raw.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "sha256:{}",
+            text(&out.stdout).split_whitespace().next().unwrap()
+        )
+    };
+    (digest, serde_json::from_str(&raw).unwrap())
+}
+
+/// The index and every child are byte-identical at `copy`.
+fn assert_same_tree(original: &str, copy: &str) {
+    let (digest, index) = raw_digest(original);
+    let (copied_digest, _) = raw_digest(copy);
+    assert_eq!(digest, copied_digest, "index digest of {copy}");
+    let children = index["manifests"]
+        .as_array()
+        .expect("the fixture is an index");
+    assert!(
+        children
+            .iter()
+            .any(|c| c["platform"]["architecture"] == "unknown"),
+        "the fixture carries attestations: {index}"
+    );
+    let (original_repo, copy_repo) = (
+        original.rsplit_once(':').unwrap().0,
+        copy.rsplit_once(':').unwrap().0,
+    );
+    for child in children {
+        let child_digest = child["digest"].as_str().unwrap();
+        let (a, _) = raw_digest(&format!("{original_repo}@{child_digest}"));
+        let (b, _) = raw_digest(&format!("{copy_repo}@{child_digest}"));
+        assert_eq!(a, b);
+        assert_eq!(a, child_digest);
+    }
+}
+
+fn list_file(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("list.toml");
+    fs::write(&path, format!("description = \"test\"\n{body}")).unwrap();
+    path
+}
+
+fn mirror(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["images", "mirror"];
+    all.extend_from_slice(args);
+    xtask(&all)
+}
+
+fn summary(output: &std::process::Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "mirror failed: {}",
+        text(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", text(&output.stdout)))
+}
+
+/// Replaces every sha256 digest, so golden files do not depend on build timestamps.
+fn normalise(text: &str, replacements: &[(&str, &str)]) -> String {
+    let mut out = text.to_string();
+    for (from, to) in replacements {
+        out = out.replace(from, to);
+    }
+    let mut result = String::new();
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("sha256:") {
+        let (before, after) = rest.split_at(at);
+        result.push_str(before);
+        let hex_len = after[7..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        result.push_str(if hex_len == 64 {
+            "sha256:<digest>"
+        } else {
+            "sha256:"
+        });
+        rest = &after[7 + if hex_len == 64 { 64 } else { 0 }..];
+    }
+    result.push_str(rest);
+    result
+}
+
+#[test]
+fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app", "fixture/tools"]);
+    let (src_proxy, dst_proxy) = (Proxy::counting(&src.addr), Proxy::counting(&dst.addr));
+    let work = tempfile::tempdir().unwrap();
+    let list = list_file(
+        work.path(),
+        &format!(
+            "[[image]]\nsource = \"{s}/fixture/app:v1\"\noverride = \"AGENTKUBE_IMAGE_MANAGER\"\nhelm = [\"controller.image\"]\n\
+             helm_image = [\"kubeopencodeConfig.systemImage.image\"]\n\n[[image]]\nsource = \"{s}/fixture/tools:v1\"\n\
+             agent_field = \"spec.executorImage\"\n",
+            s = src_proxy.addr
+        ),
+    );
+    let config = work.path().join("cluster");
+    let prefix = format!("{}/exo-mirror", dst_proxy.addr);
+    let args = [
+        "--to",
+        &prefix,
+        list.to_str().unwrap(),
+        "--json",
+        "--write-config",
+        config.to_str().unwrap(),
+    ];
+    let first = summary(&mirror(&args));
+    assert_eq!(first["copied"], 2, "{first}");
+    assert!(
+        first["blobs_mounted"].as_u64().unwrap() > 0,
+        "the second image's blobs are mounted, not copied: {first}"
+    );
+    for repository in ["fixture/app", "fixture/tools"] {
+        assert_same_tree(
+            &format!("{}/{repository}:v1", src.addr),
+            &format!("{}/exo-mirror/{repository}:v1", dst.addr),
+        );
+    }
+
+    // A re-run: HEADs only, no manifest GET, no blob traffic.
+    src_proxy.clear();
+    dst_proxy.clear();
+    let again = summary(&mirror(&args));
+    assert_eq!(again["skipped"], 2, "{again}");
+    for (side, proxy) in [("source", &src_proxy), ("destination", &dst_proxy)] {
+        for request in proxy.log() {
+            let ping = request.path == "/v2/";
+            assert!(
+                ping || (request.method == "HEAD" && request.path.contains("/manifests/")),
+                "{side} saw {request:?} on a no-op"
+            );
+        }
+        let heads = proxy.log().iter().filter(|r| r.method == "HEAD").count();
+        assert_eq!(heads, 2, "{side}: one HEAD per image");
+    }
+
+    // What the cluster consumes, against golden files.
+    let replacements = [
+        (src_proxy.addr.as_str(), "source.test"),
+        (dst_proxy.addr.as_str(), "mirror.test"),
+    ];
+    let mut files: Vec<PathBuf> = walk(&config);
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(&config).unwrap().display().to_string())
+        .collect();
+    insta::assert_snapshot!(
+        "cluster_config_files",
+        normalise(&names.join("\n"), &replacements)
+    );
+    for (file, name) in files.iter().zip(&names) {
+        let content = fs::read_to_string(file).unwrap();
+        let snapshot = format!(
+            "cluster_config__{}",
+            normalise(name, &replacements).replace(['/', '.'], "_")
+        );
+        insta::assert_snapshot!(snapshot, normalise(&content, &replacements));
+        if name.ends_with(".toml") {
+            let hosts: toml::Value =
+                toml::from_str(&content).unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+            assert!(
+                hosts["server"].as_str().unwrap().starts_with("http"),
+                "{name}"
+            );
+            let mirror_host = hosts["host"].as_table().unwrap().values().next().unwrap();
+            assert_eq!(mirror_host["override_path"].as_bool(), Some(true), "{name}");
+        }
+        if name.ends_with(".yaml") {
+            let yaml: serde_yaml::Value = serde_yaml::from_str(&content)
+                .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+            if name.contains("digest") {
+                assert_eq!(yaml["kind"], "ImageDigestMirrorSet");
+                let mirrors = &yaml["spec"]["imageDigestMirrors"];
+                assert_eq!(
+                    mirrors[0]["source"].as_str().unwrap(),
+                    format!("{}/fixture/app", src_proxy.addr)
+                );
+                assert_eq!(
+                    mirrors[0]["mirrors"][0].as_str().unwrap(),
+                    format!("{prefix}/fixture/app")
+                );
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
+#[test]
+fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app"]);
+    // First try of every blob GET drops mid-body; of every manifest GET, a 500; of the
+    // tag HEAD, a 429 that asks for a one-second pause.
+    let src_proxy = Proxy::start(
+        &src.addr,
+        Box::new(|method, path, n| match (method, n) {
+            ("GET", 0) if path.contains("/blobs/") => Action::CutAfter(100),
+            ("GET", 0) if path.contains("/manifests/") => Action::Respond(500, vec![]),
+            ("HEAD", 0) if path.ends_with("/manifests/v1") => {
+                Action::Respond(429, vec![("Retry-After".into(), "1".into())])
+            }
+            _ => Action::Forward,
+        }),
+    );
+    let dst_proxy = Proxy::counting(&dst.addr);
+    let started = Instant::now();
+    let result = summary(&mirror(&[
+        "--to",
+        &format!("{}/m", dst_proxy.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src_proxy.addr),
+        "--json",
+    ]));
+    assert_eq!(result["copied"], 1, "{result}");
+    assert!(result["retries"].as_u64().unwrap() >= 3, "{result}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    assert!(src_proxy.log().iter().any(|r| r.status == 429));
+    assert_same_tree(
+        &format!("{}/fixture/app:v1", src.addr),
+        &format!("{}/m/fixture/app:v1", dst.addr),
+    );
+
+    // Ordering at the destination: the tag is written last, after every blob and child.
+    let log = dst_proxy.log();
+    let tag_put = log
+        .iter()
+        .position(|r| r.method == "PUT" && r.path.ends_with("/manifests/v1"))
+        .expect("the tag was pushed");
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.method == "PUT" && r.path.ends_with("/manifests/v1"))
+            .count(),
+        1
+    );
+    for (i, request) in log.iter().enumerate() {
+        if request.method == "PUT"
+            && (request.path.contains("/blobs/uploads/")
+                || request.path.contains("/manifests/sha256:"))
+        {
+            assert!(i < tag_put, "{request:?} came after the tag");
+        }
+    }
+}
+
+/// The largest layer of the fixture's amd64 image.
+fn big_layer(registry: &str, repository: &str) -> String {
+    let (_, index) = raw_digest(&format!("{registry}/{repository}:v1"));
+    let amd64 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap();
+    let (_, manifest) = raw_digest(&format!(
+        "{registry}/{repository}@{}",
+        amd64["digest"].as_str().unwrap()
+    ));
+    let layers = manifest["layers"].as_array().unwrap();
+    let big = layers
+        .iter()
+        .max_by_key(|l| l["size"].as_u64().unwrap())
+        .unwrap();
+    big["digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_corrupt_source_blob_is_refused_and_named() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app"]);
+    let bad = big_layer(&src.addr, "fixture/app");
+    let needle = bad.clone();
+    let src_proxy = Proxy::start(
+        &src.addr,
+        Box::new(move |method, path, _| {
+            if method == "GET" && path.ends_with(&needle) {
+                Action::Corrupt(1_000_000)
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let output = mirror(&[
+        "--to",
+        &format!("{}/m", dst.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src_proxy.addr),
+    ]);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("digest mismatch") && stderr.contains(&bad),
+        "the failure names the blob: {stderr}"
+    );
+    assert!(
+        stderr.contains("fixture/app:v1"),
+        "the failure names the image: {stderr}"
+    );
+    assert_eq!(
+        http_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        Some(404),
+        "the tag must not exist"
+    );
+    assert_eq!(
+        http_status(&dst.url(&format!("/v2/m/fixture/app/blobs/{bad}"))),
+        Some(404),
+        "the corrupt blob must not land"
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_without_recopying_finished_blobs() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app"]);
+    let slow = Proxy::start(
+        &src.addr,
+        Box::new(|method, path, _| {
+            if method == "GET" && path.contains("/blobs/") {
+                Action::Slow(Duration::from_millis(150))
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let dst_proxy = Proxy::counting(&dst.addr);
+    let prefix = format!("{}/m", dst_proxy.addr);
+    let source = format!("{}/fixture/app:v1", slow.addr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["images", "mirror", "--to", &prefix, "--image", &source])
+        .env("XTASK_PROJECT_DIR", project_root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let finished_upload = |r: &support::proxy::Logged| {
+        r.method == "PUT" && r.path.contains("digest=") && r.status == 201
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dst_proxy.log().iter().any(finished_upload) {
+        assert!(
+            Instant::now() < deadline,
+            "no blob finished within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done: BTreeSet<String> = dst_proxy
+        .log()
+        .iter()
+        .filter(|r| finished_upload(r))
+        .map(|r| {
+            r.path
+                .split("digest=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .replace("%3A", ":")
+        })
+        .collect();
+    assert_eq!(
+        http_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        Some(404),
+        "killed before the tag"
+    );
+
+    dst_proxy.clear();
+    let resumed = summary(&mirror(&[
+        "--to",
+        &prefix,
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+        "--json",
+    ]));
+    assert_eq!(resumed["copied"], 1, "{resumed}");
+    for request in dst_proxy.log() {
+        if request.method == "PUT" && request.path.contains("digest=") {
+            let digest = request
+                .path
+                .split("digest=")
+                .nth(1)
+                .unwrap()
+                .replace("%3A", ":");
+            assert!(
+                !done.iter().any(|d| digest.starts_with(d.as_str())),
+                "{digest} was copied twice"
+            );
+        }
+    }
+    assert!(
+        resumed["blobs_present"].as_u64().unwrap() >= done.len() as u64,
+        "{resumed}"
+    );
+    assert_same_tree(
+        &format!("{}/fixture/app:v1", src.addr),
+        &format!("{}/m/fixture/app:v1", dst.addr),
+    );
+}
+
+#[test]
+fn save_then_load_into_a_fresh_registry_keeps_digests() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app", "fixture/tools"]);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle.tar");
+    let save = xtask(&[
+        "images",
+        "mirror",
+        "save",
+        "--out",
+        bundle.to_str().unwrap(),
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+        "--image",
+        &format!("{}/fixture/tools:v1", src.addr),
+    ]);
+    assert!(save.status.success(), "{}", text(&save.stderr));
+    let listing = run("tar", &["-tf", bundle.to_str().unwrap()]);
+    let names: Vec<&str> = listing.lines().collect();
+    assert_eq!(
+        &names[..2],
+        ["oci-layout", "index.json"],
+        "layout files come first"
+    );
+    assert!(names
+        .iter()
+        .all(|n| *n == "oci-layout" || *n == "index.json" || n.starts_with("blobs/sha256/")));
+    // skopeo reads the archive as an OCI layout, independently of our loader.
+    let unpacked = work.path().join("layout");
+    fs::create_dir_all(&unpacked).unwrap();
+    run(
+        "tar",
+        &[
+            "-xf",
+            bundle.to_str().unwrap(),
+            "-C",
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(unpacked.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+
+    let load = xtask(&[
+        "images",
+        "mirror",
+        "load",
+        bundle.to_str().unwrap(),
+        "--to",
+        &format!("{}/airgap", dst.addr),
+    ]);
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    for repository in ["fixture/app", "fixture/tools"] {
+        assert_same_tree(
+            &format!("{}/{repository}:v1", src.addr),
+            &format!("{}/airgap/{repository}:v1", dst.addr),
+        );
+    }
+
+    // A damaged archive is refused, naming the blob, and its image is not tagged.
+    let damaged = work.path().join("damaged.tar");
+    let mut bytes = fs::read(&bundle).unwrap();
+    let bad = big_layer(&src.addr, "fixture/app");
+    let entry = format!("blobs/sha256/{}", bad.trim_start_matches("sha256:"));
+    let at = bytes
+        .windows(entry.len())
+        .position(|w| w == entry.as_bytes())
+        .expect("the layer is in the archive");
+    let middle = at + 512 + 1_000_000;
+    bytes[middle] ^= 0xff;
+    fs::write(&damaged, bytes).unwrap();
+    let fresh = Registry::plain();
+    let load = xtask(&[
+        "images",
+        "mirror",
+        "load",
+        damaged.to_str().unwrap(),
+        "--to",
+        &format!("{}/airgap", fresh.addr),
+    ]);
+    let stderr = text(&load.stderr);
+    assert!(!load.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("digest mismatch") && stderr.contains(&bad),
+        "{stderr}"
+    );
+    assert_eq!(
+        http_status(&fresh.url("/v2/airgap/fixture/app/manifests/v1")),
+        Some(404)
+    );
+}
+
+#[test]
+fn retag_adds_tags_without_moving_layers() {
+    if !docker_available() {
+        return;
+    }
+    let registry = Registry::plain();
+    seed(&registry.addr, &["fixture/app"]);
+    let proxy = Proxy::counting(&registry.addr);
+    let output = xtask(&[
+        "images",
+        "retag",
+        &format!("{}/fixture/app:v1", proxy.addr),
+        "v1.2",
+        "latest",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        proxy.log().iter().all(|r| !r.path.contains("/blobs/")),
+        "retag moved blobs: {:?}",
+        proxy.log()
+    );
+    let (v1, _) = raw_digest(&format!("{}/fixture/app:v1", registry.addr));
+    for tag in ["v1.2", "latest"] {
+        let (digest, _) = raw_digest(&format!("{}/fixture/app:{tag}", registry.addr));
+        assert_eq!(digest, v1, "{tag}");
+    }
+    let other_registry = xtask(&[
+        "images",
+        "retag",
+        &format!("{}/fixture/app:v1", registry.addr),
+        "ghcr.io/x/y:z",
+    ]);
+    assert!(text(&other_registry.stderr).contains("retag stays inside"));
+}
