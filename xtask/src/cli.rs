@@ -22,7 +22,32 @@ pub struct Cli {
 pub enum Command {
     /// Container images: list, render, build, mirror, retag.
     #[command(subcommand)]
-    Images(ImagesCommand),
+    Images(Box<ImagesCommand>),
+    /// Benchmarks that print our numbers beside a baseline's.
+    #[command(subcommand)]
+    Bench(Box<BenchCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The mirror against skopeo, and a big layer against a raw GET→PUT, on loopback registries.
+    Mirror(BenchMirrorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMirrorArgs {
+    /// Multi-arch images in the corpus.
+    #[arg(long, default_value_t = 14)]
+    pub images: usize,
+    /// Size of the big layer, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub big_layer_mib: u64,
+    /// --jobs for the mirror.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// How many times to repeat every measurement.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Subcommand)]

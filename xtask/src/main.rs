@@ -1,3 +1,4 @@
+mod bench;
 mod build;
 mod catalog;
 mod cli;
@@ -10,7 +11,7 @@ mod render;
 mod report;
 
 use clap::Parser;
-use cli::{Cli, Command, ImagesCommand};
+use cli::{BenchCommand, Cli, Command, ImagesCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -19,11 +20,16 @@ fn main() -> std::process::ExitCode {
         .clone()
         .unwrap_or_else(project::project_root);
     let result = match &cli.command {
-        Command::Images(ImagesCommand::List(args)) => list::run(&root, args.json),
-        Command::Images(ImagesCommand::Render(args)) => build::run_render(&root, args),
-        Command::Images(ImagesCommand::Build(args)) => build::run_build(&root, args),
-        Command::Images(ImagesCommand::Mirror(args)) => mirror::run(&root, args),
-        Command::Images(ImagesCommand::Retag(args)) => mirror::retag::run(args),
+        Command::Images(images) => match images.as_ref() {
+            ImagesCommand::List(args) => list::run(&root, args.json),
+            ImagesCommand::Render(args) => build::run_render(&root, args),
+            ImagesCommand::Build(args) => build::run_build(&root, args),
+            ImagesCommand::Mirror(args) => mirror::run(&root, args),
+            ImagesCommand::Retag(args) => mirror::retag::run(args),
+        },
+        Command::Bench(bench) => match bench.as_ref() {
+            BenchCommand::Mirror(args) => bench::run(&root, args),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

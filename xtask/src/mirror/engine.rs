@@ -80,12 +80,16 @@ pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The repository a blob was first placed in at a destination registry.
 type Placement = Arc<OnceCell<String>>;
+/// Set once a blob is in a destination repository.
+type Ensured = Arc<OnceCell<()>>;
 
 pub struct Engine {
     pub registries: Registries,
     blob_slots: Semaphore,
     /// Where each blob already is at a destination registry in this run, for mounts.
     placed: Mutex<HashMap<(String, String), Placement>>,
+    /// Blobs known to be in a destination repository in this run.
+    ensured: Mutex<HashMap<(String, String, String), Ensured>>,
     /// Manifests already pushed in this run.
     pushed: Mutex<HashSet<(String, String, String)>>,
     pub blobs: BlobCounts,
@@ -103,6 +107,7 @@ impl Engine {
             registries: Registries::new(insecure),
             blob_slots: Semaphore::new(blob_jobs.max(1)),
             placed: Mutex::new(HashMap::new()),
+            ensured: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
             blobs: BlobCounts::default(),
             on_bytes,
@@ -296,6 +301,30 @@ impl Engine {
         let size = descriptor["size"]
             .as_u64()
             .ok_or_else(|| anyhow!("blob {digest} in {} has no size", src.repository))?;
+        // One task per blob and repository: a second mount of a blob that is already
+        // linked rewrites the link, and a manifest verified meanwhile fails (distribution).
+        let key = (
+            dst.registry.host.clone(),
+            dst.repository.to_string(),
+            digest.clone(),
+        );
+        let ensured = self.ensured.lock().unwrap().entry(key).or_default().clone();
+        ensured
+            .get_or_try_init(|| self.ensure_blob(src, dst, &digest, size))
+            .await?;
+        Ok(())
+    }
+
+    /// Places the blob in this repository: copied if it is the first at this registry,
+    /// mounted from where it already is otherwise.
+    async fn ensure_blob(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
+        let digest = digest.to_string();
         let cell = self
             .placed
             .lock()

@@ -1,0 +1,553 @@
+//! `bench mirror`: the mirror against skopeo over the same corpus in the same run, and a
+//! 1 GiB layer against the machine's raw GET→PUT limit. Everything runs on loopback
+//! registries this command starts and removes.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::BenchMirrorArgs;
+use crate::mirror::registry::{sha256_digest, Registry, Stats};
+
+const MIB: u64 = 1 << 20;
+
+/// A distribution registry on a free loopback port, removed when dropped.
+struct LocalRegistry {
+    addr: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    fn start(under: &Path) -> Result<LocalRegistry> {
+        let dir = tempfile::tempdir_in(under)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting docker-registry (install it with .ci/provision)")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("the benchmark registry on {addr} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(LocalRegistry { addr, child, dir })
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+}
+
+/// Deterministic incompressible bytes, so a layer can be hashed and then sent without
+/// ever being held whole.
+fn pseudo_random(seed: u64, size: u64) -> impl Iterator<Item = Bytes> {
+    let mut state = seed | 1;
+    let mut left = size;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(MIB) as usize;
+        let mut chunk = Vec::with_capacity(n + 8);
+        while chunk.len() < n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        chunk.truncate(n);
+        left -= n as u64;
+        Some(Bytes::from(chunk))
+    })
+}
+
+struct Layer {
+    seed: u64,
+    size: u64,
+    digest: String,
+}
+
+fn layer(seed: u64, size: u64) -> Layer {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for chunk in pseudo_random(seed, size) {
+        hasher.update(&chunk);
+    }
+    Layer {
+        seed,
+        size,
+        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+    }
+}
+
+async fn push_layer(registry: &Registry, repository: &str, layer: &Layer) -> Result<()> {
+    if registry.has_blob(repository, &layer.digest).await? {
+        return Ok(());
+    }
+    let stream = futures_util::stream::iter(
+        pseudo_random(layer.seed, layer.size).map(Ok::<_, std::io::Error>),
+    );
+    registry
+        .put_blob_stream(repository, &layer.digest, layer.size, stream)
+        .await
+        .map_err(|f| f.error)
+}
+
+async fn push_json(
+    registry: &Registry,
+    repository: &str,
+    value: &serde_json::Value,
+) -> Result<(String, u64)> {
+    let bytes = Bytes::from(serde_json::to_vec(value)?);
+    let digest = sha256_digest(&bytes);
+    registry
+        .put_blob_stream(
+            repository,
+            &digest,
+            bytes.len() as u64,
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes.clone())]),
+        )
+        .await
+        .map_err(|f| f.error)?;
+    Ok((digest, bytes.len() as u64))
+}
+
+/// A two-platform image: per platform a config and the given layers, then an index.
+async fn push_image(
+    registry: &Registry,
+    repository: &str,
+    layers_by_platform: &[(&str, Vec<&Layer>)],
+) -> Result<()> {
+    let mut children = Vec::new();
+    for (arch, layers) in layers_by_platform {
+        for l in layers {
+            push_layer(registry, repository, l).await?;
+        }
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>() },
+        });
+        let (config_digest, config_size) = push_json(registry, repository, &config).await?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
+            "layers": layers.iter().map(|l| serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size
+            })).collect::<Vec<_>>(),
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&manifest)?);
+        let digest = sha256_digest(&bytes);
+        registry
+            .put_manifest(
+                repository,
+                &digest,
+                &bytes,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .await?;
+        children.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(),
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+    }
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children });
+    let bytes = Bytes::from(serde_json::to_vec(&index)?);
+    registry
+        .put_manifest(
+            repository,
+            "v1",
+            &bytes,
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .await
+}
+
+/// The runtime-catalog-like corpus: images sharing base layers, each with its own.
+async fn build_corpus(
+    registry: &Registry,
+    images: usize,
+    big_mib: u64,
+) -> Result<(Vec<String>, u64)> {
+    let base: Vec<Layer> = (0..3)
+        .map(|i| layer(1000 + i, (24 + 8 * i) * MIB))
+        .collect();
+    let mut names = Vec::new();
+    let mut total = base.iter().map(|l| l.size * 2).sum::<u64>();
+    for i in 0..images as u64 {
+        let own: Vec<(Layer, Layer)> = (0..3)
+            .map(|j| {
+                (
+                    layer(10 * i + j, (2 + 3 * j) * MIB),
+                    layer(500 + 10 * i + j, (2 + 3 * j) * MIB),
+                )
+            })
+            .collect();
+        let shared: Vec<&Layer> = base.iter().take(1 + (i as usize % 3)).collect();
+        let amd: Vec<&Layer> = shared
+            .iter()
+            .copied()
+            .chain(own.iter().map(|(a, _)| a))
+            .collect();
+        let arm: Vec<&Layer> = shared
+            .iter()
+            .copied()
+            .chain(own.iter().map(|(_, b)| b))
+            .collect();
+        total += own.iter().map(|(a, b)| a.size + b.size).sum::<u64>();
+        let repository = format!("corpus/runtime-{i:02}");
+        push_image(registry, &repository, &[("amd64", amd), ("arm64", arm)]).await?;
+        names.push(repository);
+    }
+    let big = layer(424242, big_mib * MIB);
+    push_image(registry, "corpus/big", &[("amd64", vec![&big])]).await?;
+    eprintln!(
+        "corpus: {images} multi-arch images ({} of unique layers) and a {big_mib} MiB layer",
+        crate::mirror::human_bytes(total)
+    );
+    Ok((names, big_mib * MIB))
+}
+
+/// Wall time and peak RSS (KiB) of a command, via GNU time.
+fn measure(program: &str, args: &[String], cwd: &Path) -> Result<(Duration, u64)> {
+    let rss_file = tempfile::NamedTempFile::new()?;
+    let mut command = Command::new("/usr/bin/time");
+    // What `cargo run` set for us would look like a new build environment to the inner
+    // cargo and make it rebuild, inside the timing.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("RUSTUP_TOOLCHAIN")
+            || key == "RUST_RECURSION_COUNT"
+            || key == "LD_LIBRARY_PATH"
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let started = Instant::now();
+    let status = command
+        .current_dir(cwd)
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(rss_file.path())
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(
+            std::env::temp_dir().join("xtask-bench-last.log"),
+        )?)
+        .status()
+        .context("running /usr/bin/time (apt-get install time)")?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    let rss = std::fs::read_to_string(rss_file.path())?
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    Ok((elapsed, rss))
+}
+
+/// How the mirror is started: the way people run it, or the built binary alone (to
+/// separate cargo's own start-up from the tool's work, and for the tool's own RSS).
+#[derive(Clone, Copy)]
+enum Launch {
+    Cargo,
+    Binary,
+}
+
+fn ours(
+    root: &Path,
+    launch: Launch,
+    source: &str,
+    destination: &str,
+    images: &[String],
+    jobs: usize,
+) -> Result<(Duration, u64)> {
+    let mut args = vec![
+        "images".into(),
+        "mirror".into(),
+        "--to".into(),
+        format!("{destination}/bench"),
+        "--jobs".into(),
+        jobs.to_string(),
+    ];
+    for image in images {
+        args.extend(["--image".into(), format!("{source}/{image}:v1")]);
+    }
+    match launch {
+        Launch::Cargo => {
+            let mut cargo = vec!["xtask".to_string()];
+            cargo.extend(args);
+            measure("cargo", &cargo, root)
+        }
+        Launch::Binary => {
+            let binary = std::env::current_exe()?;
+            measure(&binary.to_string_lossy(), &args, root)
+        }
+    }
+}
+
+/// skopeo the way `skopeo sync` works: one image after another.
+fn skopeo(source: &str, destination: &str, images: &[String]) -> Result<(Duration, u64)> {
+    let mut total = Duration::ZERO;
+    let mut peak = 0;
+    for image in images {
+        let args: Vec<String> = [
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("docker://{source}/{image}:v1"),
+            format!("docker://{destination}/bench/{image}:v1"),
+        ])
+        .collect();
+        let (time, rss) = measure("skopeo", &args, Path::new("/"))?;
+        total += time;
+        peak = peak.max(rss);
+    }
+    Ok((total, peak))
+}
+
+/// The machine's limit for one blob: a plain GET piped into one monolithic PUT.
+fn raw_copy(source: &str, destination: &str, digest: &str, size: u64) -> Result<Duration> {
+    let script = format!(
+        "set -e; \
+         loc=$(curl -sf -X POST -o /dev/null -D - 'http://{destination}/v2/raw/big/blobs/uploads/' | tr -d '\\r' | awk 'tolower($1)==\"location:\" {{print $2}}'); \
+         case \"$loc\" in http*) ;; *) loc=\"http://{destination}$loc\";; esac; \
+         case \"$loc\" in *\\?*) sep='&';; *) sep='?';; esac; \
+         curl -sf 'http://{source}/v2/corpus/big/blobs/{digest}' \
+           | curl -sf -X PUT -H 'Content-Type: application/octet-stream' -H 'Content-Length: {size}' -H 'Transfer-Encoding:' -T - \"$loc${{sep}}digest={digest}\" -o /dev/null"
+    );
+    let started = Instant::now();
+    let status = Command::new("sh").arg("-c").arg(&script).status()?;
+    if !status.success() {
+        bail!("the raw GET→PUT copy failed");
+    }
+    Ok(started.elapsed())
+}
+
+struct Row {
+    what: String,
+    ours: Duration,
+    baseline: Duration,
+    baseline_name: &'static str,
+}
+
+pub fn run(root: &Path, args: &BenchMirrorArgs) -> Result<()> {
+    for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            bail!("the benchmark needs {tool}; run .ci/provision (Debian) to install it");
+        }
+    }
+    let work: PathBuf = root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let source = LocalRegistry::start(&work)?;
+    let (images, big_size) = runtime.block_on(async {
+        let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
+        build_corpus(&registry, args.images, args.big_layer_mib).await
+    })?;
+    let big_digest = runtime.block_on(async {
+        let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
+        let (index, _) = registry.get_manifest("corpus/big", "v1").await?;
+        let index: serde_json::Value = serde_json::from_slice(&index)?;
+        let child = index["manifests"][0]["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("corpus/big has no child"))?
+            .to_string();
+        let (manifest, _) = registry.get_manifest("corpus/big", &child).await?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+        Ok::<_, anyhow::Error>(
+            manifest["layers"][0]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    })?;
+
+    if let Ok(seconds) = std::env::var("XTASK_BENCH_HOLD") {
+        eprintln!(
+            "source registry with the corpus at {} for {seconds}s",
+            source.addr
+        );
+        std::thread::sleep(Duration::from_secs(seconds.parse().unwrap_or(60)));
+    }
+    let mut rows = Vec::new();
+    let mut rss = (0u64, 0u64);
+    let all: Vec<String> = images
+        .iter()
+        .cloned()
+        .chain(["corpus/big".to_string()])
+        .collect();
+    for round in 0..args.rounds {
+        eprintln!("round {} of {}", round + 1, args.rounds);
+        // Fresh destinations every time: mounts from an earlier copy would flatter us.
+        let dst = LocalRegistry::start(&work)?;
+        let (full, _) = ours(
+            root,
+            Launch::Cargo,
+            &source.addr,
+            &dst.addr,
+            &images,
+            args.jobs,
+        )?;
+        let (noop, _) = ours(
+            root,
+            Launch::Cargo,
+            &source.addr,
+            &dst.addr,
+            &images,
+            args.jobs,
+        )?;
+        drop(dst);
+        let dst = LocalRegistry::start(&work)?;
+        let (full_binary, _) = ours(
+            root,
+            Launch::Binary,
+            &source.addr,
+            &dst.addr,
+            &images,
+            args.jobs,
+        )?;
+        let (noop_binary, _) = ours(
+            root,
+            Launch::Binary,
+            &source.addr,
+            &dst.addr,
+            &images,
+            args.jobs,
+        )?;
+        drop(dst);
+        let skopeo_dst = LocalRegistry::start(&work)?;
+        let (skopeo_full, skopeo_rss) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
+        let (skopeo_noop, _) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
+        drop(skopeo_dst);
+        let big_dst = LocalRegistry::start(&work)?;
+        let (big, _) = ours(
+            root,
+            Launch::Cargo,
+            &source.addr,
+            &big_dst.addr,
+            &["corpus/big".to_string()],
+            args.jobs,
+        )?;
+        drop(big_dst);
+        let raw_dst = LocalRegistry::start(&work)?;
+        let raw = raw_copy(&source.addr, &raw_dst.addr, &big_digest, big_size)?;
+        drop(raw_dst);
+        // The tool's own peak memory, over everything at once including the big layer.
+        let rss_dst = LocalRegistry::start(&work)?;
+        let (_, our_rss) = ours(
+            root,
+            Launch::Binary,
+            &source.addr,
+            &rss_dst.addr,
+            &all,
+            args.jobs,
+        )?;
+        drop(rss_dst);
+        rss = (rss.0.max(our_rss), rss.1.max(skopeo_rss));
+        let n = images.len();
+        rows.push(Row {
+            what: format!("full mirror, {n} images (cargo xtask)"),
+            ours: full,
+            baseline: skopeo_full,
+            baseline_name: "skopeo",
+        });
+        rows.push(Row {
+            what: format!("full mirror, {n} images (binary)"),
+            ours: full_binary,
+            baseline: skopeo_full,
+            baseline_name: "skopeo",
+        });
+        rows.push(Row {
+            what: "no-op re-mirror (cargo xtask)".into(),
+            ours: noop,
+            baseline: skopeo_noop,
+            baseline_name: "skopeo",
+        });
+        rows.push(Row {
+            what: "no-op re-mirror (binary)".into(),
+            ours: noop_binary,
+            baseline: skopeo_noop,
+            baseline_name: "skopeo",
+        });
+        rows.push(Row {
+            what: format!(
+                "{} layer alone (cargo xtask)",
+                crate::mirror::human_bytes(big_size)
+            ),
+            ours: big,
+            baseline: raw,
+            baseline_name: "curl GET|PUT",
+        });
+    }
+    println!("{}", render(&rows, rss));
+    Ok(())
+}
+
+fn render(rows: &[Row], rss: (u64, u64)) -> String {
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.what.clone(),
+                format!("{:.2}s", r.ours.as_secs_f64()),
+                format!("{:.2}s ({})", r.baseline.as_secs_f64(), r.baseline_name),
+                format!(
+                    "{:.2}",
+                    r.ours.as_secs_f64() / r.baseline.as_secs_f64().max(1e-9)
+                ),
+            ]
+        })
+        .collect();
+    let mut out = crate::report::table(&["MEASURE", "OURS", "BASELINE", "RATIO"], &table_rows);
+    let _ = write!(out, "peak RSS: xtask {} MiB (whole corpus and the big layer in one run), skopeo {} MiB (largest single copy)", rss.0 / 1024, rss.1 / 1024);
+    out
+}
