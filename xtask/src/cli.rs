@@ -43,7 +43,7 @@ pub struct BenchMirrorArgs {
     #[arg(long, default_value_t = 1024)]
     pub big_layer_mib: u64,
     /// --jobs for the mirror.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub jobs: usize,
     /// How many times to repeat every measurement.
     #[arg(long, default_value_t = 1)]
@@ -195,8 +195,9 @@ pub struct MirrorCopyArgs {
     /// Copy only these platforms (rewrites indexes, so their digests change).
     #[arg(long, value_delimiter = ',')]
     pub platform: Vec<String>,
-    /// Images copied at once (blobs: twice as many).
-    #[arg(long, default_value_t = 4)]
+    /// Images copied at once (blobs: twice as many). More rarely helps: on loopback the
+    /// registries' CPU is the limit, and every stream in flight holds a few buffers.
+    #[arg(long, default_value_t = 2)]
     pub jobs: usize,
     /// Write the mapping, agentkube env, containerd hosts.toml, OpenShift mirror sets and Helm values here.
     #[arg(long, value_name = "DIR")]

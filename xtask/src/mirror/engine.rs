@@ -403,7 +403,7 @@ impl Engine {
             });
             // A bounded channel makes the body Sync for reqwest and caps memory at a
             // few chunks, whatever the blob size.
-            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            let (sender, receiver) = tokio::sync::mpsc::channel(1);
             let pump = tokio::spawn(async move {
                 let mut verified = Box::pin(verified);
                 while let Some(item) = verified.next().await {
