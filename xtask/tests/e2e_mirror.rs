@@ -412,7 +412,7 @@ fn a_corrupt_source_blob_is_refused_and_named() {
         "the failure names the image: {stderr}"
     );
     assert_eq!(
-        http_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        manifest_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
         Some(404),
         "the tag must not exist"
     );
@@ -479,7 +479,7 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
         })
         .collect();
     assert_eq!(
-        http_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        manifest_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
         Some(404),
         "killed before the tag"
     );
@@ -510,6 +510,11 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
     assert!(
         resumed["blobs_present"].as_u64().unwrap() >= done.len() as u64,
         "{resumed}"
+    );
+    assert_eq!(
+        manifest_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        Some(200),
+        "the resumed run wrote the tag"
     );
     assert_same_tree(
         &format!("{}/fixture/app:v1", src.addr),
@@ -608,7 +613,7 @@ fn save_then_load_into_a_fresh_registry_keeps_digests() {
         "{stderr}"
     );
     assert_eq!(
-        http_status(&fresh.url("/v2/airgap/fixture/app/manifests/v1")),
+        manifest_status(&fresh.url("/v2/airgap/fixture/app/manifests/v1")),
         Some(404)
     );
 }
@@ -646,4 +651,131 @@ fn retag_adds_tags_without_moving_layers() {
         "ghcr.io/x/y:z",
     ]);
     assert!(text(&other_registry.stderr).contains("retag stays inside"));
+}
+
+#[test]
+fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app"]);
+    // A cosign-style signature tag next to the image (any manifest will do as content).
+    let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
+    let signature_tag = format!("{}.sig", digest.replace(':', "-"));
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/fixture/app:v1", src.addr),
+            &format!("docker://{}/fixture/app:{signature_tag}", src.addr),
+        ],
+    );
+    let copied = summary(&mirror(&[
+        "--to",
+        &format!("{}/m", dst.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+        "--json",
+    ]));
+    assert_eq!(copied["copied"], 1, "{copied}");
+    assert_eq!(
+        manifest_status(&dst.url(&format!("/v2/m/fixture/app/manifests/{signature_tag}"))),
+        Some(200),
+        "the signature tag was mirrored"
+    );
+
+    // Only amd64: a warning, an index with amd64 and its attestation, and a new digest.
+    let output = mirror(&[
+        "--to",
+        &format!("{}/subset", dst.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+        "--platform",
+        "linux/amd64",
+    ]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("digest"),
+        "{stderr}"
+    );
+    let (subset_digest, index) = raw_digest(&format!("{}/subset/fixture/app:v1", dst.addr));
+    assert_ne!(subset_digest, digest);
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(platforms, ["amd64", "unknown"], "{index}");
+}
+
+#[test]
+fn dry_run_writes_nothing_and_bad_input_is_one_line() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, &["fixture/app"]);
+    let proxy = Proxy::counting(&dst.addr);
+    let plan = mirror(&[
+        "--to",
+        &format!("{}/m", proxy.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+        "--dry-run",
+    ]);
+    let stdout = text(&plan.stdout);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    assert!(
+        stdout.contains(&format!("{}/fixture/app:v1", src.addr)) && stdout.contains("copy"),
+        "{stdout}"
+    );
+    assert!(
+        proxy
+            .log()
+            .iter()
+            .all(|r| r.method == "HEAD" || r.path == "/v2/"),
+        "a dry run wrote: {:?}",
+        proxy.log()
+    );
+
+    for (args, expected) in [
+        (
+            vec!["--to", "127.0.0.1:1/m", "--image", "127.0.0.1:1/a:b"],
+            "registry 127.0.0.1:1 is unreachable",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", "--image", "Not A Ref"],
+            "--image Not A Ref",
+        ),
+        (
+            vec!["--image", "127.0.0.1:1/a:b"],
+            "--to PREFIX is required",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", "no-such-group"],
+            "unknown mirror group or file 'no-such-group'",
+        ),
+    ] {
+        let output = mirror(&args);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success());
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{stderr}"
+        );
+    }
 }

@@ -305,3 +305,31 @@ pub fn skopeo_config(reference: &str) -> serde_json::Value {
     );
     serde_json::from_str(&raw).expect("skopeo printed JSON")
 }
+
+/// The status of a manifest HEAD that accepts every manifest type, so an OCI index is
+/// not reported missing for want of an Accept header.
+pub fn manifest_status(url: &str) -> Option<u16> {
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+    let output = Command::new("curl")
+        .args([
+            "-sk",
+            "-I",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Accept: {accept}"),
+            url,
+        ])
+        .output()
+        .ok()?;
+    text(&output.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|code| *code != 0)
+}
