@@ -63,6 +63,16 @@ fn seed(registry: &str, repositories: &[&str]) {
     }
 }
 
+/// A seeded source and an empty destination, or None (skipped) without Docker.
+fn source_and_destination(repositories: &[&str]) -> Option<(Registry, Registry)> {
+    if !docker_available() {
+        return None;
+    }
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    seed(&src.addr, repositories);
+    Some((src, dst))
+}
+
 /// sha256 of what a reference points at, per skopeo.
 fn raw_digest(reference: &str) -> (String, serde_json::Value) {
     let raw = run(
@@ -74,25 +84,11 @@ fn raw_digest(reference: &str) -> (String, serde_json::Value) {
             &format!("docker://{reference}"),
         ],
     );
-    let digest = {
-        use std::io::Write;
-        let mut child = Command::new("sha256sum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(raw.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        format!(
-            "sha256:{}",
-            text(&out.stdout).split_whitespace().next().unwrap()
-        )
-    };
+    use sha2::Digest as _;
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(raw.as_bytes()))
+    );
     (digest, serde_json::from_str(&raw).unwrap())
 }
 
@@ -173,11 +169,9 @@ fn normalise(text: &str, replacements: &[(&str, &str)]) -> String {
 
 #[test]
 fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app", "fixture/tools"]);
+    };
     let (src_proxy, dst_proxy) = (Proxy::counting(&src.addr), Proxy::counting(&dst.addr));
     let work = tempfile::tempdir().unwrap();
     let list = list_file(
@@ -294,11 +288,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app"]);
+    };
     // First try of every blob GET drops mid-body; of every manifest GET, a 500; of the
     // tag HEAD, a 429 that asks for a one-second pause.
     let src_proxy = Proxy::start(
@@ -378,11 +370,9 @@ fn big_layer(registry: &str, repository: &str) -> String {
 
 #[test]
 fn a_corrupt_source_blob_is_refused_and_named() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app"]);
+    };
     let bad = big_layer(&src.addr, "fixture/app");
     let needle = bad.clone();
     let src_proxy = Proxy::start(
@@ -425,11 +415,9 @@ fn a_corrupt_source_blob_is_refused_and_named() {
 
 #[test]
 fn a_killed_run_resumes_without_recopying_finished_blobs() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app"]);
+    };
     let slow = Proxy::start(
         &src.addr,
         Box::new(|method, path, _| {
@@ -524,11 +512,9 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
 
 #[test]
 fn save_then_load_into_a_fresh_registry_keeps_digests() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app", "fixture/tools"]);
+    };
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("bundle.tar");
     let save = xtask(&[
@@ -655,11 +641,9 @@ fn retag_adds_tags_without_moving_layers() {
 
 #[test]
 fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app"]);
+    };
     // A cosign-style signature tag next to the image (any manifest will do as content).
     let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
     let signature_tag = format!("{}.sig", digest.replace(':', "-"));
@@ -718,11 +702,9 @@ fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
 
 #[test]
 fn dry_run_writes_nothing_and_bad_input_is_one_line() {
-    if !docker_available() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
-    }
-    let (src, dst) = (Registry::plain(), Registry::plain());
-    seed(&src.addr, &["fixture/app"]);
+    };
     let proxy = Proxy::counting(&dst.addr);
     let plan = mirror(&[
         "--to",

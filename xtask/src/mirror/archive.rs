@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::engine::Registries;
 use super::lists;
-use super::registry::{sha256_digest, verified_stream, Registry};
+use super::registry::{receiver_stream, sha256_digest, verified_stream, Registry};
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::naming::ImageRef;
 
@@ -534,31 +534,11 @@ async fn push_blob_from_tar(
             let digest = digest.to_string();
             let label = format!("blob {digest} in the archive");
             handle.spawn(async move {
-                let chunks = futures_util::stream::unfold(receiver, |mut r| async move {
-                    r.recv().await.map(|item| (item, r))
-                });
-                let verified = verified_stream(
-                    Box::pin(chunks),
-                    digest.clone(),
-                    size,
-                    registry.stats.clone(),
-                    label,
-                );
-                let (tx, rx) = tokio::sync::mpsc::channel(4);
-                let pump = tokio::spawn(async move {
-                    let mut verified = Box::pin(verified);
-                    while let Some(item) = verified.next().await {
-                        if tx.send(item).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                let body = futures_util::stream::unfold(rx, |mut r| async move {
-                    r.recv().await.map(|item| (item, r))
-                });
-                let result = registry.put_blob_stream(&first, &digest, size, body).await;
-                pump.abort();
-                result.map_err(|f| f.error)
+                let chunks = Box::pin(receiver_stream(receiver));
+                registry
+                    .put_verified(&first, &digest, size, chunks, label)
+                    .await
+                    .map_err(|f| f.error)
             })
         };
         // This runs inside block_on on a blocking thread; reading the entry is blocking.

@@ -5,14 +5,13 @@
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use futures_util::StreamExt;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::registry::{verified_stream, with_retry, Failure, Registry, Stats};
+use super::registry::{with_retry, Failure, Registry, Stats};
 use crate::naming::ImageRef;
 
 /// Registries by host, connected once and shared by every task.
@@ -383,49 +382,11 @@ impl Engine {
                 return Ok(false);
             }
             let response = src.registry.get_blob(src.repository, digest).await?;
-            let mismatch: Arc<Mutex<Option<String>>> = Arc::default();
-            let flag = mismatch.clone();
             let label = format!("blob {digest} of {}/{}", src.registry.host, src.repository);
-            let verified = verified_stream(
-                response.bytes_stream(),
-                digest.to_string(),
-                size,
-                stats.clone(),
-                label,
-            )
-            .map(move |item| {
-                if let Err(e) = &item {
-                    if e.to_string().contains("digest mismatch") {
-                        *flag.lock().unwrap() = Some(e.to_string());
-                    }
-                }
-                item
-            });
-            // A bounded channel makes the body Sync for reqwest and caps memory at a
-            // few chunks, whatever the blob size.
-            let (sender, receiver) = tokio::sync::mpsc::channel(1);
-            let pump = tokio::spawn(async move {
-                let mut verified = Box::pin(verified);
-                while let Some(item) = verified.next().await {
-                    if sender.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let body = futures_util::stream::unfold(receiver, |mut r| async move {
-                r.recv().await.map(|item| (item, r))
-            });
-            let result = dst
-                .registry
-                .put_blob_stream(dst.repository, digest, size, body)
-                .await;
-            pump.abort();
-            if let Some(message) = mismatch.lock().unwrap().take() {
-                return Err(Failure::fatal(anyhow!(
-                    "{message}; refused, nothing was pushed"
-                )));
-            }
-            result.map(|()| true)
+            dst.registry
+                .put_verified(dst.repository, digest, size, response.bytes_stream(), label)
+                .await?;
+            Ok(true)
         })
         .await?;
         if copied {

@@ -657,6 +657,53 @@ impl Registry {
         ))
     }
 
+    /// Uploads `body` as blob `digest`, verifying size and digest on the fly; a mismatch
+    /// is fatal and the upload never completes.
+    pub async fn put_verified<S>(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        body: S,
+        label: String,
+    ) -> std::result::Result<(), Failure>
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
+    {
+        let mismatch: Arc<Mutex<Option<String>>> = Arc::default();
+        let flag = mismatch.clone();
+        let verified = verified_stream(body, digest.to_string(), size, self.stats.clone(), label)
+            .map(move |item| {
+                if let Err(e) = &item {
+                    if e.to_string().contains("digest mismatch") {
+                        *flag.lock().unwrap() = Some(e.to_string());
+                    }
+                }
+                item
+            });
+        // A channel of one chunk makes the body Sync for reqwest and caps memory,
+        // whatever the blob size.
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let pump = tokio::spawn(async move {
+            let mut verified = Box::pin(verified);
+            while let Some(item) = verified.next().await {
+                if sender.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = self
+            .put_blob_stream(repository, digest, size, receiver_stream(receiver))
+            .await;
+        pump.abort();
+        if let Some(message) = mismatch.lock().unwrap().take() {
+            return Err(Failure::fatal(anyhow!(
+                "{message}; refused, nothing was pushed"
+            )));
+        }
+        result
+    }
+
     /// Referrers of `digest` (OCI 1.1). None when the registry has no referrers API.
     pub async fn referrers(
         &self,
@@ -893,12 +940,12 @@ fn credential_error_kind(error: &docker_credential::CredentialRetrievalError) ->
 /// Wraps a blob body: counts bytes, hashes on the fly, and holds the last chunk back
 /// until the digest and size check out, so a corrupt blob never completes an upload.
 pub fn verified_stream(
-    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + Sync + Unpin + 'static,
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + Unpin + 'static,
     digest: String,
     size: u64,
     stats: Arc<Stats>,
     what: String,
-) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static {
     struct State<S> {
         body: S,
         hasher: Sha256,
@@ -974,6 +1021,15 @@ pub fn verified_stream(
                 }
             }
         }
+    })
+}
+
+/// A stream over a channel's receiver.
+pub fn receiver_stream<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + Sync + 'static {
+    futures_util::stream::unfold(receiver, |mut r| async move {
+        r.recv().await.map(|item| (item, r))
     })
 }
 
