@@ -75,15 +75,7 @@ fn source_and_destination(repositories: &[&str]) -> Option<(Registry, Registry)>
 
 /// sha256 of what a reference points at, per skopeo.
 fn raw_digest(reference: &str) -> (String, serde_json::Value) {
-    let raw = run(
-        "skopeo",
-        &[
-            "inspect",
-            "--tls-verify=false",
-            "--raw",
-            &format!("docker://{reference}"),
-        ],
-    );
+    let raw = skopeo_inspect("--raw", reference);
     use sha2::Digest as _;
     let digest = format!(
         "sha256:{}",

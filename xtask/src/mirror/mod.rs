@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
-use engine::{CopyJob, Engine, Outcome, Registries};
+use engine::{CopyJob, Engine, Outcome};
 use lists::Entry;
 
 pub fn run(root: &Path, args: &MirrorArgs) -> Result<()> {
@@ -108,13 +108,7 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(&planned, args).await;
     }
-    // An unreachable destination fails once, up front, instead of once per image.
-    if let Some((_, job)) = planned.first() {
-        Registries::new(args.registry.insecure.clone())
-            .get(&job.destination.registry)
-            .await?;
-    }
-    let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await;
+    let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await?;
     if let Some(dir) = &args.write_config {
         let digests: Vec<Option<String>> = summary
             .images
@@ -156,7 +150,11 @@ fn warn_about_subsets(planned: &[(Planned, CopyJob)]) {
 }
 
 /// Copies every planned image with `jobs` images (and 2×`jobs` blobs) in flight.
-pub async fn copy_all(planned: &[(Planned, CopyJob)], jobs: usize, insecure: &[String]) -> Summary {
+pub async fn copy_all(
+    planned: &[(Planned, CopyJob)],
+    jobs: usize,
+    insecure: &[String],
+) -> Result<Summary> {
     let started = Instant::now();
     let bars = Bars::new(planned.len());
     let bytes_bar = bars.bytes.clone();
@@ -165,6 +163,13 @@ pub async fn copy_all(planned: &[(Planned, CopyJob)], jobs: usize, insecure: &[S
         jobs * 2,
         Arc::new(move |n| bytes_bar.inc(n)),
     ));
+    // An unreachable destination fails once, up front, instead of once per image.
+    if let Some((_, job)) = planned.first() {
+        if let Err(e) = engine.registries.get(&job.destination.registry).await {
+            bars.finish();
+            return Err(e);
+        }
+    }
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut tasks = Vec::new();
     for (planned, job) in planned.iter().cloned() {
@@ -215,7 +220,7 @@ pub async fn copy_all(planned: &[(Planned, CopyJob)], jobs: usize, insecure: &[S
     }
     bars.finish();
     let stats = &engine.registries.stats;
-    Summary {
+    Ok(Summary {
         copied: images
             .iter()
             .filter(|r| matches!(r.outcome, Some(Outcome::Copied { .. })))
@@ -233,7 +238,7 @@ pub async fn copy_all(planned: &[(Planned, CopyJob)], jobs: usize, insecure: &[S
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 /// Progress on a terminal; silent (but for the per-image lines) in pipelines.

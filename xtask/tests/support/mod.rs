@@ -185,6 +185,10 @@ impl Drop for Registry {
 
 /// The status code of a GET, or None when nothing answers. Loopback only: no TLS check.
 pub fn http_status(url: &str) -> Option<u16> {
+    curl_status(&[url])
+}
+
+fn curl_status(args: &[&str]) -> Option<u16> {
     let output = Command::new("curl")
         .args([
             "-sk",
@@ -194,8 +198,8 @@ pub fn http_status(url: &str) -> Option<u16> {
             "%{http_code}",
             "--max-time",
             "5",
-            url,
         ])
+        .args(args)
         .output()
         .ok()?;
     text(&output.stdout)
@@ -279,57 +283,32 @@ pub fn push_base_image(reference: &str) {
     run("docker", &["push", "--quiet", reference]);
 }
 
-/// `skopeo inspect --raw` of a reference in a plain-HTTP loopback registry.
-pub fn skopeo_raw(reference: &str) -> serde_json::Value {
-    let raw = run(
+/// `skopeo inspect <flag>` of a reference in a loopback registry: the exact text.
+pub fn skopeo_inspect(flag: &str, reference: &str) -> String {
+    run(
         "skopeo",
         &[
             "inspect",
             "--tls-verify=false",
-            "--raw",
+            flag,
             &format!("docker://{reference}"),
         ],
-    );
-    serde_json::from_str(&raw).expect("skopeo printed JSON")
+    )
+}
+
+/// `skopeo inspect --raw`, parsed.
+pub fn skopeo_raw(reference: &str) -> serde_json::Value {
+    serde_json::from_str(&skopeo_inspect("--raw", reference)).expect("skopeo printed JSON")
 }
 
 pub fn skopeo_config(reference: &str) -> serde_json::Value {
-    let raw = run(
-        "skopeo",
-        &[
-            "inspect",
-            "--tls-verify=false",
-            "--config",
-            &format!("docker://{reference}"),
-        ],
-    );
-    serde_json::from_str(&raw).expect("skopeo printed JSON")
+    serde_json::from_str(&skopeo_inspect("--config", reference)).expect("skopeo printed JSON")
 }
 
 /// The status of a manifest HEAD that accepts every manifest type, so an OCI index is
 /// not reported missing for want of an Accept header.
 pub fn manifest_status(url: &str) -> Option<u16> {
-    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+    let accept = "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-    let output = Command::new("curl")
-        .args([
-            "-sk",
-            "-I",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "-H",
-            &format!("Accept: {accept}"),
-            url,
-        ])
-        .output()
-        .ok()?;
-    text(&output.stdout)
-        .trim()
-        .parse()
-        .ok()
-        .filter(|code| *code != 0)
+    curl_status(&["-I", "-H", accept, url])
 }
