@@ -753,3 +753,89 @@ fn dry_run_writes_nothing_and_bad_input_is_one_line() {
         );
     }
 }
+
+#[test]
+fn credentials_come_from_the_docker_config_and_never_show() {
+    if !docker_available() {
+        return;
+    }
+    let (user, password) = ("mirror-bot", "s3cret-never-printed-42");
+    let src = Registry::with_login(user, password);
+    let dst = Registry::plain();
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("{user}:{password}"),
+            &format!("oci-archive:{}", fixture_archive().display()),
+            &format!("docker://{}/fixture/app:v1", src.addr),
+        ],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let auth = run(
+        "sh",
+        &[
+            "-c",
+            &format!("printf '%s' '{user}:{password}' | base64 -w0"),
+        ],
+    );
+    fs::write(
+        home.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, src.addr),
+    )
+    .unwrap();
+    let args = [
+        "images",
+        "mirror",
+        "--to",
+        &format!("{}/m", dst.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src.addr),
+    ];
+
+    let anonymous = xtask_in(
+        &project_root(),
+        &args,
+        &[("DOCKER_CONFIG", empty.path().to_str().unwrap())],
+    );
+    let stderr = text(&anonymous.stderr);
+    assert!(!anonymous.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("docker login"),
+        "{stderr}"
+    );
+
+    let logged_in = xtask_in(
+        &project_root(),
+        &args,
+        &[("DOCKER_CONFIG", home.path().to_str().unwrap())],
+    );
+    let output = format!("{}{}", text(&logged_in.stdout), text(&logged_in.stderr));
+    assert!(logged_in.status.success(), "{output}");
+    assert!(
+        !output.contains(password) && !stderr.contains(password),
+        "the password reached the output"
+    );
+    let source_raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            "--creds",
+            &format!("{user}:{password}"),
+            &format!("docker://{}/fixture/app:v1", src.addr),
+        ],
+    );
+    assert_eq!(
+        skopeo_inspect("--raw", &format!("{}/m/fixture/app:v1", dst.addr)),
+        source_raw,
+        "byte-identical index"
+    );
+}

@@ -93,15 +93,20 @@ pub struct Registry {
 impl Registry {
     /// A registry with TLS, for Docker to push to.
     pub fn start() -> Registry {
-        Registry::spawn(true)
+        Registry::spawn(true, None)
     }
 
     /// A plain-HTTP registry, for the mirror tests' proxies to sit in front of.
     pub fn plain() -> Registry {
-        Registry::spawn(false)
+        Registry::spawn(false, None)
     }
 
-    fn spawn(tls: bool) -> Registry {
+    /// A plain-HTTP registry that wants `user`/`password` (htpasswd, basic auth).
+    pub fn with_login(user: &str, password: &str) -> Registry {
+        Registry::spawn(false, Some((user, password)))
+    }
+
+    fn spawn(tls: bool, login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -135,12 +140,27 @@ impl Registry {
                 key.display()
             )
         };
+        let auth_config = match login {
+            None => String::new(),
+            Some((user, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                fs::write(
+                    &htpasswd,
+                    format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap()),
+                )
+                .unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+        };
         let config = dir.path().join("config.yml");
         fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}",
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}{auth_config}",
                 dir.path().join("data").display(),
             ),
         )
@@ -159,7 +179,7 @@ impl Registry {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http_status(&registry.url("/v2/")) != Some(200) {
+        while !matches!(http_status(&registry.url("/v2/")), Some(200 | 401)) {
             assert!(
                 Instant::now() < deadline,
                 "registry on {} did not start",
