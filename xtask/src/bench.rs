@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::BenchMirrorArgs;
-use crate::mirror::registry::{sha256_digest, Registry, Stats};
+use crate::oci::registry::{sha256_digest, Registry, Stats};
 
 const MIB: u64 = 1 << 20;
 

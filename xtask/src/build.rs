@@ -80,6 +80,9 @@ pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
         print_plan(&plan, &docker_args, args.json)?;
         return Ok(());
     }
+    if args.check && inputs.output == Output::Cache {
+        bail!("--check measures and runs what was built: add --push or --load");
+    }
 
     let sh = Shell::new()?;
     preflight(&sh, &plan)?;
@@ -99,7 +102,43 @@ pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
              (re-run with --progress plain for the full log)"
         )
     })?;
-    report(&plan, &metadata_path, args.json)
+    report(&plan, &metadata_path, args.json)?;
+    if args.check {
+        check(&catalog, &plan, inputs.output, &inputs.publish)?;
+    }
+    Ok(())
+}
+
+/// `images size` and `images verify` on the images just built, from where they went.
+fn check(
+    catalog: &Catalog,
+    plan: &BuildPlan,
+    output: Output,
+    publish: &crate::naming::Publish,
+) -> Result<()> {
+    let names: Vec<String> = plan.requested().map(|t| t.name.clone()).collect();
+    let source = match output {
+        Output::Push => crate::size::Source::Registry,
+        _ => crate::size::Source::Engine,
+    };
+    let options = crate::size::Options {
+        uncompressed: true,
+        layers: 3,
+        insecure: Vec::new(),
+    };
+    let targets = crate::size::catalog_targets(catalog, &names, publish)?;
+    let sizes = crate::size::measure(&targets, source, &options)?;
+    crate::size::print(&sizes, false, options.layers)?;
+    let subjects = crate::verify::catalog_subjects(catalog, &names, publish)?;
+    let tools_image = crate::verify::catalog_init_image(&catalog.root, publish)?;
+    let engine = crate::verify::Engine {
+        platform: None,
+        local: output != Output::Push,
+    };
+    let outcomes = crate::verify::verify(&subjects, tools_image.as_deref(), &engine)?;
+    crate::verify::print(&outcomes, false)?;
+    crate::size::finish(&sizes)?;
+    crate::verify::finish(&outcomes)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

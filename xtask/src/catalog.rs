@@ -33,11 +33,36 @@ pub struct ImageSpec {
     /// Template variables.
     #[serde(default)]
     pub vars: toml::Table,
+    /// What the image is for; executors and init images get the operator's conventions
+    /// checked by `images verify`.
+    #[serde(default)]
+    pub role: Role,
     #[serde(default)]
     pub size: Option<SizeBudget>,
-    /// Convention checks run against the built image.
+    /// Checks `images verify` runs against the built image.
     #[serde(default)]
-    pub verify: Option<toml::Table>,
+    pub verify: VerifySpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A worker image: `/workspace`, `/tools`, `HOME=/tmp`, UID 1000 in group 0.
+    Executor,
+    /// The init container that copies the OpenCode binary into `/tools`.
+    Init,
+    /// Anything else: only the checks the image declares.
+    #[default]
+    Other,
+}
+
+/// Limits in MiB: compressed is what a registry stores and a node pulls, uncompressed
+/// what a node unpacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_uncompressed_mib: Option<u64>,
+    pub max_compressed_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -45,6 +70,90 @@ pub struct ImageSpec {
 pub struct SizeBudget {
     pub max_uncompressed_mib: Option<u64>,
     pub max_compressed_mib: Option<u64>,
+    /// Per-platform limits, e.g. `[size.platforms."linux/arm64"]`; unset fields fall
+    /// back to the image-wide ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platforms: BTreeMap<String, Limits>,
+}
+
+impl SizeBudget {
+    pub fn for_platform(&self, platform: &str) -> Limits {
+        let specific = self.platforms.get(platform).copied().unwrap_or_default();
+        Limits {
+            max_uncompressed_mib: specific.max_uncompressed_mib.or(self.max_uncompressed_mib),
+            max_compressed_mib: specific.max_compressed_mib.or(self.max_compressed_mib),
+        }
+    }
+}
+
+/// Declarative checks, shaped like container-structure-test's.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    /// Convention checks this image opts out of, by name, each with the reason.
+    #[serde(default)]
+    pub skip: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: Option<MetadataCheck>,
+    #[serde(default)]
+    pub files: Vec<FileCheck>,
+    #[serde(default)]
+    pub commands: Vec<CommandCheck>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataCheck {
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub env_vars: Vec<EnvVarCheck>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVarCheck {
+    pub key: String,
+    pub value: String,
+    #[serde(default)]
+    pub is_regex: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheck {
+    pub name: Option<String>,
+    pub path: String,
+    #[serde(default = "yes")]
+    pub should_exist: bool,
+    /// As `ls -l` shows it, e.g. `drwxrwxrwx`.
+    pub permissions: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandCheck {
+    pub name: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Regular expressions that must each match stdout or stderr.
+    #[serde(default)]
+    pub expected_output: Vec<String>,
+    /// Regular expressions that must not match.
+    #[serde(default)]
+    pub excluded_output: Vec<String>,
+    #[serde(default)]
+    pub exit_code: i32,
+    pub timeout_seconds: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_platforms() -> Vec<String> {
@@ -112,6 +221,14 @@ impl Catalog {
                 self.names().join(", ")
             )
         })
+    }
+
+    /// The images named, in the order given, or every image when none is named.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Image>> {
+        if names.is_empty() {
+            return Ok(self.images.values().collect());
+        }
+        names.iter().map(|name| self.get(name)).collect()
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -281,8 +398,79 @@ fn validate_spec(root: &Path, name: &str, label: &str, spec: &ImageSpec) -> Resu
         validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
     }
     if let Some(size) = &spec.size {
-        if size.max_uncompressed_mib == Some(0) || size.max_compressed_mib == Some(0) {
-            bail!("{label}: a size budget of 0 MiB can never be met; remove it or raise it");
+        let limits = std::iter::once(Limits {
+            max_uncompressed_mib: size.max_uncompressed_mib,
+            max_compressed_mib: size.max_compressed_mib,
+        })
+        .chain(size.platforms.values().copied());
+        for limit in limits {
+            if limit.max_uncompressed_mib == Some(0) || limit.max_compressed_mib == Some(0) {
+                bail!("{label}: a size budget of 0 MiB can never be met; remove it or raise it");
+            }
+        }
+        for platform in size.platforms.keys() {
+            if !spec.platforms.contains(platform) {
+                bail!(
+                    "{label}: size.platforms.\"{platform}\" is not one of this image's platforms ({})",
+                    spec.platforms.join(", ")
+                );
+            }
+        }
+    }
+    validate_verify(label, &spec.verify)
+}
+
+fn validate_verify(label: &str, verify: &VerifySpec) -> Result<()> {
+    for (check, reason) in &verify.skip {
+        if !crate::verify::CONVENTIONS.contains(&check.as_str()) {
+            bail!(
+                "{label}: verify.skip.{check}: no such convention check; the names are {}",
+                crate::verify::CONVENTIONS.join(", ")
+            );
+        }
+        if reason.trim().is_empty() {
+            bail!("{label}: verify.skip.{check}: say why the image opts out of this check");
+        }
+    }
+    for command in &verify.commands {
+        if command.name.trim().is_empty() || command.command.trim().is_empty() {
+            bail!("{label}: every [[verify.commands]] needs a `name` and a `command`");
+        }
+        for pattern in command
+            .expected_output
+            .iter()
+            .chain(&command.excluded_output)
+        {
+            regex::Regex::new(pattern).map_err(|e| {
+                anyhow!(
+                    "{label}: verify.commands '{}': bad pattern '{pattern}': {}",
+                    command.name,
+                    e.to_string().lines().last().unwrap_or("")
+                )
+            })?;
+        }
+    }
+    for file in &verify.files {
+        if !file.path.starts_with('/') {
+            bail!(
+                "{label}: verify.files path '{}' must be absolute",
+                file.path
+            );
+        }
+        if let Some(permissions) = &file.permissions {
+            crate::verify::parse_permissions(permissions)
+                .map_err(|e| anyhow!("{label}: verify.files '{}': {e}", file.path))?;
+        }
+    }
+    if let Some(metadata) = &verify.metadata {
+        for env in metadata.env_vars.iter().filter(|e| e.is_regex) {
+            regex::Regex::new(&env.value).map_err(|_| {
+                anyhow!(
+                    "{label}: verify.metadata.env_vars {}: bad pattern '{}'",
+                    env.key,
+                    env.value
+                )
+            })?;
         }
     }
     Ok(())

@@ -62,6 +62,69 @@ pub enum ImagesCommand {
     Mirror(MirrorArgs),
     /// Add tags to a manifest already in a registry, without moving layers.
     Retag(RetagArgs),
+    /// Measure built images per platform against their size budgets.
+    Size(SizeArgs),
+    /// Run the convention and declared checks against built images.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SizeArgs {
+    /// Catalog images to measure (default: all), as published under the naming flags.
+    pub images: Vec<String>,
+    /// Measure any image by reference instead (repeatable); no budget applies.
+    #[arg(long = "ref", value_name = "REF")]
+    pub refs: Vec<String>,
+    /// Read the local Docker engine's image store instead of the registry.
+    #[arg(long)]
+    pub local: bool,
+    /// Skip the uncompressed sizes, which cost a download of every layer.
+    #[arg(long)]
+    pub compressed_only: bool,
+    /// How many of each image's largest layers to list.
+    #[arg(long, default_value_t = 3)]
+    pub layers: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Catalog images to check (default: all), as published under the naming flags.
+    pub images: Vec<String>,
+    /// Check any image by reference instead, as the role given by --role.
+    #[arg(long = "ref", value_name = "REF", conflicts_with = "images")]
+    pub reference: Option<String>,
+    /// With --ref: the role whose conventions apply.
+    #[arg(long, value_enum, default_value = "executor", requires = "reference")]
+    pub role: RoleArg,
+    /// The init image for the two-container check (default: the catalog's init image
+    /// under the naming flags).
+    #[arg(long, value_name = "REF")]
+    pub tools_image: Option<String>,
+    /// Run the containers for this platform (default: the engine's own).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Check the local engine's copies as they are, without pulling them first.
+    #[arg(long)]
+    pub local: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Executor,
+    Init,
+    Other,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +215,10 @@ pub struct BuildArgs {
     /// With --dry-run, print the plan as one JSON document; otherwise print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// After the build, run `images size` and `images verify` on what was built (needs
+    /// --push or --load); fails the build when either fails.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Flags every registry-facing command shares.

@@ -2,13 +2,17 @@ mod bench;
 mod build;
 mod catalog;
 mod cli;
+mod docker;
 mod list;
 mod mirror;
 mod naming;
+mod oci;
 mod plan;
 mod project;
 mod render;
 mod report;
+mod size;
+mod verify;
 
 use clap::Parser;
 use cli::{BenchCommand, Cli, Command, ImagesCommand};
@@ -26,6 +30,8 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Build(args) => build::run_build(&root, args),
             ImagesCommand::Mirror(args) => mirror::run(&root, args),
             ImagesCommand::Retag(args) => mirror::retag::run(args),
+            ImagesCommand::Size(args) => size::run(&root, args),
+            ImagesCommand::Verify(args) => verify::run(&root, args),
         },
         Command::Bench(bench) => match bench.as_ref() {
             BenchCommand::Mirror(args) => bench::run(&root, args),

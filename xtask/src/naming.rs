@@ -86,6 +86,14 @@ impl ImageRef {
         })
     }
 
+    /// What to ask the registry for: the digest when pinned, else the tag, else `latest`.
+    pub fn pointer(&self) -> String {
+        self.digest
+            .clone()
+            .or_else(|| self.tag.clone())
+            .unwrap_or_else(|| "latest".to_string())
+    }
+
     /// The name BuildKit matches a named build context against: Docker's familiar form
     /// (no `docker.io/library/`) with a trailing `:latest` removed.
     pub fn context_key(&self) -> String {

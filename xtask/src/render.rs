@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, Image, MANIFEST, TEMPLATES_DIR};
+use crate::catalog::{Catalog, Image, AGENTS_DIR, MANIFEST, TEMPLATES_DIR};
 use crate::naming::Publish;
 
 /// Everything a template may depend on besides its own `image.toml`.
@@ -22,8 +22,8 @@ pub struct RenderOptions {
 pub struct Rendered {
     pub name: String,
     pub dockerfile: String,
-    /// Files copied from the image folder, relative path to source path.
-    pub context_files: BTreeMap<PathBuf, PathBuf>,
+    /// What is copied from the image folder: relative path to what it is.
+    pub context_files: BTreeMap<PathBuf, ContextEntry>,
     /// The named build context the template refers to its parent by.
     pub parent_context: Option<String>,
 }
@@ -183,24 +183,76 @@ fn reject_syntax_directive(image: &str, dockerfile: &str) -> Result<()> {
     Ok(())
 }
 
-fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, PathBuf>> {
+/// One entry of a build context, as it is in the image folder.
+#[derive(Debug, Clone)]
+pub enum ContextEntry {
+    File(PathBuf),
+    /// Kept with its mode, so an empty `rootfs/workspace` with mode 0777 arrives as such.
+    Dir(u32),
+    /// Kept as a link; it may only point inside the image folder.
+    Symlink(PathBuf),
+}
+
+fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, ContextEntry>> {
+    use std::os::unix::fs::PermissionsExt;
     let mut files = BTreeMap::new();
+    let label = format!("{AGENTS_DIR}/{}", image.name);
     for entry in walkdir::WalkDir::new(&image.dir).follow_links(false) {
         let entry = entry.with_context(|| format!("reading {}", image.dir.display()))?;
-        if !entry.file_type().is_file() && !entry.file_type().is_symlink() {
-            continue;
-        }
         let relative = entry
             .path()
             .strip_prefix(&image.dir)
             .expect("walkdir stays under its root")
             .to_path_buf();
-        if relative == Path::new(MANIFEST) {
+        if relative == Path::new(MANIFEST) || relative.as_os_str().is_empty() {
             continue;
         }
-        files.insert(relative, entry.path().to_path_buf());
+        let kind = entry.file_type();
+        let context_entry = if kind.is_symlink() {
+            let target = fs::read_link(entry.path())?;
+            if !link_stays_inside(&relative, &target) {
+                bail!(
+                    "{label}/{}: the symlink points outside the image folder ({}); \
+                     copy the file into the folder instead",
+                    relative.display(),
+                    target.display()
+                );
+            }
+            ContextEntry::Symlink(target)
+        } else if kind.is_dir() {
+            ContextEntry::Dir(entry.metadata()?.permissions().mode() & 0o7777)
+        } else if kind.is_file() {
+            ContextEntry::File(entry.path().to_path_buf())
+        } else {
+            bail!(
+                "{label}/{}: only files, folders and symlinks can go into a build context",
+                relative.display()
+            );
+        };
+        files.insert(relative, context_entry);
     }
     Ok(files)
+}
+
+/// Whether a relative link at `link` (relative to the image folder) resolves inside it.
+fn link_stays_inside(link: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = link.components().count() as i64 - 1;
+    for component in target.components() {
+        match component {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
 }
 
 impl Rendered {
@@ -215,14 +267,29 @@ impl Rendered {
         }
         fs::create_dir_all(&staging)?;
         let result = (|| -> Result<()> {
-            for (relative, source) in &self.context_files {
+            use std::os::unix::fs::PermissionsExt;
+            let mut dirs = Vec::new();
+            for (relative, entry) in &self.context_files {
                 let dest = staging.join(relative);
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                fs::copy(source, &dest).with_context(|| {
-                    format!("copying {} into the build context", source.display())
-                })?;
+                match entry {
+                    ContextEntry::File(source) => {
+                        fs::copy(source, &dest).with_context(|| {
+                            format!("copying {} into the build context", source.display())
+                        })?;
+                    }
+                    ContextEntry::Dir(mode) => {
+                        fs::create_dir_all(&dest)?;
+                        dirs.push((dest, *mode));
+                    }
+                    ContextEntry::Symlink(target) => std::os::unix::fs::symlink(target, &dest)?,
+                }
+            }
+            // Modes last, deepest first, so a read-only folder is filled before it closes.
+            for (dir, mode) in dirs.iter().rev() {
+                fs::set_permissions(dir, fs::Permissions::from_mode(*mode))?;
             }
             fs::write(staging.join("Dockerfile"), &self.dockerfile)?;
             Ok(())
@@ -391,5 +458,50 @@ mod tests {
                 .contains("registry.example.com/mirror/library/debian:bookworm-slim"));
             insta::assert_snapshot!(format!("dockerfile_{}", r.name), r.dockerfile);
         }
+    }
+
+    #[test]
+    fn context_keeps_links_and_folder_modes_and_refuses_links_out() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = project(&[("a", &spec(None))]);
+        let folder = dir.path().join("agents/a");
+        fs::create_dir_all(folder.join("rootfs/bin")).unwrap();
+        fs::create_dir_all(folder.join("rootfs/workspace")).unwrap();
+        fs::set_permissions(
+            folder.join("rootfs/workspace"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        fs::write(folder.join("rootfs/bin/busybox"), "binary").unwrap();
+        symlink("busybox", folder.join("rootfs/bin/sh")).unwrap();
+        let catalog = Catalog::load(dir.path()).unwrap();
+        let images = catalog.build_order(&[]).unwrap();
+        let rendered = render_all(&catalog, &images, &options(None)).unwrap();
+        let out = dir.path().join("out");
+        let target = rendered[0].write(&out).unwrap();
+        let link = target.join("rootfs/bin/sh");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("busybox"));
+        let mode = fs::metadata(target.join("rootfs/workspace"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o777);
+
+        for escaping in ["../../../../etc/passwd", "/etc/passwd", "../../image.toml"] {
+            let _ = fs::remove_file(folder.join("rootfs/leak"));
+            symlink(escaping, folder.join("rootfs/leak")).unwrap();
+            let catalog = Catalog::load(dir.path()).unwrap();
+            let images = catalog.build_order(&[]).unwrap();
+            let err = format!(
+                "{:#}",
+                render_all(&catalog, &images, &options(None)).unwrap_err()
+            );
+            assert!(
+                err.contains("agents/a/rootfs/leak: the symlink points outside"),
+                "{err}"
+            );
+        }
+        assert!(link_stays_inside(Path::new("a/b/c"), Path::new("../x")));
+        assert!(!link_stays_inside(Path::new("c"), Path::new("../x")));
     }
 }

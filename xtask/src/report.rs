@@ -23,6 +23,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Bytes as MiB with one decimal, e.g. `63.4 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

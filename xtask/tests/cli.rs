@@ -296,3 +296,81 @@ fn a_custom_executor_is_one_folder() {
     assert!(Path::new(&out.join("my-tools/hello.txt")).is_file());
     assert!(!out.join("my-tools/image.toml").exists());
 }
+
+#[test]
+fn size_and_verify_refuse_bad_input_in_one_line() {
+    for (args, prefix) in [
+        (vec!["images", "size", "nope"], "unknown image 'nope'"),
+        (vec!["images", "verify", "nope"], "unknown image 'nope'"),
+        (
+            vec!["images", "size", "--ref", "Bad Ref"],
+            "--ref: image reference",
+        ),
+        (vec!["images", "verify", "--ref", "x@sha256:zz"], "--ref: "),
+        (
+            vec!["images", "size", "attach", "--ref", "a.example/b:c"],
+            "name catalog images or pass --ref, not both",
+        ),
+        (
+            vec!["images", "build", "attach", "--check"],
+            "--check measures and runs what was built",
+        ),
+    ] {
+        assert_one_line_error(&xtask(&args), prefix);
+    }
+    // A registry nobody listens on: one line naming it.
+    let port = free_port();
+    let reference = format!("127.0.0.1:{port}/x/y:z");
+    let out = xtask(&["images", "size", "--ref", &reference]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Progress lines come first; the error is the one last line.
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(&format!("error: registry 127.0.0.1:{port} is unreachable")),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "a report was printed for nothing");
+}
+
+#[test]
+fn verify_and_size_tables_in_image_toml_are_checked() {
+    for (addition, why) in [
+        ("[verify]\ncolour = 1\n", "unknown field `colour`"),
+        (
+            "[verify.skip]\nnot-a-check = \"x\"\n",
+            "no such convention check",
+        ),
+        ("[verify.skip]\nuser = \" \"\n", "say why"),
+        (
+            "[[verify.commands]]\nname = \"x\"\ncommand = \"true\"\nexpected_output = [\"(\"]\n",
+            "bad pattern",
+        ),
+        ("[[verify.files]]\npath = \"tmp\"\n", "must be absolute"),
+        (
+            "[[verify.files]]\npath = \"/tmp\"\npermissions = \"777\"\n",
+            "not of the form drwxr-xr-x",
+        ),
+        (
+            "[size.platforms.\"linux/s390x\"]\nmax_compressed_mib = 3\n",
+            "not one of this image's platforms",
+        ),
+        ("role = \"boss\"\n", "unknown variant `boss`"),
+    ] {
+        let dir = project_copy();
+        let manifest = dir.path().join("agents/attach/image.toml");
+        let spec = fs::read_to_string(&manifest).unwrap();
+        // Top-level keys must come before the first table.
+        let spec = if addition.starts_with('[') {
+            format!("{spec}\n{addition}")
+        } else {
+            format!("{addition}{}", spec.replace("role = \"executor\"\n", ""))
+        };
+        fs::write(&manifest, spec).unwrap();
+        let err = assert_one_line_error(
+            &xtask_in(dir.path(), &["images", "list"], &[]),
+            "agents/attach/image.toml",
+        );
+        assert!(err.contains(why), "expected {why:?} in {err}");
+    }
+}

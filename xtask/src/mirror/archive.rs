@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::engine::Registries;
 use super::lists;
-use super::registry::{receiver_stream, sha256_digest, verified_stream, Registry};
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::naming::ImageRef;
+use crate::oci::registry::{receiver_stream, sha256_digest, verified_stream, Registry};
+use crate::oci::Registries;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
@@ -42,12 +42,7 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
     let mut tops = Vec::new();
     for entry in &entries {
         let registry = registries.get(&entry.source.registry).await?;
-        let reference = entry
-            .source
-            .digest
-            .clone()
-            .or_else(|| entry.source.tag.clone())
-            .unwrap_or_else(|| "latest".into());
+        let reference = entry.source.pointer();
         let top = registry
             .head_manifest(&entry.source.repository, &reference)
             .await?

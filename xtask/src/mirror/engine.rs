@@ -11,38 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::registry::{with_retry, Failure, Registry, Stats};
 use crate::naming::ImageRef;
-
-/// Registries by host, connected once and shared by every task.
-pub struct Registries {
-    insecure: Vec<String>,
-    pub stats: Arc<Stats>,
-    connected: Mutex<HashMap<String, Arc<OnceCell<Arc<Registry>>>>>,
-}
-
-impl Registries {
-    pub fn new(insecure: Vec<String>) -> Registries {
-        Registries {
-            insecure,
-            stats: Arc::new(Stats::default()),
-            connected: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub async fn get(&self, host: &str) -> Result<Arc<Registry>> {
-        let cell = self
-            .connected
-            .lock()
-            .unwrap()
-            .entry(host.to_string())
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| Registry::connect(host, &self.insecure, self.stats.clone()))
-            .await
-            .cloned()
-    }
-}
+use crate::oci::registry::{with_retry, Failure, Registry};
+pub use crate::oci::Registries;
 
 #[derive(Debug, Clone)]
 pub struct CopyJob {
@@ -163,7 +134,7 @@ impl Engine {
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
-        let digest = super::registry::sha256_digest(&bytes);
+        let digest = crate::oci::registry::sha256_digest(&bytes);
         let tag = destination_reference(job);
         if job.platforms.is_some() && tag.starts_with("sha256:") && tag != digest {
             bail!("{}: a platform subset changes the digest, so it needs a tag, not a digest, as destination", job.source);
@@ -400,11 +371,7 @@ impl Engine {
 }
 
 fn source_reference(source: &ImageRef) -> String {
-    source
-        .digest
-        .clone()
-        .or_else(|| source.tag.clone())
-        .unwrap_or_else(|| "latest".to_string())
+    source.pointer()
 }
 
 fn destination_reference(job: &CopyJob) -> String {

@@ -5,7 +5,6 @@ pub mod archive;
 pub mod config;
 pub mod engine;
 pub mod lists;
-pub mod registry;
 pub mod retag;
 
 use anyhow::{bail, Result};
@@ -21,14 +20,13 @@ use engine::{CopyJob, Engine, Outcome};
 use lists::Entry;
 
 pub fn run(root: &Path, args: &MirrorArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    match &args.action {
-        Some(MirrorAction::Save(save)) => runtime.block_on(archive::save(root, save)),
-        Some(MirrorAction::Load(load)) => runtime.block_on(archive::load(load)),
-        None => runtime.block_on(copy(root, &args.copy)),
-    }
+    crate::oci::block_on(async {
+        match &args.action {
+            Some(MirrorAction::Save(save)) => archive::save(root, save).await,
+            Some(MirrorAction::Load(load)) => archive::load(load).await,
+            None => copy(root, &args.copy).await,
+        }
+    })?
 }
 
 /// One planned copy, as printed by --dry-run and written to the mapping file.

@@ -5,16 +5,13 @@ use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::engine::Registries;
-use super::registry::Registry;
 use crate::cli::RetagArgs;
 use crate::naming::ImageRef;
+use crate::oci::registry::Registry;
+use crate::oci::Registries;
 
 pub fn run(args: &RetagArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(retag(args))
+    crate::oci::block_on(retag(args))?
 }
 
 /// A target is a full reference, or just a tag for the source's repository.
@@ -30,11 +27,7 @@ async fn retag(args: &RetagArgs) -> Result<()> {
     let source = ImageRef::parse(&args.source).map_err(|e| anyhow!("SRC: {e}"))?;
     let registries = Registries::new(args.registry.insecure.clone());
     let registry = registries.get(&source.registry).await?;
-    let reference = source
-        .digest
-        .clone()
-        .or_else(|| source.tag.clone())
-        .unwrap_or_else(|| "latest".into());
+    let reference = source.pointer();
     let (bytes, header_type) = registry
         .get_manifest(&source.repository, &reference)
         .await?;
@@ -43,7 +36,7 @@ async fn retag(args: &RetagArgs) -> Result<()> {
         .as_str()
         .map(String::from)
         .unwrap_or(header_type);
-    let digest = super::registry::sha256_digest(&bytes);
+    let digest = crate::oci::registry::sha256_digest(&bytes);
     for target in &args.targets {
         let target = target_ref(&source, target)?;
         if target.registry != source.registry {

@@ -198,6 +198,14 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("registry {} log, last lines:", self.addr);
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::Digest;
+
 /// Every manifest type the mirror copies.
 pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -442,7 +444,13 @@ impl Registry {
         let what = format!("GET manifest {}/{repository}:{reference}", self.host);
         with_retry(&what, &self.stats, || async {
             let response = self
-                .send(Method::GET, &self.url(repository, &format!("manifests/{reference}")), &pull(repository), accept_manifests(), None)
+                .send(
+                    Method::GET,
+                    &self.url(repository, &format!("manifests/{reference}")),
+                    &pull(repository),
+                    accept_manifests(),
+                    None,
+                )
                 .await?;
             let status = response.status();
             if !status.is_success() {
@@ -451,15 +459,18 @@ impl Registry {
                 return Err(status_failure(what.clone(), status, &headers, &body));
             }
             let media_type = header(response.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
-            let bytes = response.bytes().await?;
-            if reference.starts_with("sha256:") {
-                let actual = sha256_digest(&bytes);
-                if actual != reference {
-                    return Err(Failure::fatal(anyhow!(
-                        "digest mismatch: manifest {}/{repository}@{reference} has content with digest {actual}; refusing it",
-                        self.host
-                    )));
+            let bytes = read_bounded(response, MAX_MANIFEST_BYTES, &what).await?;
+            if let Ok(pinned) = Digest::parse(reference) {
+                if !pinned.matches(&bytes) {
+                    return Err(Failure::fatal(anyhow!(DigestMismatch {
+                        what: format!("manifest {}/{repository}@{pinned}", self.host),
+                    })));
                 }
+            } else if reference.contains(':') {
+                return Err(Failure::fatal(anyhow!(
+                    "{}",
+                    Digest::parse(reference).unwrap_err()
+                )));
             }
             Ok((bytes, media_type))
         })
@@ -889,6 +900,56 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
+}
+
+/// A manifest larger than this is refused unread (the distribution registry's own limit).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Content that does not hash to the digest it was fetched by.
+#[derive(Debug)]
+pub struct DigestMismatch {
+    pub what: String,
+}
+
+impl std::fmt::Display for DigestMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "digest mismatch: {} has other content than its digest says; refusing it",
+            self.what
+        )
+    }
+}
+
+impl std::error::Error for DigestMismatch {}
+
+/// The body, refused as soon as it passes `limit` bytes, so a hostile server cannot
+/// make us hold more than that.
+pub async fn read_bounded(
+    response: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> std::result::Result<Bytes, Failure> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(Failure::fatal(anyhow!(
+            "{what}: the body is larger than the {limit}-byte limit; refusing it"
+        )));
+    }
+    let mut body = response.bytes_stream();
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(Failure::fatal(anyhow!(
+                "{what}: the body is larger than the {limit}-byte limit; refusing it"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 pub fn sha256_digest(bytes: &[u8]) -> String {

@@ -1,0 +1,856 @@
+//! `images verify`: the operator's conventions and each image's declared checks, run in
+//! containers against the built image, as the image's own user and again as an
+//! OpenShift-style arbitrary UID in group 0, under the restricted pod-security profile.
+
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::catalog::{Catalog, CommandCheck, FileCheck, MetadataCheck, Role, VerifySpec};
+use crate::cli::{RoleArg, VerifyArgs};
+use crate::docker::{self, Finished};
+use crate::oci::digest::printable;
+use crate::report::table;
+
+/// The UID OpenShift's restricted SCC picks from a namespace range, always in group 0.
+pub const ARBITRARY_UID: &str = "1000620000:0";
+
+/// Convention checks by name; an image opts out of one with `verify.skip.<name>`.
+pub const CONVENTIONS: &[&str] = &[
+    "user",
+    "home",
+    "workdir",
+    "home-writable",
+    "workspace-writable",
+    "tools-mountable",
+    "opencode-from-tools",
+    "default-command",
+    "copies-to-tools",
+    "arbitrary-uid",
+    "restricted-profile",
+];
+
+/// The restricted profile: what `restricted` pod security and OpenShift's restricted SCC
+/// leave a container, with an `emptyDir` at /tmp.
+const RESTRICTED: &[&str] = &[
+    "--read-only",
+    "--tmpfs",
+    "/tmp:rw,exec,nosuid,nodev,mode=1777",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+];
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One image to check.
+pub struct Subject {
+    pub name: String,
+    pub reference: String,
+    pub role: Role,
+    pub spec: VerifySpec,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub image: String,
+    pub check: String,
+    /// The user the container ran as; None for metadata checks.
+    pub user: Option<String>,
+    pub restricted: bool,
+    pub passed: bool,
+    pub detail: String,
+}
+
+pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
+    let subjects = subjects(root, args)?;
+    let tools_image = match &args.tools_image {
+        Some(reference) => Some(reference.clone()),
+        None => catalog_init_image(root, &args.publish.publish())?,
+    };
+    let engine = Engine {
+        platform: args.platform.clone(),
+        local: args.local,
+    };
+    let outcomes = verify(&subjects, tools_image.as_deref(), &engine)?;
+    print(&outcomes, args.json)?;
+    finish(&outcomes)
+}
+
+fn subjects(root: &Path, args: &VerifyArgs) -> Result<Vec<Subject>> {
+    if let Some(reference) = &args.reference {
+        crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
+        let role = match args.role {
+            RoleArg::Executor => Role::Executor,
+            RoleArg::Init => Role::Init,
+            RoleArg::Other => Role::Other,
+        };
+        return Ok(vec![Subject {
+            name: reference.clone(),
+            reference: reference.clone(),
+            role,
+            spec: VerifySpec::default(),
+        }]);
+    }
+    let catalog = Catalog::load(root)?;
+    catalog_subjects(&catalog, &args.images, &args.publish.publish())
+}
+
+pub fn catalog_subjects(
+    catalog: &Catalog,
+    names: &[String],
+    publish: &crate::naming::Publish,
+) -> Result<Vec<Subject>> {
+    catalog
+        .select(names)?
+        .into_iter()
+        .map(|image| {
+            Ok(Subject {
+                name: image.name.clone(),
+                reference: publish.refs(&image.name)?.remove(0).to_string(),
+                role: image.spec.role,
+                spec: image.spec.verify.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The catalog's init image under the naming flags, for the two-container check.
+pub fn catalog_init_image(root: &Path, publish: &crate::naming::Publish) -> Result<Option<String>> {
+    let catalog = Catalog::load(root)?;
+    let init = catalog
+        .images
+        .values()
+        .find(|image| image.spec.role == Role::Init);
+    init.map(|image| Ok(publish.refs(&image.name)?.remove(0).to_string()))
+        .transpose()
+}
+
+/// Where the containers run: the platform, and whether to use the engine's copies as
+/// they are rather than pull them first.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub platform: Option<String>,
+    pub local: bool,
+}
+
+pub fn verify(
+    subjects: &[Subject],
+    tools_image: Option<&str>,
+    engine: &Engine,
+) -> Result<Vec<Outcome>> {
+    docker::require_daemon()?;
+    let mut outcomes = Vec::new();
+    if let Some(tools_image) = tools_image {
+        if !subjects.iter().any(|s| s.reference == tools_image) {
+            docker::inspect_image(tools_image, engine.platform.as_deref(), engine.local)?;
+        }
+    }
+    for subject in subjects {
+        eprintln!("==> verifying {} ({})", subject.name, subject.reference);
+        let checker = Checker::new(subject, tools_image, engine)?;
+        outcomes.extend(checker.run_all());
+    }
+    Ok(outcomes)
+}
+
+pub fn finish(outcomes: &[Outcome]) -> Result<()> {
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let first = failed[0];
+    bail!(
+        "{} of {} checks failed; first: {}: {} as {}: {}",
+        failed.len(),
+        outcomes.len(),
+        first.image,
+        first.check,
+        first.user.as_deref().unwrap_or("-"),
+        first.detail
+    );
+}
+
+pub fn print(outcomes: &[Outcome], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcomes)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = outcomes
+        .iter()
+        .map(|o| {
+            let user = match (&o.user, o.restricted) {
+                (Some(user), true) => format!("{user} (restricted)"),
+                (Some(user), false) => user.clone(),
+                (None, _) => "-".into(),
+            };
+            vec![
+                o.image.clone(),
+                o.check.clone(),
+                user,
+                if o.passed { "ok" } else { "FAIL" }.into(),
+                o.detail.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["IMAGE", "CHECK", "USER", "RESULT", "DETAIL"], &rows)
+    );
+    Ok(())
+}
+
+struct Checker<'a> {
+    subject: &'a Subject,
+    config: serde_json::Value,
+    tools_image: Option<&'a str>,
+    platform: Option<&'a str>,
+    restricted: bool,
+    users: Vec<Option<String>>,
+    outcomes: std::cell::RefCell<Vec<Outcome>>,
+}
+
+static CONTAINERS: AtomicUsize = AtomicUsize::new(0);
+
+fn container_name() -> String {
+    format!(
+        "xtask-verify-{}-{}",
+        std::process::id(),
+        CONTAINERS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl<'a> Checker<'a> {
+    fn new(
+        subject: &'a Subject,
+        tools_image: Option<&'a str>,
+        engine: &'a Engine,
+    ) -> Result<Checker<'a>> {
+        let platform = engine.platform.as_deref();
+        let inspected = docker::inspect_image(&subject.reference, platform, engine.local)?;
+        let config = inspected["Config"].clone();
+        let conventions = subject.role != Role::Other;
+        let skipped = |name: &str| subject.spec.skip.contains_key(name);
+        let restricted = conventions && !skipped("restricted-profile");
+        // None: the image's own user, as `docker run` and a pod without runAsUser use it.
+        let mut users = vec![None];
+        if !skipped("arbitrary-uid") {
+            users.push(Some(ARBITRARY_UID.to_string()));
+        }
+        Ok(Checker {
+            subject,
+            config,
+            tools_image,
+            platform,
+            restricted,
+            users,
+            outcomes: Default::default(),
+        })
+    }
+
+    fn run_all(self) -> Vec<Outcome> {
+        let spec = &self.subject.spec;
+        for (check, reason) in &spec.skip {
+            self.record(check, None, true, format!("skipped: {reason}"));
+        }
+        match self.subject.role {
+            Role::Executor => self.executor_conventions(),
+            Role::Init => self.init_conventions(),
+            Role::Other => {}
+        }
+        if let Some(metadata) = &spec.metadata {
+            self.metadata(metadata);
+        }
+        for file in &spec.files {
+            self.file(file);
+        }
+        for command in &spec.commands {
+            self.command(command);
+        }
+        self.outcomes.into_inner()
+    }
+
+    fn wanted(&self, check: &str) -> bool {
+        !self.subject.spec.skip.contains_key(check)
+    }
+
+    fn record(&self, check: &str, user: Option<&str>, passed: bool, detail: String) {
+        self.outcomes.borrow_mut().push(Outcome {
+            image: self.subject.name.clone(),
+            check: check.to_string(),
+            user: user.map(String::from),
+            restricted: user.is_some() && self.restricted,
+            passed,
+            detail,
+        });
+    }
+
+    /// The label for a run as `user`: the image's own user shows what it is.
+    fn user_label(&self, user: &Option<String>) -> String {
+        match user {
+            Some(user) => user.clone(),
+            None => match self.config["User"].as_str().filter(|u| !u.is_empty()) {
+                Some(own) => format!("{own} (image user)"),
+                None => "root (image user)".into(),
+            },
+        }
+    }
+
+    fn executor_conventions(&self) {
+        self.expect_user();
+        if self.wanted("home") {
+            let home = self.env("HOME");
+            self.record(
+                "home",
+                None,
+                home.as_deref() == Some("/tmp"),
+                format!("HOME={}", home.unwrap_or_else(|| "(unset)".into())),
+            );
+        }
+        if self.wanted("workdir") {
+            let workdir = self.config["WorkingDir"].as_str().unwrap_or("");
+            self.record(
+                "workdir",
+                None,
+                workdir == "/workspace",
+                format!(
+                    "WORKDIR {}",
+                    if workdir.is_empty() {
+                        "(unset)"
+                    } else {
+                        workdir
+                    }
+                ),
+            );
+        }
+        for user in &self.users {
+            self.shell_check(
+                "home-writable",
+                user,
+                &[],
+                r#"[ "$HOME" = /tmp ] || { echo "HOME is $HOME, not /tmp"; exit 1; }; : > "$HOME/.verify-probe" && echo "wrote $HOME/.verify-probe""#,
+            );
+            // A fresh volume takes the image's /workspace owner and mode, as a plain
+            // `docker run -v` does.
+            self.shell_check(
+                "workspace-writable",
+                user,
+                &["-v", "/workspace"],
+                r#": > /workspace/.verify-probe && echo "wrote /workspace/.verify-probe""#,
+            );
+            self.shell_check(
+                "tools-mountable",
+                user,
+                &["-v", "/tools"],
+                r#"[ -d /tools ] && echo "/tools is a directory" || { echo "/tools is missing"; exit 1; }"#,
+            );
+            self.default_command(user);
+            self.opencode_from_tools(user);
+        }
+    }
+
+    fn init_conventions(&self) {
+        self.expect_user();
+        for user in &self.users {
+            if !self.wanted("copies-to-tools") {
+                break;
+            }
+            let volume = Volume::create();
+            let mount = ["-v".to_string(), format!("{}:/tools", volume.0)];
+            let copied = self.container(user, &mount, None, &[]);
+            let result = copied.and_then(|copy| {
+                if copy.exit_code != Some(0) {
+                    bail!("{}", exit_detail(&copy));
+                }
+                let probe = self.container(
+                    user,
+                    &mount,
+                    Some("/bin/sh"),
+                    &[
+                        "-c".into(),
+                        "[ -x /tools/opencode ] && echo '/tools/opencode is executable'".into(),
+                    ],
+                )?;
+                if probe.exit_code != Some(0) {
+                    bail!("the init container exited 0 but left no executable /tools/opencode");
+                }
+                Ok(one_line(&copy.output()))
+            });
+            self.conclude("copies-to-tools", user, result);
+        }
+    }
+
+    fn expect_user(&self) {
+        if !self.wanted("user") {
+            return;
+        }
+        let user = self.config["User"].as_str().unwrap_or("");
+        self.record(
+            "user",
+            None,
+            user == "1000:0",
+            format!(
+                "USER {}; want 1000:0 (non-root, group 0)",
+                if user.is_empty() {
+                    "(unset: root)"
+                } else {
+                    user
+                }
+            ),
+        );
+    }
+
+    fn env(&self, key: &str) -> Option<String> {
+        self.config["Env"].as_array()?.iter().find_map(|e| {
+            e.as_str()?
+                .strip_prefix(key)?
+                .strip_prefix('=')
+                .map(String::from)
+        })
+    }
+
+    fn default_command(&self, user: &Option<String>) {
+        if !self.wanted("default-command") {
+            return;
+        }
+        let result = self
+            .container(user, &["-v".into(), "/workspace".into()], None, &[])
+            .and_then(|run| match run.exit_code {
+                Some(0) => Ok(format!("exit 0: {}", one_line(&run.output()))),
+                _ => bail!("started with no command: {}", exit_detail(&run)),
+            });
+        self.conclude("default-command", user, result);
+    }
+
+    /// The operator's pattern: the init image copies opencode into a shared volume, and
+    /// the executor, with that volume at /tools and a task in /workspace, runs it.
+    fn opencode_from_tools(&self, user: &Option<String>) {
+        if !self.wanted("opencode-from-tools") {
+            return;
+        }
+        let Some(tools_image) = self.tools_image else {
+            self.record(
+                "opencode-from-tools",
+                Some(&self.user_label(user)),
+                false,
+                "no init image to fill /tools: the catalog has none with role = \"init\"; pass --tools-image".into(),
+            );
+            return;
+        };
+        let volume = Volume::create();
+        let task = match TaskFile::create() {
+            Ok(task) => task,
+            Err(e) => return self.conclude("opencode-from-tools", user, Err(e)),
+        };
+        let tools = format!("{}:/tools", volume.0);
+        let result = (|| {
+            let mut init = vec!["--user".to_string()];
+            init.push(user.clone().unwrap_or_else(|| "1000:0".into()));
+            init.extend(self.profile());
+            init.extend(self.platform_args());
+            init.extend(["-v".into(), tools.clone(), tools_image.to_string()]);
+            let copied = docker::run_container(&container_name(), &init, DEFAULT_TIMEOUT)?;
+            if copied.exit_code != Some(0) {
+                bail!(
+                    "the init image {tools_image} failed to fill /tools: {}",
+                    exit_detail(&copied)
+                );
+            }
+            let mounts = [
+                "-v".to_string(),
+                tools.clone(),
+                "-v".into(),
+                "/workspace".into(),
+                "-v".into(),
+                format!("{}:/workspace/task.md:ro", task.path.display()),
+            ];
+            let run = self.container(
+                user,
+                &mounts,
+                Some("/bin/sh"),
+                &[
+                    "-c".into(),
+                    "cat /workspace/task.md >/dev/null && /tools/opencode --version".into(),
+                ],
+            )?;
+            if run.exit_code != Some(0) {
+                bail!("/tools/opencode --version: {}", exit_detail(&run));
+            }
+            Ok(format!(
+                "/tools/opencode --version: {}",
+                one_line(&run.stdout)
+            ))
+        })();
+        self.conclude("opencode-from-tools", user, result);
+    }
+
+    fn metadata(&self, expected: &MetadataCheck) {
+        let mut problems = Vec::new();
+        let text = |key: &str| self.config[key].as_str().unwrap_or("").to_string();
+        if let Some(user) = &expected.user {
+            if text("User") != *user {
+                problems.push(format!("user is '{}', want '{user}'", text("User")));
+            }
+        }
+        if let Some(workdir) = &expected.workdir {
+            if text("WorkingDir") != *workdir {
+                problems.push(format!(
+                    "workdir is '{}', want '{workdir}'",
+                    text("WorkingDir")
+                ));
+            }
+        }
+        for env in &expected.env_vars {
+            let actual = self.env(&env.key);
+            let ok = match (&actual, env.is_regex) {
+                (Some(value), true) => {
+                    regex::Regex::new(&env.value).is_ok_and(|r| r.is_match(value))
+                }
+                (Some(value), false) => *value == env.value,
+                (None, _) => false,
+            };
+            if !ok {
+                problems.push(format!(
+                    "{}={}, want {}",
+                    env.key,
+                    actual.unwrap_or_else(|| "(unset)".into()),
+                    env.value
+                ));
+            }
+        }
+        for (key, want) in [("Entrypoint", &expected.entrypoint), ("Cmd", &expected.cmd)] {
+            if let Some(want) = want {
+                let actual: Vec<String> = self.config[key]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if actual != *want {
+                    problems.push(format!(
+                        "{} is {actual:?}, want {want:?}",
+                        key.to_lowercase()
+                    ));
+                }
+            }
+        }
+        let passed = problems.is_empty();
+        let detail = if passed {
+            "as declared".to_string()
+        } else {
+            problems.join("; ")
+        };
+        self.record("metadata", None, passed, detail);
+    }
+
+    fn file(&self, check: &FileCheck) {
+        let name = check
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("file {}", check.path));
+        let result = file_stat(&self.subject.reference, &check.path).map(|stat| {
+            let mut problems = Vec::new();
+            match (&stat, check.should_exist) {
+                (None, true) => problems.push(format!("{} does not exist", check.path)),
+                (Some(_), false) => problems.push(format!("{} exists", check.path)),
+                _ => {}
+            }
+            if let Some(stat) = &stat {
+                if let Some(want) = &check.permissions {
+                    if stat.permissions != *want {
+                        problems.push(format!("permissions {}, want {want}", stat.permissions));
+                    }
+                }
+                if check.uid.is_some_and(|uid| uid != stat.uid) {
+                    problems.push(format!("uid {}, want {}", stat.uid, check.uid.unwrap_or(0)));
+                }
+                if check.gid.is_some_and(|gid| gid != stat.gid) {
+                    problems.push(format!("gid {}, want {}", stat.gid, check.gid.unwrap_or(0)));
+                }
+            }
+            (problems, stat)
+        });
+        match result {
+            Ok((problems, stat)) if problems.is_empty() => {
+                let detail = stat.map_or(format!("{} absent", check.path), |s| {
+                    format!("{} {} {}:{}", check.path, s.permissions, s.uid, s.gid)
+                });
+                self.record(&name, None, true, detail)
+            }
+            Ok((problems, _)) => self.record(&name, None, false, problems.join("; ")),
+            Err(e) => self.record(&name, None, false, format!("{e:#}")),
+        }
+    }
+
+    fn command(&self, check: &CommandCheck) {
+        let timeout = check
+            .timeout_seconds
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        for user in &self.users {
+            let result = (|| {
+                let mut args = self.user_args(user);
+                args.extend(self.profile());
+                args.extend(self.platform_args());
+                args.extend(["-v".into(), "/workspace".into()]);
+                args.extend(["--entrypoint".into(), check.command.clone()]);
+                args.push(self.subject.reference.clone());
+                args.extend(check.args.iter().cloned());
+                let run = docker::run_container(&container_name(), &args, timeout)?;
+                let output = run.output();
+                if run.exit_code != Some(check.exit_code) {
+                    bail!("want exit {}, {}", check.exit_code, exit_detail(&run));
+                }
+                for pattern in &check.expected_output {
+                    let regex = regex::Regex::new(pattern)?;
+                    if !regex.is_match(&output) {
+                        bail!("output does not match '{pattern}': {}", one_line(&output));
+                    }
+                }
+                for pattern in &check.excluded_output {
+                    let regex = regex::Regex::new(pattern)?;
+                    if regex.is_match(&output) {
+                        bail!("output matches excluded '{pattern}': {}", one_line(&output));
+                    }
+                }
+                Ok(one_line(&output))
+            })();
+            self.conclude(&check.name, user, result);
+        }
+    }
+
+    fn conclude(&self, check: &str, user: &Option<String>, result: Result<String>) {
+        let label = self.user_label(user);
+        match result {
+            Ok(detail) => self.record(check, Some(&label), true, detail),
+            Err(e) => self.record(check, Some(&label), false, format!("{e:#}")),
+        }
+    }
+
+    fn user_args(&self, user: &Option<String>) -> Vec<String> {
+        user.iter()
+            .flat_map(|u| ["--user".to_string(), u.clone()])
+            .collect()
+    }
+
+    fn profile(&self) -> Vec<String> {
+        if self.restricted {
+            RESTRICTED.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn platform_args(&self) -> Vec<String> {
+        self.platform
+            .iter()
+            .flat_map(|p| ["--platform".to_string(), p.to_string()])
+            .collect()
+    }
+
+    /// Runs the image as `user` under the profile, with `mounts`, and optionally another
+    /// entrypoint and arguments.
+    fn container(
+        &self,
+        user: &Option<String>,
+        mounts: &[String],
+        entrypoint: Option<&str>,
+        args: &[String],
+    ) -> Result<Finished> {
+        let mut all = self.user_args(user);
+        all.extend(self.profile());
+        all.extend(self.platform_args());
+        all.extend(mounts.iter().cloned());
+        if let Some(entrypoint) = entrypoint {
+            all.extend(["--entrypoint".into(), entrypoint.into()]);
+        }
+        all.push(self.subject.reference.clone());
+        all.extend(args.iter().cloned());
+        docker::run_container(&container_name(), &all, DEFAULT_TIMEOUT)
+    }
+
+    fn shell_check(&self, check: &str, user: &Option<String>, mounts: &[&str], script: &str) {
+        if !self.wanted(check) {
+            return;
+        }
+        let mounts: Vec<String> = mounts.iter().map(|m| m.to_string()).collect();
+        let result = self
+            .container(
+                user,
+                &mounts,
+                Some("/bin/sh"),
+                &["-c".into(), script.into()],
+            )
+            .and_then(|run| match run.exit_code {
+                Some(0) => Ok(one_line(&run.output())),
+                _ => bail!("{}", exit_detail(&run)),
+            });
+        self.conclude(check, user, result);
+    }
+}
+
+fn exit_detail(run: &Finished) -> String {
+    match run.exit_code {
+        Some(code) => format!("exit {code}: {}", one_line(&run.output())),
+        None => format!("timed out: {}", one_line(&run.output())),
+    }
+}
+
+/// The last meaningful line of a container's output, safe to print.
+fn one_line(output: &str) -> String {
+    let line = output
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("(no output)");
+    printable(line)
+}
+
+/// A named volume, removed when dropped.
+struct Volume(String);
+
+impl Volume {
+    fn create() -> Volume {
+        let name = container_name();
+        let _ = docker::docker(&["volume", "create", &name]);
+        Volume(name)
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = docker::docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+/// The task file the operator mounts into /workspace, readable by any UID.
+struct TaskFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl TaskFile {
+    fn create() -> Result<TaskFile> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("task.md");
+        std::fs::write(&path, "Say hello.\n")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        Ok(TaskFile { _dir: dir, path })
+    }
+}
+
+pub struct Stat {
+    pub permissions: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A path's mode and owner as the image has it, read from the tar header `docker cp`
+/// streams, so it works on images without a shell or `stat`.
+fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
+    let name = container_name();
+    docker::docker(&[
+        "create",
+        "--name",
+        &name,
+        "--entrypoint",
+        "/verify-never-runs",
+        reference,
+    ])?;
+    let result = (|| {
+        let mut child = std::process::Command::new("docker")
+            .args(["cp", &format!("{name}:{path}"), "-"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut archive = tar::Archive::new(stdout);
+        let first = archive
+            .entries()?
+            .next()
+            .transpose()?
+            .map(|entry| -> Result<Stat> {
+                let header = entry.header();
+                let kind = match header.entry_type() {
+                    tar::EntryType::Directory => 'd',
+                    tar::EntryType::Symlink => 'l',
+                    _ => '-',
+                };
+                Ok(Stat {
+                    permissions: permissions_text(kind, header.mode()?),
+                    uid: header.uid()? as u32,
+                    gid: header.gid()? as u32,
+                })
+            })
+            .transpose()?;
+        drop(archive);
+        let _ = child.kill();
+        let output = child.wait_with_output()?;
+        if first.is_none() && !String::from_utf8_lossy(&output.stderr).contains("Could not find") {
+            bail!("docker cp {path}: {}", docker::last_line(&output.stderr));
+        }
+        Ok(first)
+    })();
+    let _ = docker::docker(&["rm", "-f", &name]);
+    result
+}
+
+/// `ls -l` style: `drwxrwxrwt`.
+fn permissions_text(kind: char, mode: u32) -> String {
+    let mut out = String::from(kind);
+    let special = [(0o4000, 's', 'S'), (0o2000, 's', 'S'), (0o1000, 't', 'T')];
+    for (i, (bit, on, off)) in special.iter().enumerate() {
+        let shift = 6 - 3 * i;
+        let bits = (mode >> shift) & 0o7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let exec = bits & 1 != 0;
+        out.push(match (mode & bit != 0, exec) {
+            (true, true) => *on,
+            (true, false) => *off,
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    out
+}
+
+/// Validates an `ls -l` style permission string from `image.toml`.
+pub fn parse_permissions(text: &str) -> Result<()> {
+    let valid = text.len() == 10
+        && text.chars().enumerate().all(|(i, c)| match i {
+            0 => "-dl".contains(c),
+            _ => "-rwxsStT".contains(c),
+        });
+    if !valid {
+        bail!("permissions '{text}' is not of the form drwxr-xr-x (type, then rwx for owner, group, other)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_read_like_ls() {
+        assert_eq!(permissions_text('d', 0o1777), "drwxrwxrwt");
+        assert_eq!(permissions_text('-', 0o755), "-rwxr-xr-x");
+        assert_eq!(permissions_text('-', 0o4644), "-rwSr--r--");
+        assert!(parse_permissions("drwxrwxrwx").is_ok());
+        assert!(parse_permissions("0777").is_err());
+        assert!(parse_permissions("qrwxrwxrwx").is_err());
+    }
+
+    #[test]
+    fn output_lines_are_safe_to_print() {
+        assert_eq!(one_line("a\nlast \x1b[2J\n\n"), "last \\u{1b}[2J");
+        assert_eq!(one_line(""), "(no output)");
+    }
+}
