@@ -447,8 +447,8 @@ impl<'a> Checker<'a> {
         };
         let tools = format!("{}:/tools", volume.0);
         let result = (|| {
-            let mut init = vec!["--user".to_string()];
-            init.push(user.clone().unwrap_or_else(|| "1000:0".into()));
+            // Both containers of a pod run as the same arbitrary UID; otherwise each as its own user.
+            let mut init = self.user_args(user);
             init.extend(self.profile());
             init.extend(self.platform_args());
             init.extend(["-v".into(), tools.clone(), tools_image.to_string()]);
