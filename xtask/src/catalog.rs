@@ -166,6 +166,8 @@ pub struct Image {
     pub dir: PathBuf,
     pub spec: ImageSpec,
     pub bases: BTreeMap<String, ImageRef>,
+    /// The image's tools lock (`tools.toml`), when it has one.
+    pub tools: Option<crate::tools::ToolsLock>,
 }
 
 impl Image {
@@ -333,11 +335,14 @@ fn load_image(root: &Path, dir: &Path) -> Result<Image> {
                 .map_err(|e| anyhow!("{label}: bases.{role}: {e}"))
         })
         .collect::<Result<_>>()?;
+    let tools =
+        crate::tools::load_lock(dir, &format!("{AGENTS_DIR}/{name}/{}", crate::tools::LOCK))?;
     Ok(Image {
         name,
         dir: dir.to_path_buf(),
         spec,
         bases,
+        tools,
     })
 }
 

@@ -66,6 +66,24 @@ pub enum ImagesCommand {
     Size(SizeArgs),
     /// Run the convention and declared checks against built images.
     Verify(VerifyArgs),
+    /// List the pinned downloads of the tools locks, or fetch them for an artifact mirror.
+    Tools(ToolsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    /// Images whose locks to read (default: all).
+    pub images: Vec<String>,
+    /// Download every pinned artifact, verify it, and lay it out as DIR/<host>/<path>,
+    /// which is what `build --artifact-mirror` reads.
+    #[arg(long, value_name = "DIR")]
+    pub fetch: Option<PathBuf>,
+    /// With --fetch: download from this artifact mirror instead of the upstream hosts.
+    #[arg(long, value_name = "URL", requires = "fetch")]
+    pub from: Option<String>,
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod project;
 mod render;
 mod report;
 mod size;
+mod tools;
 mod verify;
 
 use clap::Parser;
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Retag(args) => mirror::retag::run(args),
             ImagesCommand::Size(args) => size::run(&root, args),
             ImagesCommand::Verify(args) => verify::run(&root, args),
+            ImagesCommand::Tools(args) => tools::run(&root, args),
         },
         Command::Bench(bench) => match bench.as_ref() {
             BenchCommand::Mirror(args) => bench::run(&root, args),

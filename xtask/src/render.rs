@@ -33,7 +33,26 @@ struct TemplateContext<'a> {
     image: ImageInfo<'a>,
     bases: BTreeMap<&'a str, String>,
     vars: &'a toml::Table,
+    /// The tools lock, each tool with its URL per architecture filled in.
+    tools: BTreeMap<&'a str, TemplateTool<'a>>,
     parent: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TemplateTool<'a> {
+    version: &'a str,
+    /// `{version}` filled in; `{arch}` left for `verified_download`.
+    url: String,
+    arch_names: &'a BTreeMap<String, String>,
+    sha256: &'a BTreeMap<String, String>,
+    signature: Option<TemplateSignature<'a>>,
+}
+
+#[derive(Serialize)]
+struct TemplateSignature<'a> {
+    url: String,
+    key: &'a str,
+    fingerprint: &'a str,
 }
 
 #[derive(Serialize)]
@@ -107,6 +126,7 @@ fn render_image(
                 },
                 bases,
                 vars: &image.spec.vars,
+                tools: template_tools(image),
                 parent: parent_context.clone(),
             };
             let body = env
@@ -132,6 +152,30 @@ fn render_image(
         context_files: context_files(image)?,
         parent_context,
     })
+}
+
+fn template_tools(image: &Image) -> BTreeMap<&str, TemplateTool<'_>> {
+    let Some(lock) = &image.tools else {
+        return BTreeMap::new();
+    };
+    let with_version = |url: &str, version: &str| url.replace("{version}", version);
+    lock.tools
+        .iter()
+        .map(|(name, tool)| {
+            let template_tool = TemplateTool {
+                version: &tool.version,
+                url: with_version(&tool.url, &tool.version),
+                arch_names: &tool.arch_names,
+                sha256: &tool.sha256,
+                signature: tool.signature.as_ref().map(|s| TemplateSignature {
+                    url: with_version(&s.url, &tool.version),
+                    key: &s.key,
+                    fingerprint: &s.fingerprint,
+                }),
+            };
+            (name.as_str(), template_tool)
+        })
+        .collect()
 }
 
 /// `file:line: message (near: source line)`, one line, for any template failure.
@@ -204,7 +248,9 @@ fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, ContextEntry>> {
             .strip_prefix(&image.dir)
             .expect("walkdir stays under its root")
             .to_path_buf();
-        if relative == Path::new(MANIFEST) || relative.as_os_str().is_empty() {
+        let metadata_file =
+            relative == Path::new(MANIFEST) || relative == Path::new(crate::tools::LOCK);
+        if metadata_file || relative.as_os_str().is_empty() {
             continue;
         }
         let kind = entry.file_type();
@@ -452,10 +498,13 @@ mod tests {
         )
         .unwrap();
         assert!(!rendered.is_empty());
-        for r in rendered {
-            assert!(r
-                .dockerfile
-                .contains("registry.example.com/mirror/library/debian:bookworm-slim"));
+        for (image, r) in images.iter().zip(rendered) {
+            // Every image with a base pulls it through the mirror; the others build on a parent.
+            if !image.bases.is_empty() {
+                assert!(r
+                    .dockerfile
+                    .contains("registry.example.com/mirror/library/debian:bookworm-slim"));
+            }
             insta::assert_snapshot!(format!("dockerfile_{}", r.name), r.dockerfile);
         }
     }
@@ -503,5 +552,35 @@ mod tests {
         }
         assert!(link_stays_inside(Path::new("a/b/c"), Path::new("../x")));
         assert!(!link_stays_inside(Path::new("c"), Path::new("../x")));
+    }
+
+    #[test]
+    fn dind_renders_with_dockers_own_packages() {
+        let mut catalog = Catalog::load(&crate::project::project_root()).unwrap();
+        let dind = catalog.images.get_mut("devbox-dind").unwrap();
+        dind.spec
+            .vars
+            .insert("docker_packages".into(), "docker-ce".into());
+        let dind = catalog.images["devbox-dind"].clone();
+        let rendered = render_all(&catalog, &[&dind], &options(None)).unwrap();
+        let dockerfile = &rendered[0].dockerfile;
+        assert!(
+            dockerfile.contains("docker-ce docker-ce-cli containerd.io"),
+            "{dockerfile}"
+        );
+        assert!(dockerfile.contains("9DC858229FC7DD38854AE2D88D81803C0EBFCD88"));
+        assert!(!dockerfile.contains("docker.io iptables"));
+
+        let mut catalog = Catalog::load(&crate::project::project_root()).unwrap();
+        let dind = catalog.images.get_mut("devbox-dind").unwrap();
+        dind.spec
+            .vars
+            .insert("docker_packages".into(), "podman".into());
+        let dind = catalog.images["devbox-dind"].clone();
+        let err = format!(
+            "{:#}",
+            render_all(&catalog, &[&dind], &options(None)).unwrap_err()
+        );
+        assert!(err.contains("must be \"debian\" or \"docker-ce\""), "{err}");
     }
 }

@@ -601,23 +601,25 @@ impl<'a> Checker<'a> {
                 args.push(self.subject.reference.clone());
                 args.extend(check.args.iter().cloned());
                 let run = docker::run_container(&container_name(), &args, timeout)?;
-                let output = run.output();
+                let full = run.output();
+                // Patterns see the output without its trailing newline, so `$` ends it.
+                let output = full.trim_end();
                 if run.exit_code != Some(check.exit_code) {
                     bail!("want exit {}, {}", check.exit_code, exit_detail(&run));
                 }
                 for pattern in &check.expected_output {
                     let regex = regex::Regex::new(pattern)?;
-                    if !regex.is_match(&output) {
-                        bail!("output does not match '{pattern}': {}", one_line(&output));
+                    if !regex.is_match(output) {
+                        bail!("output does not match '{pattern}': {}", one_line(output));
                     }
                 }
                 for pattern in &check.excluded_output {
                     let regex = regex::Regex::new(pattern)?;
-                    if regex.is_match(&output) {
-                        bail!("output matches excluded '{pattern}': {}", one_line(&output));
+                    if regex.is_match(output) {
+                        bail!("output matches excluded '{pattern}': {}", one_line(output));
                     }
                 }
-                Ok(one_line(&output))
+                Ok(one_line(output))
             })();
             self.conclude(&check.name, user, result);
         }

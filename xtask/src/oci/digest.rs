@@ -129,11 +129,14 @@ impl From<Digest> for String {
 
 /// Untrusted text made safe to print: control characters escaped, length capped.
 pub fn printable(input: &str) -> String {
-    let mut out: String = input
-        .chars()
-        .take(100)
-        .flat_map(char::escape_debug)
-        .collect();
+    let mut out = String::new();
+    for c in input.chars().take(100) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     if input.chars().count() > 100 {
         out.push('…');
     }

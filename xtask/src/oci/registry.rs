@@ -68,7 +68,7 @@ impl From<reqwest::Error> for Failure {
     }
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -2,6 +2,7 @@
 //! loopback, a Debian base image made offline, and the machine's own package mirrors.
 #![allow(dead_code)]
 
+pub mod artifacts;
 pub mod proxy;
 
 use std::fs;

