@@ -168,6 +168,9 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
             check_url("--artifact-mirror", mirror)?,
         );
     }
+    if let Some(mirror) = &args.apk_mirror {
+        build_args.insert("APK_MIRROR".into(), check_url("--apk-mirror", mirror)?);
+    }
     let npm_registry = match &args.npm_registry {
         Some(url) => Some(check_url("--npm-registry", url)?),
         None => npm_config_registry(),

@@ -90,6 +90,9 @@ impl SizeBudget {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifySpec {
+    /// Run every check under the restricted profile (read-only root, no capabilities, no
+    /// new privileges). Default: for executor and init images.
+    pub restricted: Option<bool>,
     /// Convention checks this image opts out of, by name, each with the reason.
     #[serde(default)]
     pub skip: BTreeMap<String, String>,
@@ -347,7 +350,7 @@ fn load_image(root: &Path, dir: &Path) -> Result<Image> {
 }
 
 /// One line: `file:line: message`, without the multi-line snippet toml prints.
-fn toml_error(label: &str, text: &str, error: &toml::de::Error) -> anyhow::Error {
+pub fn toml_error(label: &str, text: &str, error: &toml::de::Error) -> anyhow::Error {
     let line = error
         .span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
@@ -358,7 +361,7 @@ fn toml_error(label: &str, text: &str, error: &toml::de::Error) -> anyhow::Error
     }
 }
 
-fn is_valid_image_name(name: &str) -> bool {
+pub fn is_valid_image_name(name: &str) -> bool {
     name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name
             .bytes()

@@ -68,6 +68,24 @@ pub enum ImagesCommand {
     Verify(VerifyArgs),
     /// List the pinned downloads of the tools locks, or fetch them for an artifact mirror.
     Tools(ToolsArgs),
+    /// Scaffold a custom executor under agents/NAME/ that builds and verifies as it is.
+    New(NewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The image name: lower-case letters, digits and '-'.
+    pub name: String,
+    /// What to build on: a catalog image (as its parent) or a minimal busybox on scratch.
+    #[arg(long, value_enum, default_value = "devbox")]
+    pub from: NewFrom,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NewFrom {
+    Devbox,
+    Attach,
+    Scratch,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +233,10 @@ pub struct BuildArgs {
     /// Fetch pinned tool downloads from this mirror: URL/<host>/<path>.
     #[arg(long, env = "ARTIFACT_MIRROR")]
     pub artifact_mirror: Option<String>,
+    /// Alpine package mirror for Alpine-based images: replaces the repositories' host
+    /// and path up to `/alpine/`, e.g. https://mirror.example.com/alpine.
+    #[arg(long, env = "APK_MIRROR")]
+    pub apk_mirror: Option<String>,
     /// npm registry for npm-sourced artifacts (default: `npm config get registry`).
     #[arg(long, env = "NPM_REGISTRY")]
     pub npm_registry: Option<String>,

@@ -6,6 +6,7 @@ mod docker;
 mod list;
 mod mirror;
 mod naming;
+mod new;
 mod oci;
 mod plan;
 mod project;
@@ -34,6 +35,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Size(args) => size::run(&root, args),
             ImagesCommand::Verify(args) => verify::run(&root, args),
             ImagesCommand::Tools(args) => tools::run(&root, args),
+            ImagesCommand::New(args) => new::run(&root, args),
         },
         Command::Bench(bench) => match bench.as_ref() {
             BenchCommand::Mirror(args) => bench::run(&root, args),

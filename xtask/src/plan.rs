@@ -100,6 +100,8 @@ impl BuildPlan {
                 }
                 _ => BTreeMap::new(),
             };
+            let mut args = inputs.build_args.clone();
+            args.extend(rendered.base_args.clone());
             targets.push(BuildTarget {
                 name: image.name.clone(),
                 requested: is_requested,
@@ -111,7 +113,7 @@ impl BuildPlan {
                     .map(ToString::to_string)
                     .collect(),
                 platforms,
-                args: inputs.build_args.clone(),
+                args,
                 labels: labels(image, inputs),
                 secrets: inputs.secrets.clone(),
                 contexts,

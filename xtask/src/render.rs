@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use crate::catalog::{Catalog, Image, AGENTS_DIR, MANIFEST, TEMPLATES_DIR};
 use crate::naming::Publish;
 
+/// The build context a plain Dockerfile reaches its catalog parent by: `FROM parent`.
+pub const PARENT_CONTEXT: &str = "parent";
+
 /// Everything a template may depend on besides its own `image.toml`.
 #[derive(Debug, Clone)]
 pub struct RenderOptions {
@@ -26,6 +29,8 @@ pub struct Rendered {
     pub context_files: BTreeMap<PathBuf, ContextEntry>,
     /// The named build context the template refers to its parent by.
     pub parent_context: Option<String>,
+    /// Build args for a plain Dockerfile's bases (`BASE_<ROLE>`).
+    pub base_args: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -98,26 +103,31 @@ fn render_image(
     image: &Image,
     options: &RenderOptions,
 ) -> Result<Rendered> {
-    let parent_context = match &image.spec.parent {
-        Some(parent) => {
-            let primary = options.publish.refs(parent)?.remove(0);
-            Some(primary.context_key())
-        }
-        None => None,
+    // The build context the parent is reached by: a template names it by its reference
+    // (`{{ parent }}`); a plain Dockerfile by the stable name `parent` (`FROM parent`),
+    // which never changes with --registry, --org or --version.
+    let parent_context = match (&image.spec.parent, &image.spec.template) {
+        (Some(parent), Some(_)) => Some(options.publish.refs(parent)?.remove(0).context_key()),
+        (Some(_), None) => Some(PARENT_CONTEXT.to_string()),
+        (None, _) => None,
     };
+    let bases: BTreeMap<&str, String> = image
+        .bases
+        .iter()
+        .map(|(role, reference)| {
+            let rewritten = match &options.base_registry {
+                Some(prefix) => reference.under_prefix(prefix)?,
+                None => reference.clone(),
+            };
+            Ok((role.as_str(), rewritten.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    // A plain Dockerfile sees each base as a build arg, `ARG BASE_<ROLE>`, rewritten by
+    // --base-registry like a template's `{{ bases.<role> }}`.
+    let mut base_args = BTreeMap::new();
     let dockerfile = match (&image.spec.template, &image.spec.dockerfile) {
         (Some(template), _) => {
-            let bases = image
-                .bases
-                .iter()
-                .map(|(role, reference)| {
-                    let rewritten = match &options.base_registry {
-                        Some(prefix) => reference.under_prefix(prefix)?,
-                        None => reference.clone(),
-                    };
-                    Ok((role.as_str(), rewritten.to_string()))
-                })
-                .collect::<Result<_>>()?;
+            let bases = bases.clone();
             let context = TemplateContext {
                 image: ImageInfo {
                     name: &image.name,
@@ -140,6 +150,9 @@ fn render_image(
             )
         }
         (None, Some(dockerfile)) => {
+            for (role, reference) in &bases {
+                base_args.insert(base_arg_name(role), reference.clone());
+            }
             let path = image.dir.join(dockerfile);
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
         }
@@ -151,7 +164,13 @@ fn render_image(
         dockerfile,
         context_files: context_files(image)?,
         parent_context,
+        base_args,
     })
+}
+
+/// `builder` → `BASE_BUILDER`.
+pub fn base_arg_name(role: &str) -> String {
+    format!("BASE_{}", role.to_ascii_uppercase().replace('-', "_"))
 }
 
 fn template_tools(image: &Image) -> BTreeMap<&str, TemplateTool<'_>> {
@@ -503,7 +522,7 @@ mod tests {
             if !image.bases.is_empty() {
                 assert!(r
                     .dockerfile
-                    .contains("registry.example.com/mirror/library/debian:bookworm-slim"));
+                    .contains(" registry.example.com/mirror/library/"));
             }
             insta::assert_snapshot!(format!("dockerfile_{}", r.name), r.dockerfile);
         }

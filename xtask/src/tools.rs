@@ -85,16 +85,8 @@ pub fn load_lock(dir: &Path, label: &str) -> Result<Option<ToolsLock>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {label}"))?;
-    let lock: ToolsLock = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let message = e.message().replace('\n', " ");
-        match line {
-            Some(line) => anyhow!("{label}:{line}: {message}"),
-            None => anyhow!("{label}: {message}"),
-        }
-    })?;
+    let lock: ToolsLock =
+        toml::from_str(&text).map_err(|e| crate::catalog::toml_error(label, &text, &e))?;
     for (name, tool) in &lock.tools {
         validate_tool(dir, name, tool).map_err(|e| anyhow!("{label}: tools.{name}: {e}"))?;
     }

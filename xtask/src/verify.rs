@@ -234,7 +234,8 @@ impl<'a> Checker<'a> {
         let config = inspected["Config"].clone();
         let conventions = subject.role != Role::Other;
         let skipped = |name: &str| subject.spec.skip.contains_key(name);
-        let restricted = conventions && !skipped("restricted-profile");
+        let restricted =
+            subject.spec.restricted.unwrap_or(conventions) && !skipped("restricted-profile");
         // None: the image's own user, as `docker run` and a pod without runAsUser use it.
         let mut users = vec![None];
         if !skipped("arbitrary-uid") {

@@ -7,22 +7,6 @@ use std::fs;
 use std::path::Path;
 use support::*;
 
-/// A copy of the project's catalog and templates to break on purpose.
-fn project_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for folder in ["agents", "dockerfiles"] {
-        run(
-            "cp",
-            &[
-                "-r",
-                project_root().join(folder).to_str().unwrap(),
-                dir.path().to_str().unwrap(),
-            ],
-        );
-    }
-    dir
-}
-
 fn catalog_names() -> Vec<String> {
     let out = xtask(&["images", "list", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -372,5 +356,137 @@ fn verify_and_size_tables_in_image_toml_are_checked() {
             "agents/attach/image.toml",
         );
         assert!(err.contains(why), "expected {why:?} in {err}");
+    }
+}
+
+#[test]
+fn images_new_scaffolds_a_buildable_executor_and_refuses_bad_names() {
+    let dir = project_copy();
+    for from in ["devbox", "attach", "scratch"] {
+        let name = format!("my-{from}");
+        let out = xtask_in(dir.path(), &["images", "new", &name, "--from", from], &[]);
+        assert!(out.status.success(), "{from}: {}", text(&out.stderr));
+        let plan = xtask_in(
+            dir.path(),
+            &["images", "build", &name, "--dry-run", "--json"],
+            &[],
+        );
+        assert!(plan.status.success(), "{from}: {}", text(&plan.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        let target = &plan["bake"]["target"][name.as_str()];
+        if from == "scratch" {
+            // A plain Dockerfile gets its bases as build args.
+            assert_eq!(
+                target["args"]["BASE_BUILDER"],
+                "docker.io/library/debian:bookworm-slim"
+            );
+        } else {
+            // `FROM parent` reaches the catalog parent built in the same run.
+            assert_eq!(
+                target["contexts"]["parent"],
+                format!("target:{from}"),
+                "{plan:#}"
+            );
+        }
+        let listed = xtask_in(dir.path(), &["images", "list", "--json"], &[]);
+        assert!(text(&listed.stdout).contains(&format!("\"{name}\"")));
+    }
+
+    // An existing name is refused and left as it was.
+    let manifest = dir.path().join("agents/my-devbox/image.toml");
+    let before = fs::read_to_string(&manifest).unwrap();
+    assert_one_line_error(
+        &xtask_in(dir.path(), &["images", "new", "my-devbox"], &[]),
+        "agents/my-devbox/ already exists",
+    );
+    assert_eq!(fs::read_to_string(&manifest).unwrap(), before);
+    for bad in ["My-Tools", "9tools", "tools-", "a_b", "../escape"] {
+        let err = assert_one_line_error(
+            &xtask_in(dir.path(), &["images", "new", bad], &[]),
+            &format!("'{bad}' is not a valid image name"),
+        );
+        assert!(err.contains("lower-case letters, digits and '-'"), "{err}");
+    }
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join("agents"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn makefile_commands_are_one_xtask_call_each() {
+    let root = project_root();
+    let make = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new("make")
+            .arg("-n")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("make is installed");
+        assert!(out.status.success(), "make {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("cargo xtask"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let native = match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    };
+    let agents = root.join("agents");
+    let docs = ["IMG_REGISTRY=docker.io", "IMG_ORG=myorg", "VERSION=v1.0.0"];
+    let naming = "--registry docker.io --org myorg --version v1.0.0";
+    for (target, expected) in [
+        (
+            "build",
+            format!("cargo xtask images build devbox {naming} --platform {native} --load"),
+        ),
+        (
+            "push",
+            format!("cargo xtask images build devbox {naming} --platform {native} --push"),
+        ),
+        (
+            "buildx",
+            format!("cargo xtask images build devbox {naming} --push"),
+        ),
+    ] {
+        let mut args = vec!["AGENT=devbox", target];
+        args.extend(docs);
+        assert_eq!(
+            make(&agents, &args),
+            std::slice::from_ref(&expected),
+            "make {target}"
+        );
+        // The same from the project root.
+        let mut args = vec![format!("agent-{target}"), "AGENT=devbox".to_string()];
+        args.extend(docs.iter().map(|d| d.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(make(&root, &args), [expected], "make agent-{target}");
+    }
+    assert_eq!(
+        make(&agents, &["AGENT=devbox", "build"]),
+        [format!("cargo xtask images build devbox --registry ghcr.io --org kubeopencode --version latest --platform {native} --load")]
+    );
+    let missing = std::process::Command::new("make")
+        .args(["-s", "-C", agents.to_str().unwrap(), "build"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("AGENT is not set"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let help = std::process::Command::new("make")
+        .args(["-s", "-C", agents.to_str().unwrap(), "help"])
+        .output()
+        .unwrap();
+    let help = text(&help.stdout);
+    for target in ["build", "push", "buildx"] {
+        assert!(help.contains(&format!("  {target}\t")), "{help}");
     }
 }

@@ -165,7 +165,13 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
         "--version",
         version.as_str(),
     ];
-    let size = xtask(&[&["images", "size", "--json"][..], &naming[..]].concat());
+    let size = xtask(
+        &[
+            &["images", "size", "--json", "opencode", "attach"][..],
+            &naming[..],
+        ]
+        .concat(),
+    );
     assert!(size.status.success(), "size: {}", text(&size.stderr));
     let sizes: serde_json::Value = serde_json::from_slice(&size.stdout).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&sizes).unwrap());
@@ -184,7 +190,13 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
             assert!(p["compressed_bytes"].as_u64().unwrap() > 40 << 20, "{p}");
         }
     }
-    let verify = xtask(&[&["images", "verify", "--json"][..], &naming[..]].concat());
+    let verify = xtask(
+        &[
+            &["images", "verify", "--json", "opencode", "attach"][..],
+            &naming[..],
+        ]
+        .concat(),
+    );
     let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
         .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
     assert!(

@@ -13,22 +13,15 @@ use std::path::{Path, PathBuf};
 use support::artifacts::ArtifactServer;
 use support::*;
 
-const IMAGES: [&str; 3] = ["devbox", "devbox-dind", "devbox-dind-rootless"];
-
-fn copy_project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for folder in ["agents", "dockerfiles"] {
-        run(
-            "cp",
-            &[
-                "-a",
-                project_root().join(folder).to_str().unwrap(),
-                dir.path().to_str().unwrap(),
-            ],
-        );
-    }
-    dir
-}
+const IMAGES: [&str; 7] = [
+    "devbox",
+    "devbox-dind",
+    "devbox-dind-rootless",
+    "my-tools",
+    "tiny",
+    "sandbox-base",
+    "sandbox-developer",
+];
 
 fn sh(script: &str) -> String {
     run("sh", &["-euc", script])
@@ -267,6 +260,21 @@ fn stand_ins(project: &Path, mirror: &Path) {
         }
     }
     fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+    // Every other lock pins a subset of devbox's tools: give them the same stand-ins.
+    for entry in fs::read_dir(project.join("agents")).unwrap().flatten() {
+        let other = entry.path().join("tools.toml");
+        if other == lock_path || !other.is_file() {
+            continue;
+        }
+        let mut other_lock: toml::Table = fs::read_to_string(&other).unwrap().parse().unwrap();
+        for (name, tool) in other_lock["tools"].as_table_mut().unwrap().iter_mut() {
+            let stand_in = lock["tools"][name.as_str()]["sha256"].clone();
+            tool.as_table_mut()
+                .unwrap()
+                .insert("sha256".into(), stand_in);
+        }
+        fs::write(&other, toml::to_string(&other_lock).unwrap()).unwrap();
+    }
 }
 
 fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
@@ -289,26 +297,26 @@ fn devbox_family_builds_offline_and_works() {
     let registry = Registry::start();
     let prefix = format!("{}/mirror", registry.addr);
     push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
-    let project = copy_project();
+    let project = project_copy();
     let mirror = tempfile::tempdir().unwrap();
     stand_ins(project.path(), mirror.path());
     let server = ArtifactServer::start(mirror.path());
 
     // `images tools --fetch` lays out exactly what --artifact-mirror reads, verified.
-    let fetched = tempfile::tempdir().unwrap();
-    let fetch = xtask_in(
-        project.path(),
-        &[
+    let fetch_into = |dir: &Path| {
+        let args = [
             "images",
             "tools",
             "devbox",
             "--fetch",
-            fetched.path().to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--from",
             &server.url,
-        ],
-        &[],
-    );
+        ];
+        xtask_in(project.path(), &args, &[])
+    };
+    let fetched = tempfile::tempdir().unwrap();
+    let fetch = fetch_into(fetched.path());
     assert!(fetch.status.success(), "fetch: {}", text(&fetch.stderr));
     let diff = std::process::Command::new("diff")
         .args([
@@ -327,19 +335,7 @@ fn devbox_family_builds_offline_and_works() {
     // A download that does not match its pin fails the fetch and the build, naming it.
     let good = set_sha256(project.path(), "kubectl", "amd64", &"0".repeat(64));
     let refetch = tempfile::tempdir().unwrap();
-    let fetch = xtask_in(
-        project.path(),
-        &[
-            "images",
-            "tools",
-            "devbox",
-            "--fetch",
-            refetch.path().to_str().unwrap(),
-            "--from",
-            &server.url,
-        ],
-        &[],
-    );
+    let fetch = fetch_into(refetch.path());
     let stderr = text(&fetch.stderr);
     assert!(!fetch.status.success());
     assert!(
@@ -396,8 +392,31 @@ fn devbox_family_builds_offline_and_works() {
     );
     set_sha256(project.path(), "kubectl", "amd64", &good);
 
+    // The sandboxes in their Debian flavour: this machine reaches no Alpine mirror.
+    let sandbox = project.path().join("agents/sandbox-base/image.toml");
+    let spec = fs::read_to_string(&sandbox).unwrap();
+    fs::write(
+        &sandbox,
+        spec.replace("flavour = \"alpine\"", "flavour = \"debian\""),
+    )
+    .unwrap();
+
+    // Custom executors scaffolded by `images new` build and verify as they are.
+    for (name, from) in [("my-tools", "devbox"), ("tiny", "scratch")] {
+        let out = xtask_in(
+            project.path(),
+            &["images", "new", name, "--from", from],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "images new {name}: {}",
+            text(&out.stderr)
+        );
+    }
+
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
-    let built = build(&["opencode", "devbox", "devbox-dind", "devbox-dind-rootless"]);
+    let built = build(&[&["opencode"][..], &IMAGES[..]].concat());
     let log = text(&built.stderr);
     assert!(
         built.status.success(),
@@ -470,11 +489,30 @@ fn devbox_family_builds_offline_and_works() {
         });
         assert!(ran, "{check} as an arbitrary UID: {outcomes:#}");
     }
+    for (image, check) in [
+        ("sandbox-base", "node is v20 or later"),
+        ("sandbox-base", "the user is opencode"),
+        ("sandbox-developer", "tsc runs"),
+        ("sandbox-developer", "tsx runs"),
+        (
+            "sandbox-developer",
+            "the Anthropic SDK is installed globally",
+        ),
+    ] {
+        let ran = outcomes.as_array().unwrap().iter().any(|o| {
+            o["image"] == image
+                && o["check"] == check
+                && o["restricted"] == true
+                && o["passed"] == true
+        });
+        assert!(ran, "{image}: {check}: {outcomes:#}");
+    }
+    let executors = &IMAGES[..5];
     for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
-        for image in IMAGES {
+        for image in executors {
             let ran =
                 outcomes.as_array().unwrap().iter().any(|o| {
-                    o["image"] == image && o["check"] == convention && o["passed"] == true
+                    o["image"] == *image && o["check"] == convention && o["passed"] == true
                 });
             assert!(ran, "{image}: {convention}: {outcomes:#}");
         }

@@ -2,7 +2,7 @@
 //! layers with the history step that created them. Every document is fetched by digest,
 //! bounded, and verified by whichever `ContentSource` provides it.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
@@ -207,10 +207,7 @@ pub async fn resolve(
     repository: &str,
     reference: &str,
 ) -> Result<(Bytes, Digest)> {
-    let (bytes, _) = registry
-        .get_manifest(repository, reference)
-        .await
-        .with_context(|| format!("reading {}/{repository}:{reference}", registry.host))?;
+    let (bytes, _) = registry.get_manifest(repository, reference).await?;
     Ok((bytes.clone(), Digest::of_sha256(&bytes)))
 }
 

@@ -104,10 +104,14 @@ where
             }
             Err(failure) => {
                 let error = failure.error;
-                return Err(if attempt > 1 {
-                    error.context(format!("{what} (gave up after {attempt} attempts)"))
-                } else {
-                    error.context(what.to_string())
+                // Most failures already start with `what`; saying it twice helps nobody.
+                let named = error.to_string().starts_with(what);
+                return Err(match (attempt > 1, named) {
+                    (true, _) => {
+                        error.context(format!("{what} (gave up after {attempt} attempts)"))
+                    }
+                    (false, true) => error,
+                    (false, false) => error.context(what.to_string()),
                 });
             }
         }

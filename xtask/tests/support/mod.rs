@@ -18,6 +18,22 @@ pub fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A copy of the project's catalog and templates, to change without touching the real one.
+pub fn project_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["agents", "dockerfiles"] {
+        run(
+            "cp",
+            &[
+                "-a",
+                project_root().join(folder).to_str().unwrap(),
+                dir.path().to_str().unwrap(),
+            ],
+        );
+    }
+    dir
+}
+
 /// Runs the xtask binary with `args`.
 pub fn xtask(args: &[&str]) -> Output {
     xtask_in(&project_root(), args, &[])
