@@ -177,7 +177,11 @@ pub fn is_loopback(host: &str) -> bool {
         }
     });
     let name = name.trim_start_matches('[').trim_end_matches(']');
-    name == "localhost" || name.starts_with("127.") || name == "::1"
+    // An address, not a prefix: `127.evil.example` is a name anyone can point anywhere.
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Registry {
@@ -390,8 +394,14 @@ impl Registry {
         unreachable!("the loop returns on its second pass")
     }
 
-    fn url(&self, repository: &str, tail: &str) -> String {
-        format!("{}/v2/{repository}/{tail}", self.base)
+    /// The API URL for `tail` in `repository`. Every reference and digest that reaches a
+    /// URL passes here, whoever supplied it (a list, a bundle, or another registry's
+    /// index, referrers or headers), so nothing but a tag or a well-formed digest ever
+    /// becomes a path segment.
+    fn url(&self, repository: &str, tail: &str) -> std::result::Result<String, Failure> {
+        api_path(repository, tail)
+            .map(|path| format!("{}/v2/{path}", self.base))
+            .map_err(Failure::fatal)
     }
 
     fn resolve(&self, location: &str) -> String {
@@ -413,7 +423,7 @@ impl Registry {
             let response = self
                 .send(
                     Method::HEAD,
-                    &self.url(repository, &format!("manifests/{reference}")),
+                    &self.url(repository, &format!("manifests/{reference}"))?,
                     &pull(repository),
                     accept_manifests(),
                     None,
@@ -429,6 +439,14 @@ impl Registry {
                             self.host
                         ))
                     })?;
+                    let digest = Digest::parse(&digest)
+                        .map_err(|e| {
+                            Failure::fatal(anyhow!(
+                                "{} sent a bad Docker-Content-Digest for {repository}:{reference}: {e}",
+                                self.host
+                            ))
+                        })?
+                        .to_string();
                     Ok(Some(Described {
                         digest,
                         media_type: header(headers, CONTENT_TYPE.as_str()).unwrap_or_default(),
@@ -450,7 +468,7 @@ impl Registry {
             let response = self
                 .send(
                     Method::GET,
-                    &self.url(repository, &format!("manifests/{reference}")),
+                    &self.url(repository, &format!("manifests/{reference}"))?,
                     &pull(repository),
                     accept_manifests(),
                     None,
@@ -499,7 +517,7 @@ impl Registry {
             let response = self
                 .send(
                     Method::PUT,
-                    &self.url(repository, &format!("manifests/{reference}")),
+                    &self.url(repository, &format!("manifests/{reference}"))?,
                     &push(repository),
                     headers,
                     Some(bytes.clone().into()),
@@ -523,7 +541,7 @@ impl Registry {
             let response = self
                 .send(
                     Method::HEAD,
-                    &self.url(repository, &format!("blobs/{digest}")),
+                    &self.url(repository, &format!("blobs/{digest}"))?,
                     &push(repository),
                     HeaderMap::new(),
                     None,
@@ -546,9 +564,12 @@ impl Registry {
             self.host
         );
         let url = format!(
-            "{}?mount={digest}&from={from}",
+            "{}?mount={}&from={from}",
             self.url(repository, "blobs/uploads/")
+                .map_err(|f| f.error)?,
+            Digest::parse(digest)?,
         );
+        api_path(from, "blobs/uploads/")?;
         let mut scopes = push(repository);
         scopes.extend(pull(from));
         let location = with_retry(&what, &self.stats, || async {
@@ -589,7 +610,7 @@ impl Registry {
         let response = self
             .send(
                 Method::GET,
-                &self.url(repository, &format!("blobs/{digest}")),
+                &self.url(repository, &format!("blobs/{digest}"))?,
                 &pull(repository),
                 HeaderMap::new(),
                 None,
@@ -623,7 +644,7 @@ impl Registry {
         let start = self
             .send(
                 Method::POST,
-                &self.url(repository, "blobs/uploads/"),
+                &self.url(repository, "blobs/uploads/")?,
                 &push(repository),
                 HeaderMap::new(),
                 None,
@@ -642,6 +663,7 @@ impl Registry {
         })?;
         let location = self.resolve(&location);
         let separator = if location.contains('?') { '&' } else { '?' };
+        let digest = Digest::parse(digest).map_err(Failure::fatal)?;
         let url = format!("{location}{separator}digest={digest}");
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -735,7 +757,7 @@ impl Registry {
             let response = self
                 .send(
                     Method::GET,
-                    &self.url(repository, &format!("referrers/{digest}")),
+                    &self.url(repository, &format!("referrers/{digest}"))?,
                     &pull(repository),
                     headers,
                     None,
@@ -904,6 +926,50 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
+}
+
+/// `<repository>/<tail>` once both are checked: a repository of lower-case path
+/// components, and a tail naming a manifest by tag or digest, a blob or referrers by
+/// digest, or the upload endpoint.
+pub fn api_path(repository: &str, tail: &str) -> Result<String> {
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if !repository.split('/').all(component_ok) {
+        return Err(anyhow!(
+            "'{}' is not a repository name; refusing to put it in a URL",
+            super::digest::printable(repository)
+        ));
+    }
+    let (kind, value) = tail.split_once('/').unwrap_or((tail, ""));
+    let valid = match kind {
+        "manifests" => Digest::parse(value).is_ok() || is_tag(value),
+        "blobs" => value == "uploads/" || Digest::parse(value).is_ok(),
+        "referrers" => Digest::parse(value).is_ok(),
+        _ => false,
+    };
+    if !valid {
+        return Err(anyhow!(
+            "'{}' is neither a tag nor a digest; refusing to put it in a URL",
+            super::digest::printable(value)
+        ));
+    }
+    Ok(format!("{repository}/{tail}"))
+}
+
+/// A tag as the distribution spec defines it: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_tag(value: &str) -> bool {
+    value.len() <= 128
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// A manifest larger than this is refused unread (the distribution registry's own limit).
@@ -1232,5 +1298,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("11 of 12"));
+    }
+
+    #[test]
+    fn only_tags_and_digests_become_url_path_segments() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            api_path("org/img", &format!("manifests/{digest}")).unwrap(),
+            format!("org/img/manifests/{digest}")
+        );
+        assert!(api_path("org/img", "manifests/v1.2.3").is_ok());
+        assert!(api_path("org/img", "blobs/uploads/").is_ok());
+        for (repository, tail) in [
+            (
+                "org/img",
+                format!("manifests/{digest}/../../other/repo/manifests/latest"),
+            ),
+            ("org/img", format!("blobs/{digest}/../../x")),
+            ("org/img", format!("referrers/{digest}?x=1")),
+            ("org/img", "manifests/../latest".to_string()),
+            ("org/img", "manifests/".to_string()),
+            ("org/img", format!("blobs/sha256:{}", "Z".repeat(64))),
+            ("org/../img", format!("blobs/{digest}")),
+            ("Org/img", format!("blobs/{digest}")),
+            ("org//img", format!("blobs/{digest}")),
+        ] {
+            let err = api_path(repository, &tail);
+            assert!(err.is_err(), "accepted {repository} {tail}");
+        }
+    }
+
+    #[test]
+    fn loopback_is_an_address_not_a_prefix() {
+        for host in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "127.evil.example",
+            "127.evil.example:443",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 }
