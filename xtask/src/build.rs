@@ -128,7 +128,9 @@ fn check(
     };
     let targets = crate::size::catalog_targets(catalog, &names, publish)?;
     let sizes = crate::size::measure(&targets, source, &options)?;
-    crate::size::print(&sizes, false, options.layers)?;
+    // Tables to stderr: stdout stays the build's own result (`--json` included).
+    eprint!("{}", crate::size::text(&sizes, options.layers));
+    crate::size::step_summary(&sizes)?;
     let subjects = crate::verify::catalog_subjects(catalog, &names, publish)?;
     let tools_image = crate::verify::catalog_init_image(&catalog.root, publish)?;
     let engine = crate::verify::Engine {
@@ -136,7 +138,7 @@ fn check(
         local: output != Output::Push,
     };
     let outcomes = crate::verify::verify(&subjects, tools_image.as_deref(), &engine)?;
-    crate::verify::print(&outcomes, false)?;
+    eprint!("{}", crate::verify::text(&outcomes));
     crate::size::finish(&sizes)?;
     crate::verify::finish(&outcomes)
 }

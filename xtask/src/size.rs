@@ -648,6 +648,11 @@ pub fn print(report: &Report, json: bool, layers: usize) -> Result<()> {
     } else {
         print!("{}", text(report, layers));
     }
+    step_summary(report)
+}
+
+/// Appends the Markdown table to `$GITHUB_STEP_SUMMARY`, when a workflow set it.
+pub fn step_summary(report: &Report) -> Result<()> {
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         let mut file = std::fs::OpenOptions::new()
             .create(true)

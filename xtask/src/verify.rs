@@ -177,8 +177,13 @@ pub fn finish(outcomes: &[Outcome]) -> Result<()> {
 pub fn print(outcomes: &[Outcome], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(outcomes)?);
-        return Ok(());
+    } else {
+        print!("{}", text(outcomes));
     }
+    Ok(())
+}
+
+pub fn text(outcomes: &[Outcome]) -> String {
     let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
@@ -196,11 +201,7 @@ pub fn print(outcomes: &[Outcome], json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(&["IMAGE", "CHECK", "USER", "RESULT", "DETAIL"], &rows)
-    );
-    Ok(())
+    table(&["IMAGE", "CHECK", "USER", "RESULT", "DETAIL"], &rows)
 }
 
 struct Checker<'a> {
