@@ -48,6 +48,20 @@ pub struct PlanInputs {
     pub created: String,
 }
 
+/// Bake reads `${…}` and `%{…}` in every string as HCL templates, so a description or
+/// path that holds them would be expanded or break the file. `$${` and `%%{` are the
+/// literal forms.
+fn escape_interpolation(value: &mut Value) {
+    match value {
+        Value::String(text) if text.contains("${") || text.contains("%{") => {
+            *text = text.replace("${", "$${").replace("%{", "%%{");
+        }
+        Value::Array(items) => items.iter_mut().for_each(escape_interpolation),
+        Value::Object(fields) => fields.values_mut().for_each(escape_interpolation),
+        _ => {}
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildTarget {
     pub name: String,
@@ -161,10 +175,12 @@ impl BuildPlan {
             targets.insert(t.name.clone(), target);
         }
         let group: Vec<&str> = self.requested().map(|t| t.name.as_str()).collect();
-        json!({
+        let mut file = json!({
             "group": { "default": { "targets": group } },
             "target": targets,
-        })
+        });
+        escape_interpolation(&mut file);
+        file
     }
 
     /// The exact `docker` arguments that run this plan.
@@ -286,6 +302,18 @@ mod tests {
                 "plain",
                 "b"
             ]
+        );
+    }
+
+    #[test]
+    fn bake_never_interpolates_what_an_image_says() {
+        let mut inputs = inputs(Output::Push);
+        inputs.source_url = "https://example.com/${HOME}/%{ if true }x%{ endif }".into();
+        let bake = plan_for(&["a"], &inputs).bake_file();
+        let source = &bake["target"]["a"]["labels"]["org.opencontainers.image.source"];
+        assert_eq!(
+            source,
+            "https://example.com/$${HOME}/%%{ if true }x%%{ endif }"
         );
     }
 
