@@ -132,7 +132,7 @@ fn check(
     eprint!("{}", crate::size::text(&sizes, options.layers));
     crate::size::step_summary(&sizes)?;
     let subjects = crate::verify::catalog_subjects(catalog, &names, publish)?;
-    let tools_image = crate::verify::catalog_init_image(&catalog.root, publish)?;
+    let tools_image = crate::verify::catalog_init_image(catalog, publish)?;
     let engine = crate::verify::Engine {
         platform: None,
         local: output != Output::Push,

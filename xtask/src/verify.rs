@@ -66,10 +66,29 @@ pub struct Outcome {
 }
 
 pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
-    let subjects = subjects(root, args)?;
+    // One catalog load serves the subjects and the init image of the two-container check.
+    let catalog = Catalog::load(root)?;
+    let publish = args.publish.publish();
+    let subjects = match &args.reference {
+        Some(reference) => {
+            crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
+            let role = match args.role {
+                RoleArg::Executor => Role::Executor,
+                RoleArg::Init => Role::Init,
+                RoleArg::Other => Role::Other,
+            };
+            vec![Subject {
+                name: reference.clone(),
+                reference: reference.clone(),
+                role,
+                spec: VerifySpec::default(),
+            }]
+        }
+        None => catalog_subjects(&catalog, &args.images, &publish)?,
+    };
     let tools_image = match &args.tools_image {
         Some(reference) => Some(reference.clone()),
-        None => catalog_init_image(root, &args.publish.publish())?,
+        None => catalog_init_image(&catalog, &publish)?,
     };
     let engine = Engine {
         platform: args.platform.clone(),
@@ -78,25 +97,6 @@ pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
     let outcomes = verify(&subjects, tools_image.as_deref(), &engine)?;
     print(&outcomes, args.json)?;
     finish(&outcomes)
-}
-
-fn subjects(root: &Path, args: &VerifyArgs) -> Result<Vec<Subject>> {
-    if let Some(reference) = &args.reference {
-        crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
-        let role = match args.role {
-            RoleArg::Executor => Role::Executor,
-            RoleArg::Init => Role::Init,
-            RoleArg::Other => Role::Other,
-        };
-        return Ok(vec![Subject {
-            name: reference.clone(),
-            reference: reference.clone(),
-            role,
-            spec: VerifySpec::default(),
-        }]);
-    }
-    let catalog = Catalog::load(root)?;
-    catalog_subjects(&catalog, &args.images, &args.publish.publish())
 }
 
 pub fn catalog_subjects(
@@ -119,8 +119,10 @@ pub fn catalog_subjects(
 }
 
 /// The catalog's init image under the naming flags, for the two-container check.
-pub fn catalog_init_image(root: &Path, publish: &crate::naming::Publish) -> Result<Option<String>> {
-    let catalog = Catalog::load(root)?;
+pub fn catalog_init_image(
+    catalog: &Catalog,
+    publish: &crate::naming::Publish,
+) -> Result<Option<String>> {
     let init = catalog
         .images
         .values()

@@ -87,7 +87,7 @@ impl Engine {
     /// The source's digest for `job`, by HEAD only.
     pub async fn source_digest(&self, job: &CopyJob) -> Result<String> {
         let source = self.registries.get(&job.source.registry).await?;
-        let reference = source_reference(&job.source);
+        let reference = job.source.pointer();
         let described = source
             .head_manifest(&job.source.repository, &reference)
             .await?
@@ -368,10 +368,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-fn source_reference(source: &ImageRef) -> String {
-    source.pointer()
 }
 
 fn destination_reference(job: &CopyJob) -> String {
