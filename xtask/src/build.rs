@@ -125,6 +125,7 @@ fn check(
         uncompressed: true,
         layers: 3,
         insecure: Vec::new(),
+        timeout: None,
     };
     let targets = crate::size::catalog_targets(catalog, &names, publish)?;
     let sizes = crate::size::measure(&targets, source, &options)?;

@@ -267,6 +267,9 @@ pub struct RegistryArgs {
     /// A registry host to reach without TLS verification (loopback is always allowed).
     #[arg(long = "insecure", value_name = "HOST")]
     pub insecure: Vec<String>,
+    /// Stop the whole run after this long (e.g. 30m, 2h), whatever the network does.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<humantime::Duration>,
 }
 
 #[derive(Debug, Args)]

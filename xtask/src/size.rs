@@ -96,6 +96,7 @@ pub fn run(root: &Path, args: &SizeArgs) -> Result<()> {
         uncompressed: !args.compressed_only,
         layers: args.layers,
         insecure: args.registry.insecure.clone(),
+        timeout: args.registry.timeout.map(Into::into),
     };
     let report = measure(&targets, source, &options)?;
     print(&report, args.json, args.layers)?;
@@ -168,10 +169,11 @@ pub struct Options {
     pub uncompressed: bool,
     pub layers: usize,
     pub insecure: Vec<String>,
+    pub timeout: Option<std::time::Duration>,
 }
 
 pub fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
-    crate::oci::block_on(async {
+    crate::oci::block_on_within(options.timeout, async {
         let registries = Registries::new(options.insecure.clone());
         let sizes = LayerSizes::default();
         let mut images = Vec::new();
@@ -194,7 +196,7 @@ pub fn measure(targets: &[Target], source: Source, options: &Options) -> Result<
             images,
             over_budget,
         })
-    })?
+    })
 }
 
 /// Uncompressed sizes by layer digest, so a layer shared by several images (a parent's)

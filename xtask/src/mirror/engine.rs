@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::naming::ImageRef;
-use crate::oci::registry::{with_retry, Failure, Registry};
+use crate::oci::registry::Registry;
 pub use crate::oci::Registries;
 
 #[derive(Debug, Clone)]
@@ -145,10 +145,12 @@ impl Engine {
                 return Ok(Outcome::Skipped { digest });
             }
         }
+        // Signatures before the tag: the tag is what the no-op check trusts, so it must
+        // only appear once everything that belongs with it is in place.
+        self.copy_attached(&src, &dst, &source_digest).await?;
         dst.registry
             .put_manifest(dst.repository, &tag, &bytes, &media_type)
             .await?;
-        self.copy_attached(&src, &dst, &source_digest).await?;
         Ok(Outcome::Copied { digest })
     }
 
@@ -328,8 +330,7 @@ impl Engine {
         Ok(())
     }
 
-    /// HEAD at the destination, then a streamed, verified copy. A retry starts over with
-    /// the HEAD, so a blob that landed before a failure is not sent twice.
+    /// HEAD at the destination, then a resumable, verified copy.
     async fn transfer(
         &self,
         src: &Side<'_>,
@@ -338,28 +339,21 @@ impl Engine {
         size: u64,
     ) -> Result<()> {
         let _slot = self.blob_slots.acquire().await?;
-        let what = format!(
-            "copying blob {digest} ({size} bytes) from {}/{}",
-            src.registry.host, src.repository
-        );
-        let stats = src.registry.stats.clone();
-        let copied = with_retry(&what, &stats, || async {
-            if dst
-                .registry
-                .has_blob(dst.repository, digest)
-                .await
-                .map_err(Failure::fatal)?
-            {
-                return Ok(false);
-            }
-            let response = src.registry.get_blob(src.repository, digest).await?;
-            let label = format!("blob {digest} of {}/{}", src.registry.host, src.repository);
-            dst.registry
-                .put_verified(dst.repository, digest, size, response.bytes_stream(), label)
-                .await?;
-            Ok(true)
-        })
-        .await?;
+        let copied = if dst.registry.has_blob(dst.repository, digest).await? {
+            false
+        } else {
+            let digest = crate::oci::Digest::parse(digest)?;
+            crate::oci::blobs::copy_blob(
+                &src.registry,
+                src.repository,
+                &dst.registry,
+                dst.repository,
+                &digest,
+                size,
+            )
+            .await?;
+            true
+        };
         if copied {
             self.blobs.copied.fetch_add(1, Ordering::Relaxed);
             (self.on_bytes)(size);

@@ -20,13 +20,18 @@ use engine::{CopyJob, Engine, Outcome};
 use lists::Entry;
 
 pub fn run(root: &Path, args: &MirrorArgs) -> Result<()> {
-    crate::oci::block_on(async {
+    let timeout = match &args.action {
+        Some(MirrorAction::Save(save)) => save.registry.timeout,
+        Some(MirrorAction::Load(load)) => load.registry.timeout,
+        None => args.copy.registry.timeout,
+    };
+    crate::oci::block_on_within(timeout.map(Into::into), async {
         match &args.action {
             Some(MirrorAction::Save(save)) => archive::save(root, save).await,
             Some(MirrorAction::Load(load)) => archive::load(load).await,
             None => copy(root, &args.copy).await,
         }
-    })?
+    })
 }
 
 /// One planned copy, as printed by --dry-run and written to the mapping file.
@@ -91,6 +96,12 @@ pub struct Summary {
     pub bytes: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Source bodies resumed with a Range GET after breaking off.
+    pub resumed_reads: u64,
+    /// Uploads continued from the offset the registry held.
+    pub resumed_uploads: u64,
+    /// Blobs started over (Range ignored, or the upload session lost).
+    pub restarts: u64,
     pub seconds: f64,
 }
 
@@ -235,6 +246,9 @@ pub async fn copy_all(
         bytes: stats.bytes_copied.load(Ordering::Relaxed),
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
+        resumed_reads: stats.resumed_reads.load(Ordering::Relaxed),
+        resumed_uploads: stats.resumed_uploads.load(Ordering::Relaxed),
+        restarts: stats.restarts.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -279,7 +293,7 @@ fn report(summary: &Summary, json: bool) -> Result<()> {
     }
     println!(
         "{} copied, {} already current, {} failed; blobs: {} copied, {} mounted, {} already there; \
-         {} moved in {:.1}s ({} requests, {} retries)",
+         {} moved in {:.1}s ({} requests, {} retries, {} resumed reads, {} resumed uploads, {} restarts)",
         summary.copied,
         summary.skipped,
         summary.failed,
@@ -289,7 +303,10 @@ fn report(summary: &Summary, json: bool) -> Result<()> {
         human_bytes(summary.bytes),
         summary.seconds,
         summary.requests,
-        summary.retries
+        summary.retries,
+        summary.resumed_reads,
+        summary.resumed_uploads,
+        summary.restarts
     );
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::oci::registry::Registry;
 use crate::oci::Registries;
 
 pub fn run(args: &RetagArgs) -> Result<()> {
-    crate::oci::block_on(retag(args))?
+    crate::oci::block_on_within(args.registry.timeout.map(Into::into), retag(args))
 }
 
 /// A target is a full reference, or just a tag for the source's repository.

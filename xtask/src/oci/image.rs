@@ -191,7 +191,7 @@ impl ContentSource for RegistrySource<'_> {
             .get_blob(self.repository, digest.as_str())
             .await
             .map_err(|f| f.error)?;
-        let bytes = super::registry::read_bounded(response, MAX_MANIFEST_BYTES, &what)
+        let bytes = super::transport::read_bounded(response, MAX_MANIFEST_BYTES, &what, false)
             .await
             .map_err(|f| f.error)?;
         if !digest.matches(&bytes) {

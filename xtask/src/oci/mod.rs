@@ -1,9 +1,12 @@
 //! The one registry client: every command that talks the OCI distribution API (mirror,
 //! retag, size) goes through here.
 
+pub mod auth;
+pub mod blobs;
 pub mod digest;
 pub mod image;
 pub mod registry;
+pub mod transport;
 
 use anyhow::Result;
 use std::collections::HashMap;
@@ -49,4 +52,30 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
         .enable_all()
         .build()?;
     Ok(runtime.block_on(future))
+}
+
+/// `block_on` with the run's `--timeout`: past it, the run stops where it is. Tags are
+/// written last, so what was cut short is never tagged; a re-run continues.
+pub fn block_on_within<T, F>(timeout: Option<std::time::Duration>, future: F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let Some(limit) = timeout else {
+        return runtime.block_on(future);
+    };
+    match runtime.block_on(async { tokio::time::timeout(limit, future).await }) {
+        Ok(result) => result,
+        Err(_) => {
+            // Blocking readers may still hold a file; do not wait for them.
+            runtime.shutdown_background();
+            anyhow::bail!(
+                "stopped at the --timeout of {}; nothing cut short was tagged, so a re-run \
+                 continues from what is in place",
+                humantime::format_duration(limit)
+            )
+        }
+    }
 }

@@ -1,22 +1,21 @@
 //! A client for the OCI distribution API, as the mirror needs it: manifests as exact
-//! bytes, HEAD before GET, streamed and verified blobs, cross-repository mounts,
-//! token auth from the Docker config, and retries that honour `Retry-After`.
+//! bytes, HEAD before GET, blobs copied with resumable reads and uploads, and
+//! cross-repository mounts. Transport and auth live beside it (`transport`, `auth`).
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
-    WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use super::auth::{challenge_of, credential_for, Auth, Challenge};
+pub use super::transport::{describe_reqwest, with_retry, Failure, Stats};
+use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
 use super::Digest;
 
 /// Every manifest type the mirror copies.
@@ -27,127 +26,6 @@ pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.artifact.manifest.v1+json",
 ];
-
-const MAX_ATTEMPTS: u32 = 7;
-
-/// What a failed request means for the caller.
-#[derive(Debug)]
-pub struct Failure {
-    pub error: anyhow::Error,
-    pub retryable: bool,
-    pub retry_after: Option<Duration>,
-}
-
-impl Failure {
-    pub fn fatal(error: anyhow::Error) -> Failure {
-        Failure {
-            error,
-            retryable: false,
-            retry_after: None,
-        }
-    }
-    fn transient(error: anyhow::Error, retry_after: Option<Duration>) -> Failure {
-        Failure {
-            error,
-            retryable: true,
-            retry_after,
-        }
-    }
-}
-
-impl From<reqwest::Error> for Failure {
-    fn from(e: reqwest::Error) -> Failure {
-        // Connection resets, timeouts and truncated bodies are worth another try.
-        let retryable =
-            e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
-        Failure {
-            error: anyhow!(describe_reqwest(&e)),
-            retryable,
-            retry_after: None,
-        }
-    }
-}
-
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Runs `op` until it succeeds, fails for good, or runs out of attempts. Waits with
-/// exponential backoff and jitter, or as long as the server's `Retry-After` says.
-pub async fn with_retry<T, F, Fut>(what: &str, stats: &Stats, mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, Failure>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(failure) if failure.retryable && attempt < MAX_ATTEMPTS => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(7)));
-                let jittered = backoff.mul_f64(0.5 + fastrand::f64());
-                let wait = failure
-                    .retry_after
-                    .unwrap_or(jittered)
-                    .min(Duration::from_secs(60));
-                tracing_retry(what, attempt, &failure.error, wait);
-                tokio::time::sleep(wait).await;
-            }
-            Err(failure) => {
-                let error = failure.error;
-                // Most failures already start with `what`; saying it twice helps nobody.
-                let named = error.to_string().starts_with(what);
-                return Err(match (attempt > 1, named) {
-                    (true, _) => {
-                        error.context(format!("{what} (gave up after {attempt} attempts)"))
-                    }
-                    (false, true) => error,
-                    (false, false) => error.context(what.to_string()),
-                });
-            }
-        }
-    }
-}
-
-fn tracing_retry(what: &str, attempt: u32, error: &anyhow::Error, wait: Duration) {
-    if std::env::var_os("XTASK_MIRROR_DEBUG").is_some() {
-        eprintln!("retry {attempt} of {what} in {wait:?}: {error:#}");
-    }
-}
-
-/// Counters for the summary and the benchmark.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub bytes_copied: AtomicU64,
-}
-
-#[derive(Debug, Clone)]
-enum Challenge {
-    None,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub enum Credential {
-    Anonymous,
-    Basic(String, String),
-    IdentityToken(String),
-}
 
 /// A manifest's identity as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,11 +38,9 @@ pub struct Described {
 pub struct Registry {
     /// The host as written in references (`docker.io`, `127.0.0.1:5000`).
     pub host: String,
-    base: String,
-    http: reqwest::Client,
-    credential: Credential,
-    challenge: Challenge,
-    tokens: Mutex<HashMap<String, String>>,
+    base: Url,
+    transport: Transport,
+    auth: Auth,
     pub stats: Arc<Stats>,
 }
 
@@ -184,6 +60,14 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// What a request carries, which decides its deadline: metadata must finish within
+/// `METADATA_DEADLINE`; blob bodies are watched for stalls by their reader instead.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Metadata,
+    Blob,
+}
+
 impl Registry {
     /// Connects to `host`: verified TLS, except for loopback and `insecure` hosts, which
     /// may also speak plain HTTP.
@@ -197,36 +81,31 @@ impl Registry {
         } else {
             host
         };
-        let relaxed = is_loopback(host) || insecure.iter().any(|h| h == host);
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(relaxed)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(32)
-            .user_agent(concat!("kubeopencode-xtask/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+        let transport = Transport::new(insecure)?;
+        let https = Url::parse(&format!("https://{api_host}/"))
+            .map_err(|_| anyhow!("'{host}' is not a registry host"))?;
+        let relaxed = transport.is_relaxed(&https);
         let credential = credential_for(host).await?;
         // Loopback and --insecure hosts may speak plain HTTP: one quick TLS try, then
         // HTTP with retries. Everything else is HTTPS, verified, with retries.
-        let https = format!("https://{api_host}");
-        let probe = |base: String, attempts_allowed: bool| {
-            let http = http.clone();
+        let probe = |base: Url, retries: bool| {
+            let client = transport.client_for(&base).clone();
             let stats = stats.clone();
             async move {
-                let url = format!("{base}/v2/");
-                if attempts_allowed {
-                    with_retry(&format!("reaching registry {host}"), &stats, || {
-                        let http = http.clone();
-                        let url = url.clone();
-                        async move { Ok::<_, Failure>(http.get(url).send().await?) }
-                    })
-                    .await
+                let url = base.join("v2/").expect("a fixed path");
+                let get = || async {
+                    Ok::<_, Failure>(
+                        client
+                            .get(url.clone())
+                            .timeout(METADATA_DEADLINE)
+                            .send()
+                            .await?,
+                    )
+                };
+                if retries {
+                    with_retry(&format!("reaching registry {host}"), &stats, get).await
                 } else {
-                    http.get(url)
-                        .send()
-                        .await
-                        .map_err(|e| anyhow!(describe_reqwest(&e)))
+                    get().await.map_err(|f| f.error)
                 }
             }
         };
@@ -234,7 +113,7 @@ impl Registry {
             match probe(https.clone(), false).await {
                 Ok(response) => (https, response),
                 Err(_) => {
-                    let plain = format!("http://{api_host}");
+                    let plain = Url::parse(&format!("http://{api_host}/"))?;
                     match probe(plain.clone(), true).await {
                         Ok(response) => (plain, response),
                         Err(e) => {
@@ -255,7 +134,7 @@ impl Registry {
             }
         };
         let challenge = match response.status() {
-            StatusCode::UNAUTHORIZED => parse_challenge(response.headers()),
+            StatusCode::UNAUTHORIZED => challenge_of(&response),
             status if status.is_success() => Challenge::None,
             status => {
                 return Err(anyhow!(
@@ -265,123 +144,75 @@ impl Registry {
         };
         Ok(Arc::new(Registry {
             host: host.to_string(),
+            auth: Auth::new(base.clone(), credential, challenge),
             base,
-            http,
-            credential,
-            challenge,
-            tokens: Mutex::new(HashMap::new()),
+            transport,
             stats,
         }))
     }
 
-    async fn authorization(
-        &self,
-        scopes: &[String],
-    ) -> std::result::Result<Option<HeaderValue>, Failure> {
-        match (&self.challenge, &self.credential) {
-            (Challenge::None, _) => Ok(None),
-            (Challenge::Basic, Credential::Basic(user, password)) => {
-                Ok(Some(basic_header(user, password)))
-            }
-            (Challenge::Basic, _) => Ok(None),
-            (Challenge::Bearer { realm, service }, credential) => {
-                let key = scopes.join(" ");
-                if let Some(token) = self.tokens.lock().unwrap().get(&key) {
-                    return Ok(Some(bearer_header(token)));
-                }
-                let token = self
-                    .fetch_token(realm, service.as_deref(), scopes, credential)
-                    .await?;
-                self.tokens.lock().unwrap().insert(key, token.clone());
-                Ok(Some(bearer_header(&token)))
-            }
-        }
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-        credential: &Credential,
-    ) -> std::result::Result<String, Failure> {
-        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
-        if let Some(service) = service {
-            query.push(("service", service));
-        }
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let response = match credential {
-            Credential::IdentityToken(refresh) => {
-                let mut form = query.clone();
-                form.extend([
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh.as_str()),
-                    ("client_id", "kubeopencode-xtask"),
-                ]);
-                self.http.post(realm).form(&form).send().await?
-            }
-            Credential::Basic(user, password) => {
-                self.http
-                    .get(realm)
-                    .query(&query)
-                    .basic_auth(user, Some(password))
-                    .send()
-                    .await?
-            }
-            Credential::Anonymous => self.http.get(realm).query(&query).send().await?,
-        };
-        let status = response.status();
-        if !status.is_success() {
-            return Err(status_failure(
-                format!("getting a token from {realm}"),
-                status,
-                response.headers(),
-                "",
-            ));
-        }
-        let body: serde_json::Value = response.json().await?;
-        body["token"]
-            .as_str()
-            .or_else(|| body["access_token"].as_str())
-            .map(String::from)
-            .ok_or_else(|| {
-                Failure::fatal(anyhow!(
-                    "the token service {realm} answered without a token"
-                ))
-            })
-    }
-
-    /// One request with auth; a 401 drops the cached token and tries once more.
+    /// One request. Credentials go only to the registry's own origin; GET and HEAD
+    /// follow redirects by hand, each hop checked and given the client its host
+    /// deserves. A 401 drops the cached token and tries once more.
     async fn send(
         &self,
         method: Method,
-        url: &str,
+        url: &Url,
         scopes: &[String],
         headers: HeaderMap,
         body: Option<reqwest::Body>,
+        payload: Payload,
     ) -> std::result::Result<reqwest::Response, Failure> {
+        let what = format!("{method} at {}", self.host);
         let replayable = body
             .as_ref()
             .map(|b| b.as_bytes().map(Bytes::copy_from_slice));
         let mut body = body;
+        let follows = method == Method::GET || method == Method::HEAD;
         for attempt in 0..2 {
-            let mut request = self
-                .http
-                .request(method.clone(), url)
-                .headers(headers.clone());
-            if let Some(auth) = self.authorization(scopes).await? {
-                request = request.header(AUTHORIZATION, auth);
-            }
-            if let Some(b) = body.take() {
-                request = request.body(b);
-            }
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let response = request.send().await?;
+            let mut at = url.clone();
+            let mut hops = 0;
+            let response = loop {
+                let mut request = self
+                    .transport
+                    .client_for(&at)
+                    .request(method.clone(), at.clone())
+                    .headers(headers.clone());
+                if payload == Payload::Metadata {
+                    request = request.timeout(METADATA_DEADLINE);
+                }
+                if origin(&at) == origin(&self.base) {
+                    if let Some(auth) = self
+                        .auth
+                        .authorization(&self.transport, &self.stats, scopes)
+                        .await?
+                    {
+                        request = request.header(AUTHORIZATION, auth);
+                    }
+                }
+                if let Some(b) = body.take() {
+                    request = request.body(b);
+                }
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let response = request.send().await?;
+                if follows {
+                    if let Some(next) = self
+                        .transport
+                        .redirect_target(&at, &response, &what, hops)?
+                    {
+                        at = next;
+                        hops += 1;
+                        continue;
+                    }
+                }
+                break response;
+            };
             if response.status() == StatusCode::UNAUTHORIZED
                 && attempt == 0
-                && matches!(self.challenge, Challenge::Bearer { .. })
+                && self.auth.uses_tokens()
+                && origin(&at) == origin(&self.base)
             {
-                self.tokens.lock().unwrap().remove(&scopes.join(" "));
+                self.auth.forget_token(scopes);
                 match &replayable {
                     Some(Some(bytes)) => body = Some(reqwest::Body::from(bytes.clone())),
                     Some(None) => return Ok(response),
@@ -398,18 +229,21 @@ impl Registry {
     /// URL passes here, whoever supplied it (a list, a bundle, or another registry's
     /// index, referrers or headers), so nothing but a tag or a well-formed digest ever
     /// becomes a path segment.
-    fn url(&self, repository: &str, tail: &str) -> std::result::Result<String, Failure> {
-        api_path(repository, tail)
-            .map(|path| format!("{}/v2/{path}", self.base))
-            .map_err(Failure::fatal)
+    fn url(&self, repository: &str, tail: &str) -> std::result::Result<Url, Failure> {
+        let path = api_path(repository, tail).map_err(Failure::fatal)?;
+        self.base
+            .join(&format!("v2/{path}"))
+            .map_err(|e| Failure::fatal(anyhow!("{}: {e}", self.host)))
     }
 
-    fn resolve(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            format!("{}{location}", self.base)
-        }
+    /// An upload location the registry handed back, checked like a redirect: it may
+    /// not step down to plain HTTP, and credentials follow it only on the same origin.
+    fn upload_url(&self, location: &str, what: &str) -> std::result::Result<Url, Failure> {
+        let url = self.base.join(location).map_err(|_| {
+            Failure::fatal(anyhow!("{what}: the registry sent an unreadable Location"))
+        })?;
+        self.transport.check_handed_url(&self.base, &url, what)?;
+        Ok(url)
     }
 
     /// HEAD of a manifest: its digest without downloading it. None when absent.
@@ -427,6 +261,7 @@ impl Registry {
                     &pull(repository),
                     accept_manifests(),
                     None,
+                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
@@ -455,13 +290,14 @@ impl Registry {
                             .unwrap_or(0),
                     }))
                 }
-                status => Err(status_failure(what.clone(), status, response.headers(), "")),
+                _ => Err(failure_from(what.clone(), response).await),
             }
         })
         .await
     }
 
-    /// GET of a manifest: the exact bytes, checked against `expected` when given.
+    /// GET of a manifest: the exact bytes, checked against the reference when it is a
+    /// digest.
     pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<(Bytes, String)> {
         let what = format!("GET manifest {}/{repository}:{reference}", self.host);
         with_retry(&what, &self.stats, || async {
@@ -472,16 +308,14 @@ impl Registry {
                     &pull(repository),
                     accept_manifests(),
                     None,
+                    Payload::Metadata,
                 )
                 .await?;
-            let status = response.status();
-            if !status.is_success() {
-                let headers = response.headers().clone();
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_failure(what.clone(), status, &headers, &body));
+            if !response.status().is_success() {
+                return Err(failure_from(what.clone(), response).await);
             }
             let media_type = header(response.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
-            let bytes = read_bounded(response, MAX_MANIFEST_BYTES, &what).await?;
+            let bytes = read_bounded(response, MAX_MANIFEST_BYTES, &what, false).await?;
             if let Ok(pinned) = Digest::parse(reference) {
                 if !pinned.matches(&bytes) {
                     return Err(Failure::fatal(anyhow!(DigestMismatch {
@@ -521,15 +355,13 @@ impl Registry {
                     &push(repository),
                     headers,
                     Some(bytes.clone().into()),
+                    Payload::Metadata,
                 )
                 .await?;
-            let status = response.status();
-            if status.is_success() {
+            if response.status().is_success() {
                 return Ok(());
             }
-            let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
-            Err(status_failure(what.clone(), status, &headers, &body))
+            Err(failure_from(what.clone(), response).await)
         })
         .await
     }
@@ -545,12 +377,13 @@ impl Registry {
                     &push(repository),
                     HeaderMap::new(),
                     None,
+                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
                 StatusCode::NOT_FOUND => Ok(false),
                 status if status.is_success() => Ok(true),
-                status => Err(status_failure(what.clone(), status, response.headers(), "")),
+                _ => Err(failure_from(what.clone(), response).await),
             }
         })
         .await
@@ -563,23 +396,30 @@ impl Registry {
             "mount blob {digest} from {from} into {}/{repository}",
             self.host
         );
-        let url = format!(
-            "{}?mount={}&from={from}",
-            self.url(repository, "blobs/uploads/")
-                .map_err(|f| f.error)?,
-            Digest::parse(digest)?,
-        );
+        let mut url = self
+            .url(repository, "blobs/uploads/")
+            .map_err(|f| f.error)?;
         api_path(from, "blobs/uploads/")?;
+        url.query_pairs_mut()
+            .append_pair("mount", Digest::parse(digest)?.as_str())
+            .append_pair("from", from);
         let mut scopes = push(repository);
         scopes.extend(pull(from));
         let location = with_retry(&what, &self.stats, || async {
             let response = self
-                .send(Method::POST, &url, &scopes, HeaderMap::new(), None)
+                .send(
+                    Method::POST,
+                    &url,
+                    &scopes,
+                    HeaderMap::new(),
+                    None,
+                    Payload::Metadata,
+                )
                 .await?;
             match response.status() {
                 StatusCode::CREATED => Ok(None),
                 StatusCode::ACCEPTED => Ok(header(response.headers(), LOCATION.as_str())),
-                status => Err(status_failure(what.clone(), status, response.headers(), "")),
+                _ => Err(failure_from(what.clone(), response).await),
             }
         })
         .await?;
@@ -587,18 +427,45 @@ impl Registry {
             None => Ok(true),
             Some(location) => {
                 // The registry opened an upload instead; close it rather than leak it.
-                let _ = self
-                    .send(
-                        Method::DELETE,
-                        &self.resolve(&location),
-                        &push(repository),
-                        HeaderMap::new(),
-                        None,
-                    )
-                    .await;
+                if let Ok(url) = self.upload_url(&location, &what) {
+                    self.cancel_upload(repository, &url).await;
+                }
                 Ok(false)
             }
         }
+    }
+
+    /// Starts a blob GET from byte `from` (a Range request when not 0); the caller
+    /// streams the body, and reads a 200 to a Range request as "Range ignored".
+    pub async fn get_blob_from(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: u64,
+    ) -> std::result::Result<reqwest::Response, Failure> {
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={from}-")).expect("digits");
+            headers.insert(RANGE, range);
+        }
+        let response = self
+            .send(
+                Method::GET,
+                &self.url(repository, &format!("blobs/{digest}"))?,
+                &pull(repository),
+                headers,
+                None,
+                Payload::Blob,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(failure_from(
+                format!("GET blob {}/{repository}@{digest}", self.host),
+                response,
+            )
+            .await);
+        }
+        Ok(response)
     }
 
     /// Starts a blob GET; the caller streams the body.
@@ -607,27 +474,152 @@ impl Registry {
         repository: &str,
         digest: &str,
     ) -> std::result::Result<reqwest::Response, Failure> {
+        self.get_blob_from(repository, digest, 0).await
+    }
+
+    /// Opens an upload session; its location.
+    pub async fn start_upload(&self, repository: &str) -> std::result::Result<Url, Failure> {
+        let what = format!("starting an upload to {}/{repository}", self.host);
+        let response = self
+            .send(
+                Method::POST,
+                &self.url(repository, "blobs/uploads/")?,
+                &push(repository),
+                HeaderMap::new(),
+                None,
+                Payload::Metadata,
+            )
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(failure_from(what, response).await);
+        }
+        let location = header(response.headers(), LOCATION.as_str())
+            .ok_or_else(|| Failure::fatal(anyhow!("{what}: no Location for the upload")))?;
+        self.upload_url(&location, &what)
+    }
+
+    /// Appends `length` bytes at `offset` to an upload; the session's next location.
+    pub async fn patch_upload(
+        &self,
+        repository: &str,
+        session: &Url,
+        offset: u64,
+        length: u64,
+        body: reqwest::Body,
+    ) -> std::result::Result<Url, Failure> {
+        let what = format!("uploading to {}/{repository}", self.host);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        let range = format!("{offset}-{}", (offset + length).saturating_sub(1));
+        headers.insert(
+            "content-range",
+            HeaderValue::from_str(&range).expect("digits and a dash"),
+        );
+        let response = self
+            .send(
+                Method::PATCH,
+                session,
+                &push(repository),
+                headers,
+                Some(body),
+                Payload::Blob,
+            )
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(failure_from(what, response).await);
+        }
+        let location = header(response.headers(), LOCATION.as_str())
+            .ok_or_else(|| Failure::fatal(anyhow!("{what}: no Location after a chunk")))?;
+        self.upload_url(&location, &what)
+    }
+
+    /// How much of an upload the registry holds, and where to continue it. None when
+    /// the session is gone (distribution drops a session whose chunk broke off).
+    pub async fn upload_offset(
+        &self,
+        repository: &str,
+        session: &Url,
+    ) -> std::result::Result<Option<(Url, u64)>, Failure> {
+        let what = format!("asking {}/{repository} about an upload", self.host);
         let response = self
             .send(
                 Method::GET,
-                &self.url(repository, &format!("blobs/{digest}"))?,
-                &pull(repository),
+                session,
+                &push(repository),
                 HeaderMap::new(),
                 None,
+                Payload::Metadata,
             )
             .await?;
         let status = response.status();
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
-            return Err(status_failure(
-                format!("GET blob {}/{repository}@{digest}", self.host),
-                status,
-                &headers,
-                &body,
-            ));
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(failure_from(what, response).await);
         }
-        Ok(response)
+        if status != StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        // `Range: 0-<last byte>`; absent or "0-0" on an empty session varies by registry.
+        let held = match header(response.headers(), RANGE.as_str()) {
+            Some(range) => range
+                .trim_start_matches("bytes=")
+                .split_once('-')
+                .and_then(|(_, end)| end.parse::<u64>().ok())
+                .map(|end| end + 1),
+            None => Some(0),
+        };
+        let location = match header(response.headers(), LOCATION.as_str()) {
+            Some(location) => self.upload_url(&location, &what)?,
+            None => session.clone(),
+        };
+        Ok(held.map(|held| (location, held)))
+    }
+
+    /// Completes an upload as blob `digest`; the registry checks the digest itself.
+    pub async fn commit_upload(
+        &self,
+        repository: &str,
+        session: &Url,
+        digest: &Digest,
+        body: Option<(u64, reqwest::Body)>,
+    ) -> std::result::Result<(), Failure> {
+        let what = format!("uploading blob {digest} to {}/{repository}", self.host);
+        let mut url = session.clone();
+        url.query_pairs_mut().append_pair("digest", digest.as_str());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let (length, body, payload) = match body {
+            Some((length, body)) => (length, Some(body), Payload::Blob),
+            None => (0, None, Payload::Metadata),
+        };
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        let response = self
+            .send(Method::PUT, &url, &push(repository), headers, body, payload)
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(failure_from(what, response).await)
+    }
+
+    /// Drops an upload session; best effort, a registry expires them anyway.
+    pub async fn cancel_upload(&self, repository: &str, session: &Url) {
+        let _ = self
+            .send(
+                Method::DELETE,
+                session,
+                &push(repository),
+                HeaderMap::new(),
+                None,
+                Payload::Metadata,
+            )
+            .await;
     }
 
     /// Uploads a blob from a stream with one monolithic PUT of `size` bytes.
@@ -641,57 +633,15 @@ impl Registry {
     where
         S: Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + Sync + 'static,
     {
-        let start = self
-            .send(
-                Method::POST,
-                &self.url(repository, "blobs/uploads/")?,
-                &push(repository),
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
-        if start.status() != StatusCode::ACCEPTED {
-            return Err(status_failure(
-                format!("starting an upload to {}/{repository}", self.host),
-                start.status(),
-                start.headers(),
-                "",
-            ));
-        }
-        let location = header(start.headers(), LOCATION.as_str()).ok_or_else(|| {
-            Failure::fatal(anyhow!("{} opened an upload without a Location", self.host))
-        })?;
-        let location = self.resolve(&location);
-        let separator = if location.contains('?') { '&' } else { '?' };
         let digest = Digest::parse(digest).map_err(Failure::fatal)?;
-        let url = format!("{location}{separator}digest={digest}");
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-        let response = self
-            .send(
-                Method::PUT,
-                &url,
-                &push(repository),
-                headers,
-                Some(reqwest::Body::wrap_stream(stream)),
-            )
-            .await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
-        Err(status_failure(
-            format!("uploading blob {digest} to {}/{repository}", self.host),
-            status,
-            &headers,
-            &body,
-        ))
+        let session = self.start_upload(repository).await?;
+        self.commit_upload(
+            repository,
+            &session,
+            &digest,
+            Some((size, reqwest::Body::wrap_stream(stream))),
+        )
+        .await
     }
 
     /// Uploads `body` as blob `digest`, verifying size and digest on the fly; a mismatch
@@ -761,14 +711,21 @@ impl Registry {
                     &pull(repository),
                     headers,
                     None,
+                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
                 StatusCode::NOT_FOUND
                 | StatusCode::METHOD_NOT_ALLOWED
                 | StatusCode::BAD_REQUEST => Ok(None),
-                status if status.is_success() => Ok(Some(response.json().await?)),
-                status => Err(status_failure(what.clone(), status, response.headers(), "")),
+                status if status.is_success() => {
+                    let bytes = read_bounded(response, MAX_MANIFEST_BYTES, &what, false).await?;
+                    let index = serde_json::from_slice(&bytes).map_err(|_| {
+                        Failure::fatal(anyhow!("{what}: the answer is not a JSON index"))
+                    })?;
+                    Ok(Some(index))
+                }
+                _ => Err(failure_from(what.clone(), response).await),
             }
         })
         .await
@@ -797,135 +754,6 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
-}
-
-fn basic_header(user: &str, password: &str) -> HeaderValue {
-    use base64_engine::encode;
-    let mut value = HeaderValue::from_str(&format!(
-        "Basic {}",
-        encode(format!("{user}:{password}").as_bytes())
-    ))
-    .expect("base64 is a valid header");
-    value.set_sensitive(true);
-    value
-}
-
-fn bearer_header(token: &str) -> HeaderValue {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
-    value.set_sensitive(true);
-    value
-}
-
-/// Base64 for Basic auth, without another dependency.
-mod base64_engine {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
-fn parse_challenge(headers: &HeaderMap) -> Challenge {
-    let Some(value) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
-        return Challenge::Basic;
-    };
-    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Challenge::Basic;
-    }
-    let mut realm = None;
-    let mut service = None;
-    for part in params.split(',') {
-        if let Some((key, val)) = part.trim().split_once('=') {
-            let val = val.trim_matches('"').to_string();
-            match key {
-                "realm" => realm = Some(val),
-                "service" => service = Some(val),
-                _ => {}
-            }
-        }
-    }
-    match realm {
-        Some(realm) => Challenge::Bearer { realm, service },
-        None => Challenge::Basic,
-    }
-}
-
-/// A failure from an HTTP status: 429, 408 and 5xx are transient.
-fn status_failure(what: String, status: StatusCode, headers: &HeaderMap, body: &str) -> Failure {
-    let detail = registry_error_detail(body);
-    let error = anyhow!("{what}: {status}{detail}");
-    let retry_after = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
-        Failure::transient(error, retry_after)
-    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        Failure::fatal(error.context("check the credentials in your Docker config (docker login)"))
-    } else {
-        Failure::fatal(error)
-    }
-}
-
-fn registry_error_detail(body: &str) -> String {
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
-        return String::new();
-    };
-    let messages: Vec<String> = json["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{} {}",
-                        e["code"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
-                    )
-                    .trim()
-                    .to_string()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if messages.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", messages.join("; "))
-    }
-}
-
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
 }
 
 /// `<repository>/<tail>` once both are checked: a repository of lower-case path
@@ -993,79 +821,8 @@ impl std::fmt::Display for DigestMismatch {
 
 impl std::error::Error for DigestMismatch {}
 
-/// The body, refused as soon as it passes `limit` bytes, so a hostile server cannot
-/// make us hold more than that.
-pub async fn read_bounded(
-    response: reqwest::Response,
-    limit: u64,
-    what: &str,
-) -> std::result::Result<Bytes, Failure> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit)
-    {
-        return Err(Failure::fatal(anyhow!(
-            "{what}: the body is larger than the {limit}-byte limit; refusing it"
-        )));
-    }
-    let mut body = response.bytes_stream();
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if out.len() as u64 + chunk.len() as u64 > limit {
-            return Err(Failure::fatal(anyhow!(
-                "{what}: the body is larger than the {limit}-byte limit; refusing it"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
-}
-
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Credentials for `host` from the Docker config and its credential helpers. Secrets are
-/// never printed; an absent config means anonymous access.
-async fn credential_for(host: &str) -> Result<Credential> {
-    let config = std::env::var_os("DOCKER_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".docker"))
-        })
-        .map(|dir| dir.join("config.json"));
-    if !config.is_some_and(|path| path.is_file()) {
-        return Ok(Credential::Anonymous);
-    }
-    let key = if host == "docker.io" {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        host.to_string()
-    };
-    let found =
-        tokio::task::spawn_blocking(move || docker_credential::get_credential(&key)).await?;
-    use docker_credential::{CredentialRetrievalError as E, DockerCredential as D};
-    match found {
-        Ok(D::UsernamePassword(user, password)) => Ok(Credential::Basic(user, password)),
-        Ok(D::IdentityToken(token)) => Ok(Credential::IdentityToken(token)),
-        Err(E::NoCredentialConfigured | E::ConfigNotFound) => Ok(Credential::Anonymous),
-        Err(E::ConfigReadError) => Err(anyhow!("cannot read the Docker config for {host}'s credentials; check ~/.docker/config.json or $DOCKER_CONFIG")),
-        Err(E::HelperFailure { helper, .. }) => {
-            Err(anyhow!("the Docker credential helper '{helper}' failed for {host}; run `docker login {host}`"))
-        }
-        Err(other) => Err(anyhow!("reading credentials for {host} from the Docker config failed: {}", credential_error_kind(&other))),
-    }
-}
-
-fn credential_error_kind(error: &docker_credential::CredentialRetrievalError) -> &'static str {
-    use docker_credential::CredentialRetrievalError as E;
-    match error {
-        E::HelperCommunicationError => "cannot talk to the credential helper",
-        E::MalformedHelperResponse => "the credential helper answered something unreadable",
-        E::CredentialDecodingError => "the stored credential cannot be decoded",
-        _ => "unexpected answer",
-    }
 }
 
 /// Wraps a blob body: counts bytes, hashes on the fly, and holds the last chunk back
@@ -1186,73 +943,6 @@ mod tests {
         for host in ["registry.example.com", "10.0.0.1:5000", "docker.io"] {
             assert!(!is_loopback(host), "{host}");
         }
-    }
-
-    #[test]
-    fn retry_after_in_seconds_and_dates() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    #[test]
-    fn challenges() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static(
-                r#"Bearer realm="https://auth.example/token",service="registry.example""#,
-            ),
-        );
-        match parse_challenge(&headers) {
-            Challenge::Bearer { realm, service } => {
-                assert_eq!(realm, "https://auth.example/token");
-                assert_eq!(service.as_deref(), Some("registry.example"));
-            }
-            other => panic!("{other:?}"),
-        }
-        headers.insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static(r#"Basic realm="x""#),
-        );
-        assert!(matches!(parse_challenge(&headers), Challenge::Basic));
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("user:pass", "dXNlcjpwYXNz"),
-        ] {
-            assert_eq!(base64_engine::encode(input.as_bytes()), expected);
-        }
-    }
-
-    #[test]
-    fn registry_errors_are_summarised() {
-        let body =
-            r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#;
-        assert_eq!(
-            registry_error_detail(body),
-            " (MANIFEST_BLOB_UNKNOWN blob unknown to registry)"
-        );
-        let failure = status_failure(
-            "x".into(),
-            StatusCode::TOO_MANY_REQUESTS,
-            &HeaderMap::new(),
-            "",
-        );
-        assert!(failure.retryable);
-        assert!(
-            !status_failure("x".into(), StatusCode::NOT_FOUND, &HeaderMap::new(), "").retryable
-        );
     }
 
     #[tokio::test]

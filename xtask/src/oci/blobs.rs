@@ -1,0 +1,323 @@
+//! Blob copies that survive bad networks. Every request is retried on its own; a
+//! source body that breaks off is picked up with a Range GET from the byte it reached,
+//! with the hash state kept, so the digest is still checked over the whole blob; an
+//! upload continues from the offset the registry reports, or starts over cleanly. The
+//! upload is committed only once the whole blob hashed to its digest.
+
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::CONTENT_RANGE;
+use reqwest::StatusCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::digest::Hasher;
+use super::registry::{receiver_stream, DigestMismatch, Registry};
+use super::transport::{backoff, with_retry, Failure};
+use super::Digest;
+
+/// A body that delivers less than `STALL_BYTES` in `STALL_WINDOW` is dropped and
+/// resumed, so a server dripping bytes cannot hold a copy.
+const STALL_WINDOW: Duration = Duration::from_secs(30);
+const STALL_BYTES: u64 = 64 << 10;
+/// Failures in a row that moved no byte before a blob is given up.
+const MAX_FAILURES_WITHOUT_PROGRESS: u32 = 7;
+/// Resumes of one blob in all, however much each moved.
+const MAX_RESUMES: u32 = 100;
+
+/// The hash over the blob so far. Bytes sent again after a resume are not hashed
+/// twice; the registry checks the digest of what it holds when the upload is committed.
+struct HashState {
+    hasher: Option<Hasher>,
+    hashed: u64,
+    verdict: Option<bool>,
+}
+
+impl HashState {
+    fn take(&mut self, position: u64, chunk: &[u8], digest: &Digest, size: u64) {
+        let end = position + chunk.len() as u64;
+        if end <= self.hashed {
+            return;
+        }
+        let new = &chunk[(self.hashed - position) as usize..];
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(new);
+        }
+        self.hashed = end;
+        if end == size {
+            let actual = self.hasher.take().map(Hasher::finish);
+            self.verdict = Some(actual.as_ref() == Some(digest));
+        }
+    }
+}
+
+enum PumpEnd {
+    Complete,
+    /// The upload stopped reading (its request failed).
+    Dropped,
+}
+
+/// Copies blob `digest` of `size` bytes from `src` to `dst`.
+pub async fn copy_blob(
+    src: &Arc<Registry>,
+    src_repository: &str,
+    dst: &Registry,
+    dst_repository: &str,
+    digest: &Digest,
+    size: u64,
+) -> Result<()> {
+    let stats = dst.stats.clone();
+    let what = format!(
+        "copying blob {digest} ({size} bytes) from {}/{src_repository}",
+        src.host
+    );
+    let hash = Arc::new(Mutex::new(HashState {
+        hasher: Some(digest.hasher()),
+        hashed: 0,
+        verdict: None,
+    }));
+    if size == 0 {
+        hash.lock().unwrap().verdict = Some(digest.matches(b""));
+    }
+    let start = || async {
+        with_retry(
+            &format!("starting an upload to {}/{dst_repository}", dst.host),
+            &stats,
+            || dst.start_upload(dst_repository),
+        )
+        .await
+    };
+    let mut session = start().await?;
+    let mut offset = 0;
+    let (mut stuck, mut resumes) = (0, 0);
+    while offset < size {
+        let (sender, receiver) = mpsc::channel(1);
+        let pump = tokio::spawn(pump_source(
+            src.clone(),
+            src_repository.to_string(),
+            digest.clone(),
+            size,
+            offset,
+            hash.clone(),
+            sender,
+        ));
+        let patched = dst
+            .patch_upload(
+                dst_repository,
+                &session,
+                offset,
+                size - offset,
+                reqwest::Body::wrap_stream(receiver_stream(receiver)),
+            )
+            .await;
+        let pumped = pump
+            .await
+            .map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?;
+        let failure = match (patched, pumped) {
+            (_, Err(failure)) => {
+                // The source failed for good: no point asking the destination more.
+                dst.cancel_upload(dst_repository, &session).await;
+                return Err(failure.error.context(what));
+            }
+            (Ok(next), Ok(PumpEnd::Complete)) => {
+                session = next;
+                break;
+            }
+            (Ok(_), Ok(PumpEnd::Dropped)) => {
+                Failure::transient(anyhow!("{what}: the upload ended early"), None)
+            }
+            (Err(failure), _) => failure,
+        };
+        if !failure.retryable {
+            dst.cancel_upload(dst_repository, &session).await;
+            return Err(failure.error.context(what));
+        }
+        resumes += 1;
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff(stuck.min(5) + 1, failure.retry_after)).await;
+        let before = offset;
+        let asked = with_retry(&what, &stats, || {
+            dst.upload_offset(dst_repository, &session)
+        });
+        match asked.await? {
+            Some((next, held)) if held <= offset.max(hash.lock().unwrap().hashed) => {
+                stats.resumed_uploads.fetch_add(1, Ordering::Relaxed);
+                (session, offset) = (next, held);
+            }
+            _ => {
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                session = start().await?;
+                offset = 0;
+            }
+        }
+        stuck = if offset > before { 0 } else { stuck + 1 };
+        if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
+            return Err(failure
+                .error
+                .context(format!("{what} (gave up after {resumes} resumes)")));
+        }
+    }
+    if hash.lock().unwrap().verdict != Some(true) {
+        dst.cancel_upload(dst_repository, &session).await;
+        return Err(anyhow!(DigestMismatch {
+            what: format!("blob {digest} of {}/{src_repository}", src.host),
+        }));
+    }
+    let committed = with_retry(&what, &stats, || {
+        dst.commit_upload(dst_repository, &session, digest, None)
+    })
+    .await;
+    if let Err(e) = committed {
+        // A commit whose answer was lost may still have landed.
+        if !dst.has_blob(dst_repository, digest.as_str()).await? {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Streams the source blob from `from` into `sender`, resuming with Range GETs when the
+/// body breaks off or stalls, and hashing every byte once.
+async fn pump_source(
+    src: Arc<Registry>,
+    repository: String,
+    digest: Digest,
+    size: u64,
+    from: u64,
+    hash: Arc<Mutex<HashState>>,
+    sender: mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
+) -> std::result::Result<PumpEnd, Failure> {
+    let what = format!("blob {digest} of {}/{repository}", src.host);
+    let stats = src.stats.clone();
+    let mut position = from;
+    let (mut stuck, mut resumes) = (0, 0);
+    let fail = |failure: Failure| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender
+                .send(Err(std::io::Error::other(failure.error.to_string())))
+                .await;
+            Err(failure)
+        }
+    };
+    while position < size {
+        let opened = with_retry(&format!("GET {what}"), &stats, || {
+            src.get_blob_from(&repository, digest.as_str(), position)
+        })
+        .await;
+        let response = match opened {
+            Ok(response) => response,
+            Err(e) => return fail(Failure::fatal(e)).await,
+        };
+        let mut skip = skip_for(&response, position);
+        if skip > 0 {
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        let before = position;
+        let mut body = response.bytes_stream();
+        let mut window = (Instant::now(), 0u64);
+        loop {
+            let chunk = match tokio::time::timeout(STALL_WINDOW, body.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                // Broke off, ended short, or went quiet: resume from `position`.
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            };
+            let mut chunk = chunk;
+            if skip > 0 {
+                let dropped = skip.min(chunk.len() as u64);
+                chunk = chunk.slice(dropped as usize..);
+                skip -= dropped;
+            }
+            if position + chunk.len() as u64 > size {
+                let error = anyhow!("{what}: more than the {size} bytes the manifest declares");
+                return fail(Failure::fatal(error)).await;
+            }
+            hash.lock().unwrap().take(position, &chunk, &digest, size);
+            position += chunk.len() as u64;
+            stats
+                .bytes_copied
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            window.1 += chunk.len() as u64;
+            if sender.send(Ok(chunk)).await.is_err() {
+                return Ok(PumpEnd::Dropped);
+            }
+            if window.0.elapsed() > STALL_WINDOW {
+                if window.1 < STALL_BYTES {
+                    break;
+                }
+                window = (Instant::now(), 0);
+            }
+        }
+        if position < size {
+            resumes += 1;
+            stuck = if position > before { 0 } else { stuck + 1 };
+            if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
+                let error = anyhow!(
+                    "{what}: the source kept breaking off at byte {position} of {size} ({resumes} resumes)"
+                );
+                return fail(Failure::fatal(error)).await;
+            }
+            stats.resumed_reads.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(stuck + 1, None)).await;
+        }
+    }
+    if hash.lock().unwrap().verdict == Some(false) {
+        let error = anyhow!(DigestMismatch { what });
+        return fail(Failure::fatal(error)).await;
+    }
+    Ok(PumpEnd::Complete)
+}
+
+/// Bytes to drop from the front of a response to reach `position`: 0 for a 206 that
+/// starts there, `position` when the registry ignored Range and sent the whole blob.
+fn skip_for(response: &reqwest::Response, position: u64) -> u64 {
+    if response.status() != StatusCode::PARTIAL_CONTENT {
+        return position;
+    }
+    let start = response
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim_start_matches("bytes ")
+                .split('-')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        });
+    match start {
+        Some(start) if start == position => 0,
+        _ => position,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_sent_again_are_hashed_once() {
+        let data = b"hello world";
+        let digest = Digest::of_sha256(data);
+        let mut state = HashState {
+            hasher: Some(digest.hasher()),
+            hashed: 0,
+            verdict: None,
+        };
+        state.take(0, b"hello ", &digest, 11);
+        // A resume from byte 3 sends "lo " again, then the rest.
+        state.take(3, b"lo wor", &digest, 11);
+        state.take(9, b"ld", &digest, 11);
+        assert_eq!(state.verdict, Some(true));
+        let mut bad = HashState {
+            hasher: Some(digest.hasher()),
+            hashed: 0,
+            verdict: None,
+        };
+        bad.take(0, b"hello_world", &digest, 11);
+        assert_eq!(bad.verdict, Some(false));
+    }
+}
