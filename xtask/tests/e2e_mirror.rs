@@ -839,3 +839,122 @@ fn credentials_come_from_the_docker_config_and_never_show() {
         "byte-identical index"
     );
 }
+
+/// Fails `share` (a multiple of 5) in 100 of the non-HEAD requests it sees (500s, 503s and 429s, some
+/// with Retry-After), in a fixed rotation so the share is exact however requests
+/// interleave; with `cut_blobs`, also cuts every third blob body part-way.
+fn bad_network(upstream: &str, share: usize, cut_blobs: bool) -> Proxy {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (requests, blobs) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    Proxy::start(
+        upstream,
+        Box::new(move |method, path, _| {
+            if method == "HEAD" {
+                return Action::Forward;
+            }
+            let n = requests.fetch_add(1, Ordering::Relaxed);
+            // Spread out (7 is coprime with 20), so failures never come in long runs.
+            if (n * 7) % 20 < share / 5 {
+                return match n % 3 {
+                    0 => Action::Respond(500, vec![]),
+                    1 => Action::Respond(503, vec![]),
+                    _ => Action::Respond(429, vec![("Retry-After".into(), "0".into())]),
+                };
+            }
+            if cut_blobs && method == "GET" && path.contains("/blobs/sha256:") {
+                let b = blobs.fetch_add(1, Ordering::Relaxed);
+                if b % 3 == 0 {
+                    return Action::CutPart(10 + (b * 37) % 80);
+                }
+            }
+            Action::Forward
+        }),
+    )
+}
+
+#[test]
+fn a_bad_network_on_both_sides_still_gives_identical_digests() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
+        return;
+    };
+    let src_proxy = bad_network(&src.addr, 35, true);
+    let dst_proxy = bad_network(&dst.addr, 35, false);
+    let result = summary(&mirror(&[
+        "--to",
+        &format!("{}/m", dst_proxy.addr),
+        "--image",
+        &format!("{}/fixture/app:v1", src_proxy.addr),
+        "--json",
+    ]));
+    assert_eq!(result["copied"], 1, "{result}");
+    assert_same_tree(
+        &format!("{}/fixture/app:v1", src.addr),
+        &format!("{}/m/fixture/app:v1", dst.addr),
+    );
+
+    let failed_share = |proxy: &Proxy| {
+        let log = proxy.log();
+        let non_head: Vec<_> = log.iter().filter(|r| r.method != "HEAD").collect();
+        let failed = non_head
+            .iter()
+            .filter(|r| matches!(r.status, 429 | 500 | 503))
+            .count();
+        (failed, non_head.len())
+    };
+    let (src_failed, src_total) = failed_share(&src_proxy);
+    let (dst_failed, dst_total) = failed_share(&dst_proxy);
+    let src_log = src_proxy.log();
+    let blob_bodies: Vec<_> = src_log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/") && r.status < 300)
+        .collect();
+    let cut = blob_bodies.iter().filter(|r| r.cut).count();
+    // What the corpus holds: every blob of every manifest, counted once.
+    let (_, index) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
+    let mut blobs = BTreeSet::new();
+    for child in index["manifests"].as_array().unwrap() {
+        let reference = format!(
+            "{}/fixture/app@{}",
+            src.addr,
+            child["digest"].as_str().unwrap()
+        );
+        let (_, manifest) = raw_digest(&reference);
+        for blob in
+            std::iter::once(&manifest["config"]).chain(manifest["layers"].as_array().unwrap())
+        {
+            blobs.insert((blob["digest"].to_string(), blob["size"].as_u64().unwrap()));
+        }
+    }
+    let corpus: u64 = blobs.iter().map(|(_, size)| size).sum();
+    eprintln!(
+        "bad network: source failed {src_failed}/{src_total} non-HEAD requests, destination \
+         {dst_failed}/{dst_total}; {cut}/{} blob bodies cut; retries {}, resumed reads {}, \
+         resumed uploads {}, restarts {}; {} bytes moved for a corpus of {corpus} bytes",
+        blob_bodies.len(),
+        result["retries"],
+        result["resumed_reads"],
+        result["resumed_uploads"],
+        result["restarts"],
+        result["bytes"],
+    );
+    assert!(
+        src_failed * 100 >= src_total * 30,
+        "source: {src_failed}/{src_total}"
+    );
+    assert!(
+        dst_failed * 100 >= dst_total * 30,
+        "destination: {dst_failed}/{dst_total}"
+    );
+    assert!(
+        cut * 100 >= blob_bodies.len() * 20,
+        "{cut}/{}",
+        blob_bodies.len()
+    );
+    assert!(result["resumed_reads"].as_u64().unwrap() > 0, "{result}");
+    assert!(result["resumed_uploads"].as_u64().unwrap() > 0, "{result}");
+    // Resumes, not restarts: far less than twice the corpus crosses the wire.
+    assert!(
+        result["bytes"].as_u64().unwrap() < corpus * 3 / 2,
+        "{result}"
+    );
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::CONTENT_RANGE;
-use reqwest::StatusCode;
+use reqwest::{StatusCode, Url};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,7 +60,8 @@ enum PumpEnd {
     Dropped,
 }
 
-/// Copies blob `digest` of `size` bytes from `src` to `dst`.
+/// Copies blob `digest` of `size` bytes from `src` to `dst`. A commit the registry
+/// refuses (it counted the bytes it holds differently) starts the upload over once.
 pub async fn copy_blob(
     src: &Arc<Registry>,
     src_repository: &str,
@@ -69,7 +70,6 @@ pub async fn copy_blob(
     digest: &Digest,
     size: u64,
 ) -> Result<()> {
-    let stats = dst.stats.clone();
     let what = format!(
         "copying blob {digest} ({size} bytes) from {}/{src_repository}",
         src.host
@@ -82,101 +82,146 @@ pub async fn copy_blob(
     if size == 0 {
         hash.lock().unwrap().verdict = Some(digest.matches(b""));
     }
-    let start = || async {
-        with_retry(
-            &format!("starting an upload to {}/{dst_repository}", dst.host),
-            &stats,
-            || dst.start_upload(dst_repository),
-        )
-        .await
+    let blob = Blob {
+        src,
+        src_repository,
+        dst,
+        dst_repository,
+        digest,
+        size,
+        what: &what,
+        hash: &hash,
     };
-    let mut session = start().await?;
-    let mut offset = 0;
-    let (mut stuck, mut resumes) = (0, 0);
-    while offset < size {
-        let (sender, receiver) = mpsc::channel(1);
-        let pump = tokio::spawn(pump_source(
-            src.clone(),
-            src_repository.to_string(),
-            digest.clone(),
-            size,
-            offset,
-            hash.clone(),
-            sender,
-        ));
-        let patched = dst
-            .patch_upload(
-                dst_repository,
-                &session,
-                offset,
-                size - offset,
-                reqwest::Body::wrap_stream(receiver_stream(receiver)),
-            )
-            .await;
-        let pumped = pump
-            .await
-            .map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?;
-        let failure = match (patched, pumped) {
-            (_, Err(failure)) => {
-                // The source failed for good: no point asking the destination more.
-                dst.cancel_upload(dst_repository, &session).await;
-                return Err(failure.error.context(what));
-            }
-            (Ok(next), Ok(PumpEnd::Complete)) => {
-                session = next;
-                break;
-            }
-            (Ok(_), Ok(PumpEnd::Dropped)) => {
-                Failure::transient(anyhow!("{what}: the upload ended early"), None)
-            }
-            (Err(failure), _) => failure,
-        };
-        if !failure.retryable {
+    let mut fresh_starts = 0;
+    loop {
+        let session = blob.upload().await?;
+        if hash.lock().unwrap().verdict != Some(true) {
             dst.cancel_upload(dst_repository, &session).await;
-            return Err(failure.error.context(what));
+            return Err(anyhow!(DigestMismatch {
+                what: format!("blob {digest} of {}/{src_repository}", src.host),
+            }));
         }
-        resumes += 1;
-        stats.retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(backoff(stuck.min(5) + 1, failure.retry_after)).await;
-        let before = offset;
-        let asked = with_retry(&what, &stats, || {
-            dst.upload_offset(dst_repository, &session)
-        });
-        match asked.await? {
-            Some((next, held)) if held <= offset.max(hash.lock().unwrap().hashed) => {
-                stats.resumed_uploads.fetch_add(1, Ordering::Relaxed);
-                (session, offset) = (next, held);
-            }
-            _ => {
-                stats.restarts.fetch_add(1, Ordering::Relaxed);
-                session = start().await?;
-                offset = 0;
-            }
-        }
-        stuck = if offset > before { 0 } else { stuck + 1 };
-        if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
-            return Err(failure
-                .error
-                .context(format!("{what} (gave up after {resumes} resumes)")));
-        }
-    }
-    if hash.lock().unwrap().verdict != Some(true) {
-        dst.cancel_upload(dst_repository, &session).await;
-        return Err(anyhow!(DigestMismatch {
-            what: format!("blob {digest} of {}/{src_repository}", src.host),
-        }));
-    }
-    let committed = with_retry(&what, &stats, || {
-        dst.commit_upload(dst_repository, &session, digest, None)
-    })
-    .await;
-    if let Err(e) = committed {
+        let committed = with_retry(&what, &dst.stats, || {
+            dst.commit_upload(dst_repository, &session, digest, None)
+        })
+        .await;
+        let Err(e) = committed else { return Ok(()) };
         // A commit whose answer was lost may still have landed.
-        if !dst.has_blob(dst_repository, digest.as_str()).await? {
+        if dst.has_blob(dst_repository, digest.as_str()).await? {
+            return Ok(());
+        }
+        fresh_starts += 1;
+        if fresh_starts > 1 {
             return Err(e);
         }
+        dst.stats.restarts.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(())
+}
+
+struct Blob<'a> {
+    src: &'a Arc<Registry>,
+    src_repository: &'a str,
+    dst: &'a Registry,
+    dst_repository: &'a str,
+    digest: &'a Digest,
+    size: u64,
+    what: &'a str,
+    hash: &'a Arc<Mutex<HashState>>,
+}
+
+impl Blob<'_> {
+    /// Sends every byte into a new upload session, resuming it after failures; the
+    /// session, ready to commit.
+    async fn upload(&self) -> Result<Url> {
+        let Blob {
+            src,
+            src_repository,
+            dst,
+            dst_repository,
+            digest,
+            size,
+            what,
+            hash,
+        } = *self;
+        let stats = dst.stats.clone();
+        let start = || async {
+            with_retry(
+                &format!("starting an upload to {}/{dst_repository}", dst.host),
+                &stats,
+                || dst.start_upload(dst_repository),
+            )
+            .await
+        };
+        let mut session = start().await?;
+        let mut offset = 0;
+        let (mut stuck, mut resumes) = (0, 0);
+        while offset < size {
+            let (sender, receiver) = mpsc::channel(1);
+            let pump = tokio::spawn(pump_source(
+                src.clone(),
+                src_repository.to_string(),
+                digest.clone(),
+                size,
+                offset,
+                hash.clone(),
+                sender,
+            ));
+            let patched = dst
+                .patch_upload(
+                    dst_repository,
+                    &session,
+                    offset,
+                    size - offset,
+                    reqwest::Body::wrap_stream(receiver_stream(receiver)),
+                )
+                .await;
+            let pumped = pump
+                .await
+                .map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?;
+            let failure = match (patched, pumped) {
+                (_, Err(failure)) => {
+                    // The source failed for good: no point asking the destination more.
+                    dst.cancel_upload(dst_repository, &session).await;
+                    return Err(failure.error.context(what.to_string()));
+                }
+                (Ok(next), Ok(PumpEnd::Complete)) => {
+                    session = next;
+                    break;
+                }
+                (Ok(_), Ok(PumpEnd::Dropped)) => {
+                    Failure::transient(anyhow!("{what}: the upload ended early"), None)
+                }
+                (Err(failure), _) => failure,
+            };
+            if !failure.retryable {
+                dst.cancel_upload(dst_repository, &session).await;
+                return Err(failure.error.context(what.to_string()));
+            }
+            resumes += 1;
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(stuck.min(5) + 1, failure.retry_after)).await;
+            let before = offset;
+            let asked = with_retry(what, &stats, || dst.upload_offset(dst_repository, &session));
+            match asked.await? {
+                Some((next, held)) if held <= offset.max(hash.lock().unwrap().hashed) => {
+                    stats.resumed_uploads.fetch_add(1, Ordering::Relaxed);
+                    (session, offset) = (next, held);
+                }
+                _ => {
+                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    session = start().await?;
+                    offset = 0;
+                }
+            }
+            stuck = if offset > before { 0 } else { stuck + 1 };
+            if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
+                return Err(failure
+                    .error
+                    .context(format!("{what} (gave up after {resumes} resumes)")));
+            }
+        }
+        Ok(session)
+    }
 }
 
 /// Streams the source blob from `from` into `sender`, resuming with Range GETs when the

@@ -94,13 +94,16 @@ impl Registry {
             async move {
                 let url = base.join("v2/").expect("a fixed path");
                 let get = || async {
-                    Ok::<_, Failure>(
-                        client
-                            .get(url.clone())
-                            .timeout(METADATA_DEADLINE)
-                            .send()
-                            .await?,
-                    )
+                    let response = client
+                        .get(url.clone())
+                        .timeout(METADATA_DEADLINE)
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        return Err(failure_from(format!("GET /v2/ at {host}"), response).await);
+                    }
+                    Ok(response)
                 };
                 if retries {
                     with_retry(&format!("reaching registry {host}"), &stats, get).await
@@ -562,13 +565,15 @@ impl Registry {
         if status != StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        // `Range: 0-<last byte>`; absent or "0-0" on an empty session varies by registry.
+        // `Range: 0-<last byte>`. distribution says "0-0" for an empty session too, so
+        // that reads as nothing held: a byte sent twice fails the commit's digest check
+        // and the blob starts over, where a byte skipped would not be noticed as early.
         let held = match header(response.headers(), RANGE.as_str()) {
             Some(range) => range
                 .trim_start_matches("bytes=")
                 .split_once('-')
                 .and_then(|(_, end)| end.parse::<u64>().ok())
-                .map(|end| end + 1),
+                .map(|end| if end == 0 { 0 } else { end + 1 }),
             None => Some(0),
         };
         let location = match header(response.headers(), LOCATION.as_str()) {

@@ -13,6 +13,8 @@ pub struct Logged {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The response body was cut short on purpose.
+    pub cut: bool,
 }
 
 /// What to do with one request.
@@ -22,6 +24,8 @@ pub enum Action {
     Respond(u16, Vec<(String, String)>),
     /// Forward, but cut the response body after this many bytes.
     CutAfter(usize),
+    /// Forward, but cut the response body after this percentage of its length.
+    CutPart(usize),
     /// Forward, flipping one byte of the response body at this offset.
     Corrupt(usize),
     /// Forward the response body slowly: this pause after every 64 KiB.
@@ -144,6 +148,7 @@ fn handle(
             method,
             path,
             status: *status,
+            cut: false,
         });
         return client_out.shutdown(Shutdown::Both);
     }
@@ -165,9 +170,13 @@ fn handle(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut response_head = status_line.clone();
+    let mut response_length = 0usize;
     loop {
         let mut line = String::new();
         server_reader.read_line(&mut line)?;
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            response_length = v.trim().parse().unwrap_or(0);
+        }
         if line.trim_end().is_empty() {
             response_head.push_str("Connection: close\r\n\r\n");
             break;
@@ -177,15 +186,23 @@ fn handle(
         }
         response_head.push_str(&line);
     }
+    let entry = log.lock().unwrap().len();
     log.lock().unwrap().push(Logged {
         method: method.clone(),
         path,
         status,
+        cut: false,
     });
     client_out.write_all(response_head.as_bytes())?;
     if method == "HEAD" {
         return client_out.shutdown(Shutdown::Both);
     }
+    let action = match action {
+        Action::CutPart(percent) if response_length > 1 => {
+            Action::CutAfter((response_length * percent / 100).clamp(1, response_length - 1))
+        }
+        other => other,
+    };
     let mut sent = 0usize;
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -196,6 +213,9 @@ fn handle(
         let chunk = &mut buffer[..n];
         match action {
             Action::CutAfter(limit) if sent + n > limit => {
+                if let Some(logged) = log.lock().unwrap().get_mut(entry) {
+                    logged.cut = true;
+                }
                 client_out.write_all(&chunk[..limit.saturating_sub(sent)])?;
                 return client_out.shutdown(Shutdown::Both);
             }
