@@ -1,6 +1,10 @@
-//! A hostile source registry against the mirror: "digests" built to walk out of the URL
-//! path, through an index child and through the referrers of a digest-pinned image. The
-//! mirror must refuse them before any request, and write nothing anywhere.
+//! Hostile servers against the mirror. "Digests" built to walk out of the URL path
+//! (through an index child and through the referrers of a digest-pinned image) are
+//! refused before any request, and nothing is written anywhere. Credentials never
+//! follow an upload location or a token realm to another party, and a relaxed TLS
+//! client never reaches past its host. Oversized answers are refused unread, a server
+//! that drips cannot hold a run past `--timeout`, and error text carries no presigned
+//! URL, session state or terminal control character.
 
 mod support;
 
@@ -197,4 +201,501 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
         "the referrers were never read, so the test proved nothing: {:?}",
         hostile.requests.lock().unwrap()
     );
+}
+
+// ---- Finding 3: credentials stay with their origin; the relaxed TLS client with its host.
+
+use std::time::{Duration, Instant};
+use support::scripted::{Body, Reply, Scripted, Seen};
+
+const SECRET_PASSWORD: &str = "pw-that-must-stay-home-7";
+
+/// A one-layer image (config only), as manifest bytes, its digest, and the config.
+fn tiny_image() -> (Vec<u8>, String, Vec<u8>) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[]}}"#,
+        digest(&config),
+        config.len()
+    )
+    .into_bytes();
+    let manifest_digest = digest(&manifest);
+    (manifest, manifest_digest, config)
+}
+
+/// Answers for the tiny image under `evil/img`: tag v1, by digest, and its config blob.
+fn serve_tiny_image(request: &Seen) -> Option<Reply> {
+    let (manifest, manifest_digest, config) = tiny_image();
+    let path = request.path.split('?').next().unwrap_or("");
+    if path == "/v2/" {
+        return Some(Reply::new(200));
+    }
+    if path == "/v2/evil/img/manifests/v1"
+        || path == format!("/v2/evil/img/manifests/{manifest_digest}")
+    {
+        return Some(Reply::content(MANIFEST, &manifest));
+    }
+    if path == format!("/v2/evil/img/blobs/{}", digest(&config)) {
+        return Some(Reply::content("application/octet-stream", &config));
+    }
+    None
+}
+
+/// A Docker config that holds `host`'s credentials.
+fn docker_config_for(host: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = run(
+        "sh",
+        &[
+            "-c",
+            &format!("printf '%s' 'bot:{SECRET_PASSWORD}' | base64 -w0"),
+        ],
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    dir
+}
+
+fn mirror_with_config(args: &[&str], config: &tempfile::TempDir) -> std::process::Output {
+    let mut all = vec!["images", "mirror"];
+    all.extend_from_slice(args);
+    xtask_in(
+        &project_root(),
+        &all,
+        &[("DOCKER_CONFIG", config.path().to_str().unwrap())],
+    )
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// This machine's address on Docker's bridge: not loopback, so neither relaxed nor
+/// the registry's origin.
+fn other_host() -> String {
+    support::artifacts::bridge_gateway()
+}
+
+#[test]
+fn credentials_never_follow_an_upload_location_to_another_origin() {
+    if !docker_available() {
+        return;
+    }
+    let elsewhere = Scripted::start(&other_host(), Box::new(|_| Reply::new(404)));
+    let upload_to = format!(
+        "http://{}/upload?_state=SESSION-STATE-SECRET",
+        elsewhere.addr
+    );
+    let destination = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.header("authorization").is_none() {
+                return Reply::new(401).header("www-authenticate", r#"Basic realm="test""#);
+            }
+            match request.method.as_str() {
+                "POST" if request.path.contains("/blobs/uploads/") => {
+                    Reply::new(202).header("location", &upload_to)
+                }
+                "GET" if request.path == "/v2/" => Reply::new(200),
+                _ => Reply::new(404),
+            }
+        }),
+    );
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(|r| serve_tiny_image(r).unwrap_or(Reply::new(404))),
+    );
+    let config = docker_config_for(&destination.addr);
+    let out = mirror_with_config(
+        &[
+            "--image",
+            &format!("{}/evil/img:v1", source.addr),
+            "--to",
+            &format!("{}/m", destination.addr),
+        ],
+        &config,
+    );
+    let output = output_text(&out);
+    assert!(!out.status.success(), "{output}");
+    let upload_requests = elsewhere.requests();
+    assert!(
+        !upload_requests.is_empty(),
+        "the upload location was never used, so this proved nothing: {output}"
+    );
+    for request in &upload_requests {
+        assert_eq!(
+            request.header("authorization"),
+            None,
+            "credentials went to another origin: {request:?}"
+        );
+    }
+    assert!(
+        destination
+            .requests()
+            .iter()
+            .any(|r| r.header("authorization").is_some()),
+        "the destination itself never got its credentials"
+    );
+    assert!(!output.contains(SECRET_PASSWORD), "{output}");
+    assert!(!output.contains("SESSION-STATE-SECRET"), "{output}");
+}
+
+#[test]
+fn credentials_never_follow_a_token_realm_out_of_the_registry_domain() {
+    if !docker_available() {
+        return;
+    }
+    let realm = Scripted::start(
+        &other_host(),
+        Box::new(|_| {
+            Reply::new(200)
+                .header("content-type", "application/json")
+                .body(Body::Bytes(br#"{"token":"anonymous-pull-token"}"#.to_vec()))
+        }),
+    );
+    let challenge = format!(
+        r#"Bearer realm="http://{}/token",service="evil""#,
+        realm.addr
+    );
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.header("authorization") != Some("Bearer anonymous-pull-token") {
+                return Reply::new(401).header("www-authenticate", &challenge);
+            }
+            serve_tiny_image(request).unwrap_or(Reply::new(404))
+        }),
+    );
+    let destination = Registry::plain();
+    let config = docker_config_for(&source.addr);
+    let out = mirror_with_config(
+        &[
+            "--image",
+            &format!("{}/evil/img:v1", source.addr),
+            "--to",
+            &format!("{}/m", destination.addr),
+        ],
+        &config,
+    );
+    let output = output_text(&out);
+    // The token service is another party: it is asked anonymously, which is enough here.
+    assert!(out.status.success(), "{output}");
+    let token_requests = realm.requests();
+    assert!(
+        !token_requests.is_empty(),
+        "no token was asked for: {output}"
+    );
+    for request in &token_requests {
+        assert_eq!(
+            request.header("authorization"),
+            None,
+            "credentials went to a token service outside the registry: {request:?}"
+        );
+        assert!(!request.path.contains("refresh_token"), "{request:?}");
+    }
+    assert!(!output.contains(SECRET_PASSWORD), "{output}");
+}
+
+/// `openssl s_server` with a self-signed certificate on `ip`, serving a page for any GET.
+struct TlsServer {
+    addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start(ip: &str) -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN={ip}"),
+                "-addext",
+                &format!("subjectAltName=IP:{ip}"),
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ],
+        );
+        let port = free_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("{ip}:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("{ip}:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "s_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsServer {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_redirect_from_a_relaxed_registry_gets_verified_tls() {
+    if !docker_available() {
+        return;
+    }
+    // The loopback registry may skip verification; the CDN it redirects to may not.
+    let cdn = TlsServer::start(&other_host());
+    let (_, _, config) = tiny_image();
+    let blob_path = format!("/v2/evil/img/blobs/{}", digest(&config));
+    let redirect = format!("https://{}/cdn/blob", cdn.addr);
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.path == blob_path && request.method == "GET" {
+                return Reply::new(307).header("location", &redirect);
+            }
+            serve_tiny_image(request).unwrap_or(Reply::new(404))
+        }),
+    );
+    let destination = Registry::plain();
+    let out = xtask(&[
+        "images",
+        "mirror",
+        "--image",
+        &format!("{}/evil/img:v1", source.addr),
+        "--to",
+        &format!("{}/m", destination.addr),
+    ]);
+    let output = output_text(&out);
+    assert!(!out.status.success(), "{output}");
+    assert!(
+        output.contains("certificate") && !output.contains("digest mismatch"),
+        "the CDN's certificate was not checked: {output}"
+    );
+}
+
+// ---- Finding 4: nothing a server sends is read without a bound.
+
+#[test]
+fn oversized_answers_are_refused_unread() {
+    if !docker_available() {
+        return;
+    }
+    const HUGE: u64 = 256 << 20;
+    let (_, manifest_digest, _) = tiny_image();
+    let hostile = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            let path = request.path.split('?').next().unwrap_or("");
+            match path {
+                p if p.starts_with("/v2/big/manifest/manifests/") => Reply::new(200)
+                    .header("content-type", MANIFEST)
+                    .header("docker-content-digest", &digest(b"huge"))
+                    .body(Body::Endless(HUGE)),
+                p if p.starts_with("/v2/big/error/manifests/") => match request.method.as_str() {
+                    "HEAD" => Reply::content(MANIFEST, &tiny_image().0),
+                    _ => Reply::new(404).body(Body::Endless(HUGE)),
+                },
+                p if p.starts_with("/v2/evil/img/referrers/") => Reply::new(200)
+                    .header("content-type", INDEX)
+                    .body(Body::Endless(HUGE)),
+                _ => serve_tiny_image(request).unwrap_or(Reply::new(404)),
+            }
+        }),
+    );
+    // A token service on the registry's own host that answers with no end.
+    let token_realm: Arc<Mutex<String>> = Arc::default();
+    let realm = token_realm.clone();
+    let tokens = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.path.starts_with("/token") {
+                return Reply::new(200).body(Body::Endless(HUGE));
+            }
+            let challenge = format!(r#"Bearer realm="{}""#, realm.lock().unwrap());
+            Reply::new(401).header("www-authenticate", &challenge)
+        }),
+    );
+    *token_realm.lock().unwrap() = format!("http://{}/token", tokens.addr);
+    let destination = Registry::plain();
+    for (source, expected) in [
+        (
+            format!("{}/big/manifest:v1", hostile.addr),
+            "larger than the 4194304-byte limit",
+        ),
+        (
+            format!("{}/evil/img@{manifest_digest}", hostile.addr),
+            "larger than the 4194304-byte limit",
+        ),
+        (
+            format!("{}/tokens/img:v1", tokens.addr),
+            "larger than the 1048576-byte limit",
+        ),
+        (format!("{}/big/error:v1", hostile.addr), "404"),
+    ] {
+        let server = if source.contains("tokens") {
+            &tokens
+        } else {
+            &hostile
+        };
+        let before = server.written.load(std::sync::atomic::Ordering::Relaxed);
+        let out = xtask(&[
+            "images",
+            "mirror",
+            "--image",
+            &source,
+            "--to",
+            &format!("{}/m", destination.addr),
+        ]);
+        let output = output_text(&out);
+        assert!(!out.status.success(), "{source}: {output}");
+        assert!(output.contains(expected), "{source}: {output}");
+        // Give the server a moment to notice the closed connection.
+        std::thread::sleep(Duration::from_millis(200));
+        let read = server.written.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            read < 64 << 20,
+            "{source}: {read} bytes were sent before the client stopped"
+        );
+        assert!(output.lines().count() <= 3, "{source}: {output}");
+    }
+}
+
+// ---- Finding 9: a deadline holds against a server that drips.
+
+#[test]
+fn a_drip_fed_manifest_cannot_hold_the_run_past_its_timeout() {
+    if !docker_available() {
+        return;
+    }
+    let (manifest, _, _) = tiny_image();
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            let reply = serve_tiny_image(request).unwrap_or(Reply::new(404));
+            if request.method == "GET" && request.path.contains("/manifests/") {
+                return Reply {
+                    body: Body::Drip(manifest.clone(), Duration::from_secs(1)),
+                    ..reply
+                };
+            }
+            reply
+        }),
+    );
+    let destination = Registry::plain();
+    let started = Instant::now();
+    let out = xtask(&[
+        "images",
+        "mirror",
+        "--image",
+        &format!("{}/evil/img:v1", source.addr),
+        "--to",
+        &format!("{}/m", destination.addr),
+        "--timeout",
+        "3s",
+    ]);
+    let output = output_text(&out);
+    assert!(!out.status.success(), "{output}");
+    assert!(
+        output.contains("stopped at the --timeout of 3s"),
+        "{output}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        manifest_status(&destination.url("/v2/m/evil/img/manifests/v1")),
+        Some(404),
+        "a tag was written for an image cut short"
+    );
+}
+
+// ---- Finding 10: error text carries no URLs, session state or control characters.
+
+#[test]
+fn errors_carry_no_presigned_urls_or_terminal_control_characters() {
+    if !docker_available() {
+        return;
+    }
+    let closed = free_port();
+    let (_, _, config) = tiny_image();
+    let blob_path = format!("/v2/evil/img/blobs/{}", digest(&config));
+    let presigned = format!(
+        "http://127.0.0.1:{closed}/cdn/blob?X-Amz-Credential=AKIDEXAMPLE&X-Amz-Signature=PRESIGNED-SECRET"
+    );
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.path == blob_path && request.method == "GET" {
+                return Reply::new(307).header("location", &presigned);
+            }
+            if request.path.starts_with("/v2/evil/denied/") && request.method == "HEAD" {
+                return Reply::content(MANIFEST, &tiny_image().0);
+            }
+            if request.path.starts_with("/v2/evil/denied/") {
+                let body = "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"\\u001b[2J\\u001b]0;pwned\\u0007 go away\"}]}";
+                return Reply::new(403).body(Body::Bytes(body.as_bytes().to_vec()));
+            }
+            serve_tiny_image(request).unwrap_or(Reply::new(404))
+        }),
+    );
+    let destination = Registry::plain();
+    for image in ["evil/img:v1", "evil/denied:v1"] {
+        let out = xtask(&[
+            "images",
+            "mirror",
+            "--image",
+            &format!("{}/{image}", source.addr),
+            "--to",
+            &format!("{}/m", destination.addr),
+        ]);
+        let output = output_text(&out);
+        assert!(!out.status.success(), "{output}");
+        let failure = if image.contains("denied") {
+            "go away"
+        } else {
+            "cannot connect"
+        };
+        assert!(
+            output.contains(failure),
+            "not the failure under test: {output}"
+        );
+        assert!(
+            !output.contains("PRESIGNED-SECRET") && !output.contains("X-Amz"),
+            "{output}"
+        );
+        assert!(
+            !output.contains('\u{1b}') && !output.contains('\u{7}'),
+            "{output:?}"
+        );
+    }
 }

@@ -958,3 +958,73 @@ fn a_bad_network_on_both_sides_still_gives_identical_digests() {
         "{result}"
     );
 }
+
+#[test]
+fn a_signature_that_failed_to_copy_is_copied_by_the_next_run() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
+        return;
+    };
+    let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
+    let signature_tag = format!("{}.sig", digest.replace(':', "-"));
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/fixture/app:v1", src.addr),
+            &format!("docker://{}/fixture/app:{signature_tag}", src.addr),
+        ],
+    );
+    // Every push of the signature tag fails, as a flaky network would for a while.
+    let tag = signature_tag.clone();
+    let flaky = Proxy::start(
+        &dst.addr,
+        Box::new(move |method, path, _| {
+            if method == "PUT" && path.ends_with(&format!("/manifests/{tag}")) {
+                Action::Respond(500, vec![])
+            } else {
+                Action::Forward
+            }
+        }),
+    );
+    let args = |to: &str| {
+        vec![
+            "--to".to_string(),
+            format!("{to}/m"),
+            "--image".to_string(),
+            format!("{}/fixture/app:v1", src.addr),
+        ]
+    };
+    let first = xtask(
+        &["images", "mirror"]
+            .into_iter()
+            .chain(args(&flaky.addr).iter().map(String::as_str))
+            .collect::<Vec<_>>(),
+    );
+    assert!(!first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(
+        manifest_status(&dst.url("/v2/m/fixture/app/manifests/v1")),
+        Some(404),
+        "the tag was written before its signature"
+    );
+    let second = summary(&mirror(
+        &args(&dst.addr)
+            .iter()
+            .map(String::as_str)
+            .chain(["--json"])
+            .collect::<Vec<_>>(),
+    ));
+    assert_eq!(
+        second["copied"], 1,
+        "the second run trusted an incomplete mirror: {second}"
+    );
+    assert_eq!(
+        manifest_status(&dst.url(&format!("/v2/m/fixture/app/manifests/{signature_tag}"))),
+        Some(200),
+        "the signature never arrived"
+    );
+}

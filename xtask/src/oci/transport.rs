@@ -267,7 +267,12 @@ pub fn status_failure(
     body: &str,
 ) -> Failure {
     let detail = registry_error_detail(body);
-    let error = anyhow!("{what}: {status}{detail}");
+    let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        "; check the credentials in your Docker config (docker login)"
+    } else {
+        ""
+    };
+    let error = anyhow!("{what}: {status}{detail}{hint}");
     let retry_after = headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
@@ -277,8 +282,6 @@ pub fn status_failure(
         || status.is_server_error()
     {
         Failure::transient(error, retry_after)
-    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        Failure::fatal(error.context("check the credentials in your Docker config (docker login)"))
     } else {
         Failure::fatal(error)
     }

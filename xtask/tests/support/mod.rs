@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod proxy;
+pub mod scripted;
 
 use std::fs;
 use std::net::TcpListener;
