@@ -7,7 +7,7 @@ pub mod engine;
 pub mod lists;
 pub mod retag;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::path::Path;
@@ -92,6 +92,9 @@ pub struct Summary {
     pub requests: u64,
     pub retries: u64,
     pub seconds: f64,
+    /// The destination answered on plain HTTP, which containerd must be told.
+    #[serde(skip)]
+    pub destination_plain_http: bool,
 }
 
 async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
@@ -102,25 +105,45 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     };
     let entries = lists::load(root, &args.lists, &args.images)?;
     let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
+    let mirror_ca = args.mirror_ca.as_deref().map(read_ca).transpose()?;
     warn_about_subsets(&planned);
     if args.dry_run {
         return dry_run(&planned, args).await;
     }
     let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await?;
     if let Some(dir) = &args.write_config {
-        let digests: Vec<Option<String>> = summary
-            .images
-            .iter()
-            .map(|r| r.outcome.as_ref().map(|o| o.digest().to_string()))
-            .collect();
-        config::write(
-            dir,
-            prefix,
-            args.keep_host,
-            &planned.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
-            &digests,
-        )?;
-        eprintln!("wrote cluster configuration to {}", dir.display());
+        if summary.failed > 0 {
+            // A configuration without the failed images would send the cluster to
+            // images the mirror does not have, so the last complete one stays.
+            eprintln!(
+                "{} was left as it was: {} of {} images failed, and the cluster configuration is written only for a complete mirror",
+                dir.display(),
+                summary.failed,
+                summary.images.len()
+            );
+        } else {
+            let host = planned
+                .first()
+                .map(|(_, job)| job.destination.registry.as_str())
+                .unwrap_or_default();
+            let relaxed = crate::oci::registry::is_loopback(host)
+                || args.registry.insecure.iter().any(|h| h == host);
+            let options = config::Options {
+                access: config::MirrorAccess::new(
+                    summary.destination_plain_http,
+                    relaxed,
+                    mirror_ca,
+                ),
+                never_contact_source: args.never_contact_source,
+            };
+            let mirrored: Vec<(&Planned, &str)> = planned
+                .iter()
+                .zip(&summary.images)
+                .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest())))
+                .collect();
+            config::write(dir, &options, &mirrored)?;
+            eprintln!("wrote cluster configuration to {}", dir.display());
+        }
     }
     report(&summary, args.json)?;
     if summary.failed > 0 {
@@ -131,6 +154,23 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `--mirror-ca` bundle, checked before anything is copied.
+fn read_ca(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "--mirror-ca {}: cannot read it as a PEM file",
+            path.display()
+        )
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "--mirror-ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); pass the CA that signed the mirror's certificate",
+            path.display()
+        );
+    }
+    Ok(text)
 }
 
 fn warn_about_subsets(planned: &[(Planned, CopyJob)]) {
@@ -162,10 +202,14 @@ pub async fn copy_all(
         Arc::new(move |n| bytes_bar.inc(n)),
     ));
     // An unreachable destination fails once, up front, instead of once per image.
+    let mut destination_plain_http = false;
     if let Some((_, job)) = planned.first() {
-        if let Err(e) = engine.registries.get(&job.destination.registry).await {
-            bars.finish();
-            return Err(e);
+        match engine.registries.get(&job.destination.registry).await {
+            Ok(registry) => destination_plain_http = registry.plain_http(),
+            Err(e) => {
+                bars.finish();
+                return Err(e);
+            }
         }
     }
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
@@ -236,6 +280,7 @@ pub async fn copy_all(
         requests: stats.requests.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        destination_plain_http,
     })
 }
 

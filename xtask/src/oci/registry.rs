@@ -274,6 +274,11 @@ impl Registry {
         }))
     }
 
+    /// True when this registry answered on plain HTTP (loopback and --insecure only).
+    pub fn plain_http(&self) -> bool {
+        self.base.starts_with("http://")
+    }
+
     async fn authorization(
         &self,
         scopes: &[String],

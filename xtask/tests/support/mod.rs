@@ -207,6 +207,12 @@ impl Registry {
         registry
     }
 
+    /// The self-signed certificate a TLS registry serves, which is also its CA.
+    pub fn cert(&self) -> PathBuf {
+        assert!(self.tls, "a plain-HTTP registry has no certificate");
+        self._dir.path().join("cert.pem")
+    }
+
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}{path}", self.addr)
@@ -221,6 +227,72 @@ impl Drop for Registry {
             eprintln!("registry {} log, last lines:", self.addr);
             for line in tail.iter().rev() {
                 eprintln!("  {line}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway containerd with its own root, state and sockets, killed when dropped.
+pub struct Containerd {
+    pub socket: PathBuf,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        // Under /tmp: a unix socket path must stay short.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{root}/ttrpc.sock\"\n\
+                 [debug]\n  address = \"{root}/debug.sock\"\n",
+                root = dir.path().display(),
+                socket = socket.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("containerd.log")).unwrap())
+            .spawn()
+            .expect("containerd is not installed: run .ci/provision");
+        let containerd = Containerd { socket, child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        containerd
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ctr is not installed: run .ci/provision")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+            for line in log.lines().rev().take(20).collect::<Vec<_>>().iter().rev() {
+                eprintln!("  containerd: {line}");
             }
         }
         let _ = self.child.kill();
