@@ -7,7 +7,7 @@ pub mod engine;
 pub mod lists;
 pub mod retag;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::path::Path;
@@ -105,7 +105,11 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     };
     let entries = lists::load(root, &args.lists, &args.images)?;
     let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
-    let mirror_ca = args.mirror_ca.as_deref().map(read_ca).transpose()?;
+    // Checked before anything is copied.
+    let mirror_ca = match &args.mirror_ca {
+        Some(path) => Some(crate::build::read_ca_pem("--mirror-ca", path)?),
+        None => None,
+    };
     warn_about_subsets(&planned);
     if args.dry_run {
         return dry_run(&planned, args).await;
@@ -154,23 +158,6 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The `--mirror-ca` bundle, checked before anything is copied.
-fn read_ca(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "--mirror-ca {}: cannot read it as a PEM file",
-            path.display()
-        )
-    })?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        bail!(
-            "--mirror-ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); pass the CA that signed the mirror's certificate",
-            path.display()
-        );
-    }
-    Ok(text)
 }
 
 fn warn_about_subsets(planned: &[(Planned, CopyJob)]) {

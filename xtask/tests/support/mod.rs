@@ -102,7 +102,7 @@ pub fn free_port() -> u16 {
 /// dockerd (moby/moby#48818).
 pub struct Registry {
     pub addr: String,
-    child: Child,
+    _daemon: Daemon,
     tls: bool,
     _dir: tempfile::TempDir,
 }
@@ -182,28 +182,20 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry is not installed: run .ci/provision");
+        let daemon = Daemon::spawn(
+            &format!("registry {addr}"),
+            Command::new("docker-registry").arg("serve").arg(&config),
+            dir.path().join("registry.log"),
+        );
         let registry = Registry {
             addr,
-            child,
+            _daemon: daemon,
             tls,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(http_status(&registry.url("/v2/")), Some(200 | 401)) {
-            assert!(
-                Instant::now() < deadline,
-                "registry on {} did not start",
-                registry.addr
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(&format!("registry on {}", registry.addr), || {
+            matches!(http_status(&registry.url("/v2/")), Some(200 | 401))
+        });
         registry
     }
 
@@ -219,12 +211,34 @@ impl Registry {
     }
 }
 
-impl Drop for Registry {
+/// A background process, killed when dropped; a failing test shows its log's last lines.
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Daemon {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({e}): run .ci/provision"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+}
+
+impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default();
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("registry {} log, last lines:", self.addr);
+            eprintln!("{} log, last lines:", self.name);
             for line in tail.iter().rev() {
                 eprintln!("  {line}");
             }
@@ -234,11 +248,20 @@ impl Drop for Registry {
     }
 }
 
+/// Polls `ready` for up to 20 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A throwaway containerd with its own root, state and sockets, killed when dropped.
 pub struct Containerd {
     pub socket: PathBuf,
-    child: Child,
-    dir: tempfile::TempDir,
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
 }
 
 impl Containerd {
@@ -259,19 +282,19 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("containerd.log")).unwrap())
-            .spawn()
-            .expect("containerd is not installed: run .ci/provision");
-        let containerd = Containerd { socket, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !containerd.ctr(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = Daemon::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config),
+            dir.path().join("containerd.log"),
+        );
+        let containerd = Containerd {
+            socket,
+            _daemon: daemon,
+            _dir: dir,
+        };
+        wait_for("containerd", || {
+            containerd.ctr(&["version"]).status.success()
+        });
         containerd
     }
 
@@ -283,20 +306,6 @@ impl Containerd {
             .args(args)
             .output()
             .expect("ctr is not installed: run .ci/provision")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-            for line in log.lines().rev().take(20).collect::<Vec<_>>().iter().rev() {
-                eprintln!("  containerd: {line}");
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
