@@ -116,38 +116,7 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     }
     let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await?;
     if let Some(dir) = &args.write_config {
-        if summary.failed > 0 {
-            // A configuration without the failed images would send the cluster to
-            // images the mirror does not have, so the last complete one stays.
-            eprintln!(
-                "{} was left as it was: {} of {} images failed, and the cluster configuration is written only for a complete mirror",
-                dir.display(),
-                summary.failed,
-                summary.images.len()
-            );
-        } else {
-            let host = planned
-                .first()
-                .map(|(_, job)| job.destination.registry.as_str())
-                .unwrap_or_default();
-            let relaxed = crate::oci::registry::is_loopback(host)
-                || args.registry.insecure.iter().any(|h| h == host);
-            let options = config::Options {
-                access: config::MirrorAccess::new(
-                    summary.destination_plain_http,
-                    relaxed,
-                    mirror_ca,
-                ),
-                never_contact_source: args.never_contact_source,
-            };
-            let mirrored: Vec<(&Planned, &str)> = planned
-                .iter()
-                .zip(&summary.images)
-                .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest())))
-                .collect();
-            config::write(dir, &options, &mirrored)?;
-            eprintln!("wrote cluster configuration to {}", dir.display());
-        }
+        write_config(dir, args, &planned, &summary, mirror_ca)?;
     }
     report(&summary, args.json)?;
     if summary.failed > 0 {
@@ -157,6 +126,44 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
             summary.images.len()
         );
     }
+    Ok(())
+}
+
+/// The cluster configuration, only for a complete mirror: one without the failed images
+/// would send the cluster to images the mirror does not have, so the last complete one stays.
+fn write_config(
+    dir: &Path,
+    args: &MirrorCopyArgs,
+    planned: &[(Planned, CopyJob)],
+    summary: &Summary,
+    mirror_ca: Option<String>,
+) -> Result<()> {
+    if summary.failed > 0 {
+        eprintln!(
+            "{} was left as it was: {} of {} images failed, and the cluster configuration is written only for a complete mirror",
+            dir.display(),
+            summary.failed,
+            summary.images.len()
+        );
+        return Ok(());
+    }
+    let host = planned
+        .first()
+        .map(|(_, job)| job.destination.registry.as_str())
+        .unwrap_or_default();
+    let relaxed =
+        crate::oci::registry::is_loopback(host) || args.registry.insecure.iter().any(|h| h == host);
+    let options = config::Options {
+        access: config::MirrorAccess::new(summary.destination_plain_http, relaxed, mirror_ca),
+        never_contact_source: args.never_contact_source,
+    };
+    let mirrored: Vec<(&Planned, &str)> = planned
+        .iter()
+        .zip(&summary.images)
+        .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest())))
+        .collect();
+    config::write(dir, &options, &mirrored)?;
+    eprintln!("wrote cluster configuration to {}", dir.display());
     Ok(())
 }
 
