@@ -206,19 +206,25 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
 
 /// A readable PEM file; the path goes into the plan, the contents only into BuildKit.
 fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
+    read_ca_pem("--ca-bundle", path)?;
+    absolute(path)
+}
+
+/// The text of a PEM file of CA certificates given with `flag`, or one line saying why not.
+pub fn read_ca_pem(flag: &str, path: &Path) -> Result<String> {
     let text = fs::read_to_string(path).map_err(|e| {
         anyhow!(
-            "--ca-bundle {}: cannot read it ({e}); pass a PEM file of CA certificates",
+            "{flag} {}: cannot read it ({e}); pass a PEM file of CA certificates",
             path.display()
         )
     })?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
         bail!(
-            "--ca-bundle {}: no PEM certificate in it; pass a file with -----BEGIN CERTIFICATE----- blocks",
+            "{flag} {}: no PEM certificate in it; pass a file with -----BEGIN CERTIFICATE----- blocks",
             path.display()
         );
     }
-    absolute(path)
+    Ok(text)
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String> {

@@ -312,6 +312,14 @@ pub struct MirrorCopyArgs {
     /// Write the mapping, agentkube env, containerd hosts.toml, OpenShift mirror sets and Helm values here.
     #[arg(long, value_name = "DIR")]
     pub write_config: Option<PathBuf>,
+    /// With --write-config: the CA (PEM) that signed the mirror's certificate. It is
+    /// copied beside each hosts.toml and named there as `ca`.
+    #[arg(long, value_name = "FILE", requires = "write_config")]
+    pub mirror_ca: Option<PathBuf>,
+    /// With --write-config: the OpenShift mirror sets say `mirrorSourcePolicy:
+    /// NeverContactSource`, so nodes never fall back to the source (a strict air gap).
+    #[arg(long, requires = "write_config")]
+    pub never_contact_source: bool,
     /// Print what would be copied, from HEAD requests only.
     #[arg(long)]
     pub dry_run: bool,

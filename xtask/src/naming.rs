@@ -24,8 +24,11 @@ impl ImageRef {
         if text.is_empty() {
             bail!("empty image reference");
         }
-        if text.chars().any(|c| c.is_whitespace()) {
-            bail!("image reference '{input}' contains white space");
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "image reference '{}' contains white space or control characters",
+                input.escape_debug()
+            );
         }
         let (rest, digest) = match text.split_once('@') {
             Some((name, digest)) => {
@@ -47,6 +50,9 @@ impl ImageRef {
             Some((first, path)) if is_registry_host(first) => (first.to_string(), path.to_string()),
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
+        if !is_valid_host(&registry) {
+            bail!("image reference '{input}': {}", host_error(&registry));
+        }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -68,8 +74,16 @@ impl ImageRef {
         let (host, path) = prefix.split_once('/').unwrap_or((prefix, ""));
         if !is_registry_host(host) {
             bail!(
-                "registry prefix '{prefix}' does not start with a registry host; \
-                 write it like 'registry.example.com/mirror' or '127.0.0.1:5000/mirror'"
+                "registry prefix '{}' does not start with a registry host; \
+                 write it like 'registry.example.com/mirror' or '127.0.0.1:5000/mirror'",
+                prefix.escape_debug()
+            );
+        }
+        if !is_valid_host(host) {
+            bail!(
+                "registry prefix '{}': {}",
+                prefix.escape_debug(),
+                host_error(host)
             );
         }
         let repository = if path.is_empty() {
@@ -128,6 +142,51 @@ impl fmt::Display for ImageRef {
 
 fn is_registry_host(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+/// A registry host as a reference names it: DNS labels, an IPv4 address or a bracketed
+/// IPv6 address, then an optional port. Hosts become directory names (`certs.d/<host>`)
+/// and keys in TOML and YAML, so nothing else passes.
+pub fn is_valid_host(host: &str) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return false;
+            }
+            match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return after.is_empty(),
+            }
+        }
+        None => match host.split_once(':') {
+            Some((name, port)) => (Some(name), Some(port)),
+            None => (Some(host), None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let name_ok = name.is_none_or(|n| n.len() <= 253 && n.split('.').all(label_ok));
+    port_ok && name_ok
+}
+
+fn host_error(host: &str) -> String {
+    format!(
+        "registry host '{}' is invalid; write a host name (letters, digits, '-' between dots), \
+         an IPv4 address or a bracketed IPv6 address, optionally with :PORT",
+        host.escape_debug()
+    )
 }
 
 fn validate_digest(input: &str, digest: &str) -> Result<()> {
@@ -286,6 +345,83 @@ mod tests {
             let err = ImageRef::parse(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn registry_hosts_are_names_addresses_and_ports_only() {
+        for good in [
+            "docker.io",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "registry-1.example.com",
+            "[::1]",
+            "[fd00::1]:5000",
+            "Reg.Example",
+        ] {
+            assert!(is_valid_host(good), "{good}");
+        }
+        for bad in [
+            "..",
+            "a..b",
+            ".example",
+            "example.",
+            "-a.example",
+            "a-.example",
+            "a_b.example",
+            "a\"b.example",
+            "a'b.example",
+            "a\u{7f}.example",
+            "a\\b.example",
+            "example.com:",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:+80",
+            "example.com:80:80",
+            "[::1",
+            "[::1]x",
+            "[not-v6]:5000",
+            "[::1]:",
+            "fd00::1",
+            &format!("{}.example", "a".repeat(64)),
+        ] {
+            assert!(!is_valid_host(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_hosts_are_refused_in_references_and_prefixes() {
+        for (bad, why) in [
+            ("../../etc/x:1", "registry host '..' is invalid"),
+            ("..:5000/x:1", "registry host '..:5000' is invalid"),
+            (
+                "a\"b.example/x:1",
+                "registry host 'a\\\"b.example' is invalid",
+            ),
+            ("evil.example:80:80/x:1", "registry host"),
+            ("a\u{1b}[2J.example/x:1", "control characters"),
+            ("a.example/x:1\nkey: value", "control characters"),
+        ] {
+            let err = ImageRef::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err}");
+        }
+        let r = parse("[::1]:5000/a/b:1");
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("[::1]:5000", "a/b")
+        );
+        let base = parse("debian:12");
+        for bad in [
+            "../m",
+            "reg.example:99999/m",
+            "reg\"x.example/m",
+            "a..b:1/m",
+        ] {
+            let err = base.under_prefix(bad).unwrap_err().to_string();
+            assert!(err.contains("registry"), "{bad:?}: {err}");
+        }
+        let err = base.under_prefix("a\nb.example/m").unwrap_err().to_string();
+        assert!(err.contains("a\\nb.example"), "{err}");
     }
 
     #[test]

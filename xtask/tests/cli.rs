@@ -247,6 +247,64 @@ fn bad_references_and_flags_are_one_line() {
 }
 
 #[test]
+fn hostile_registry_hosts_and_list_values_are_one_line_and_write_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("cluster");
+    let list = |name: &str, body: &str| {
+        let path = work.path().join(name);
+        fs::write(&path, format!("description = \"x\"\n[[image]]\n{body}\n")).unwrap();
+        path.display().to_string()
+    };
+    let dotdot = list("dotdot.toml", "source = \"..:5000/x:1\"");
+    let newline_key = list(
+        "key.toml",
+        "source = \"ghcr.io/a/b:1\"\nhelm = [\"controller.image\\nevil: true\"]",
+    );
+    let not_pem = work.path().join("ca.pem");
+    fs::write(&not_pem, "hello").unwrap();
+    let image = ["--image", "ghcr.io/a/b:1"];
+    for (args, prefix) in [
+        (
+            vec!["--to", "../../etc/m", image[0], image[1]],
+            "registry prefix '../../etc/m': registry host '..' is invalid",
+        ),
+        (
+            vec!["--to", "reg.example:99999/m", image[0], image[1]],
+            "registry prefix 'reg.example:99999/m': registry host",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", "--image", "evil..example/x:1"],
+            "--image evil..example/x:1: image reference 'evil..example/x:1': registry host 'evil..example' is invalid",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", "--image", "a\"b.example/x:1"],
+            "--image a\"b.example/x:1: image reference",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", "--image", "a.example/x:1\nevil: true"],
+            "--image a.example/x:1",
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", &dotdot],
+            &format!("{dotdot}: image reference '..:5000/x:1': registry host '..:5000' is invalid"),
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", &newline_key],
+            &format!("{newline_key}: helm 'controller.image\\nevil: true' is not a dotted path"),
+        ),
+        (
+            vec!["--to", "127.0.0.1:1/m", image[0], image[1], "--mirror-ca", not_pem.to_str().unwrap()],
+            "--mirror-ca",
+        ),
+    ] {
+        let mut all = vec!["images", "mirror", "--write-config", config.to_str().unwrap()];
+        all.extend(args);
+        let err = assert_one_line_error(&xtask(&all), prefix);
+        assert!(!config.exists(), "{err}");
+    }
+}
+
+#[test]
 fn a_custom_executor_is_one_folder() {
     let dir = project_copy();
     let custom = dir.path().join("agents/my-tools");

@@ -169,7 +169,7 @@ fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
     let list = list_file(
         work.path(),
         &format!(
-            "[[image]]\nsource = \"{s}/fixture/app:v1\"\noverride = \"AGENTKUBE_IMAGE_MANAGER\"\nhelm = [\"controller.image\"]\n\
+            "[[image]]\nsource = \"{s}/fixture/app:v1\"\noverride = \"AGENTKUBE_IMAGE_MANAGER\"\nhelm = [\"controller.image\", \"server.image\"]\n\
              helm_image = [\"kubeopencodeConfig.systemImage.image\"]\n\n[[image]]\nsource = \"{s}/fixture/tools:v1\"\n\
              agent_field = \"spec.executorImage\"\n",
             s = src_proxy.addr
@@ -248,10 +248,18 @@ fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
             assert_eq!(mirror_host["override_path"].as_bool(), Some(true), "{name}");
         }
         if name.ends_with(".yaml") {
-            let yaml: serde_yaml::Value = serde_yaml::from_str(&content)
-                .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+            let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&content)
+                .map(|d| {
+                    serde::Deserialize::deserialize(d)
+                        .unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
+                })
+                .collect();
             if name.contains("digest") {
+                let [yaml] = &docs[..] else {
+                    panic!("one group, one object: {content}")
+                };
                 assert_eq!(yaml["kind"], "ImageDigestMirrorSet");
+                assert_eq!(yaml["metadata"]["name"], "kubeopencode-list-digest-mirrors");
                 let mirrors = &yaml["spec"]["imageDigestMirrors"];
                 assert_eq!(
                     mirrors[0]["source"].as_str().unwrap(),
@@ -261,6 +269,18 @@ fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
                     mirrors[0]["mirrors"][0].as_str().unwrap(),
                     format!("{prefix}/fixture/app")
                 );
+            }
+            if name.contains("helm") {
+                let app = format!("{prefix}/fixture/app");
+                for key in ["controller", "server"] {
+                    let image = &docs[0][key]["image"];
+                    assert_eq!(image["repository"].as_str(), Some(app.as_str()), "{key}");
+                    let tag = image["tag"].as_str().unwrap();
+                    assert!(
+                        tag.starts_with("v1@sha256:") && tag.len() == 74,
+                        "{key}: {tag}"
+                    );
+                }
             }
         }
     }
@@ -1027,4 +1047,284 @@ fn a_signature_that_failed_to_copy_is_copied_by_the_next_run() {
         Some(200),
         "the signature never arrived"
     );
+}
+
+/// Every file under `dir`, relative path to bytes.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = walk(dir)
+        .into_iter()
+        .map(|f| {
+            (
+                f.strip_prefix(dir).unwrap().to_path_buf(),
+                fs::read(&f).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_failed_image_leaves_the_cluster_configuration_as_it_was() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("cluster");
+    let list = list_file(
+        work.path(),
+        &format!(
+            "[[image]]\nsource = \"{s}/fixture/app:v1\"\nhelm = [\"controller.image\"]\n\n\
+             [[image]]\nsource = \"{s}/fixture/tools:v1\"\nhelm = [\"server.image\"]\n",
+            s = src.addr
+        ),
+    );
+    let run_mirror = |dir: &Path| {
+        mirror(&[
+            "--to",
+            &format!("{}/m", dst.addr),
+            list.to_str().unwrap(),
+            "--write-config",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let complete = run_mirror(&config);
+    assert!(complete.status.success(), "{}", text(&complete.stderr));
+    let before = contents(&config);
+    assert!(before.len() >= 7, "{before:?}");
+
+    // The source loses one image, so the re-run fails for it.
+    let (tools, _) = raw_digest(&format!("{}/fixture/tools:v1", src.addr));
+    run(
+        "curl",
+        &[
+            "-sf",
+            "-X",
+            "DELETE",
+            &src.url(&format!("/v2/fixture/tools/manifests/{tools}")),
+        ],
+    );
+    let partial = run_mirror(&config);
+    let stderr = text(&partial.stderr);
+    assert!(!partial.status.success(), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("was left as it was"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].starts_with(&config.display().to_string())
+            && said[0].contains("1 of 2 images failed"),
+        "{stderr}"
+    );
+    assert_eq!(contents(&config), before, "the configuration changed");
+
+    // No configuration yet and a failure: none is made.
+    let fresh = work.path().join("fresh");
+    assert!(!run_mirror(&fresh).status.success());
+    assert!(!fresh.exists());
+}
+
+/// `ctr images pull --all-platforms` of `reference` with `extra` flags; the digest it got.
+fn ctr_pull(containerd: &Containerd, extra: &[&str], reference: &str) -> Result<String, String> {
+    let mut args = vec!["images", "pull", "--all-platforms"];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    let output = containerd.ctr(&args);
+    if !output.status.success() {
+        return Err(format!("{}{}", text(&output.stdout), text(&output.stderr)));
+    }
+    let listing = containerd.ctr(&["images", "ls"]);
+    let line = text(&listing.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .unwrap_or_else(|| panic!("{reference} is not in: {}", text(&listing.stdout)))
+        .to_string();
+    assert!(line.contains("linux/amd64,linux/arm64"), "{line}");
+    Ok(line.split_whitespace().nth(2).unwrap().to_string())
+}
+
+#[test]
+fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
+    let Some((src, _)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
+        return;
+    };
+    let tls = Registry::start();
+    let (app_digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
+    let (tools_digest, _) = raw_digest(&format!("{}/fixture/tools:v1", src.addr));
+    let work = tempfile::tempdir().unwrap();
+    let list = list_file(
+        work.path(),
+        &format!(
+            "[[image]]\nsource = \"{s}/fixture/app:v1\"\nhelm = [\"controller.image\"]\n\n\
+             [[image]]\nsource = \"{s}/fixture/tools@{tools_digest}\"\nhelm = [\"server.image\"]\n",
+            s = src.addr
+        ),
+    );
+    let config = work.path().join("cluster");
+    let result = summary(&mirror(&[
+        "--to",
+        &format!("{}/m", tls.addr),
+        list.to_str().unwrap(),
+        "--write-config",
+        config.to_str().unwrap(),
+        "--mirror-ca",
+        tls.cert().to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(result["copied"], 2, "{result}");
+    let certs = config.join("containerd/certs.d");
+    let host_dir = certs.join(&src.addr);
+    let hosts: toml::Value =
+        toml::from_str(&fs::read_to_string(host_dir.join("hosts.toml")).unwrap()).unwrap();
+    let mirror_host = &hosts["host"][format!("https://{}/v2/m", tls.addr).as_str()];
+    assert_eq!(mirror_host["ca"].as_str(), Some("mirror-ca.pem"), "{hosts}");
+    assert_eq!(mirror_host.get("skip_verify"), None, "{hosts}");
+    assert_eq!(
+        fs::read(host_dir.join("mirror-ca.pem")).unwrap(),
+        fs::read(tls.cert()).unwrap()
+    );
+
+    // The source is gone: whatever containerd gets, it gets from the mirror.
+    let source_url = src.url("/v2/");
+    drop(src);
+    assert_eq!(http_status(&source_url), None);
+    let containerd = Containerd::start();
+    let hosts_dir = ["--hosts-dir", certs.to_str().unwrap()];
+    let source_host = source_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v2/");
+    for (reference, digest) in [
+        (format!("{source_host}/fixture/app:v1"), &app_digest),
+        (
+            format!("{source_host}/fixture/tools@{tools_digest}"),
+            &tools_digest,
+        ),
+    ] {
+        let pulled = ctr_pull(&containerd, &hosts_dir, &reference)
+            .unwrap_or_else(|e| panic!("{reference}: {e}"));
+        assert_eq!(&pulled, digest, "{reference}");
+    }
+
+    // Without the CA line, the same hosts.toml fails TLS: the CA is what made it work.
+    let no_ca = work.path().join("no-ca");
+    fs::create_dir_all(no_ca.join(source_host)).unwrap();
+    let stripped: String = fs::read_to_string(host_dir.join("hosts.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("ca ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(no_ca.join(source_host).join("hosts.toml"), stripped).unwrap();
+    let err = ctr_pull(
+        &containerd,
+        &["--hosts-dir", no_ca.to_str().unwrap()],
+        &format!("{source_host}/fixture/app:v1"),
+    )
+    .unwrap_err();
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+
+    // The Helm values as the chart renders them (`repository:tag`) pull the mirrored digests.
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &fs::read_to_string(config.join("helm/kubeopencode-values.yaml")).unwrap(),
+    )
+    .unwrap();
+    for (key, digest) in [("controller", &app_digest), ("server", &tools_digest)] {
+        let image = &values[key]["image"];
+        let rendered = format!(
+            "{}:{}",
+            image["repository"].as_str().unwrap(),
+            image["tag"].as_str().unwrap()
+        );
+        assert!(rendered.ends_with(&format!("@{digest}")), "{rendered}");
+        let pulled = ctr_pull(
+            &containerd,
+            &["--tlscacert", tls.cert().to_str().unwrap()],
+            &rendered,
+        )
+        .unwrap_or_else(|e| panic!("{rendered}: {e}"));
+        assert_eq!(&pulled, digest, "{rendered}");
+    }
+}
+
+#[test]
+fn a_plain_http_mirror_with_keep_host_is_written_as_such() {
+    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let list = list_file(
+        work.path(),
+        &format!(
+            "[[image]]\nsource = \"{}/fixture/app:v1\"\noverride = \"AGENTKUBE_IMAGE_MANAGER\"\n",
+            src.addr
+        ),
+    );
+    let config = work.path().join("cluster");
+    let prefix = format!("{}/m", dst.addr);
+    let result = summary(&mirror(&[
+        "--to",
+        &prefix,
+        list.to_str().unwrap(),
+        "--keep-host",
+        "--never-contact-source",
+        "--write-config",
+        config.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(result["copied"], 1, "{result}");
+    let under = format!("{prefix}/{}", src.addr.replace(':', "_"));
+    let env = fs::read_to_string(config.join("agentkube.env")).unwrap();
+    assert!(
+        env.contains(&format!("\nAGENTKUBE_IMAGE_REGISTRY={under}\n")),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "\nAGENTKUBE_IMAGE_MANAGER={under}/fixture/app@sha256:"
+        )),
+        "{env}"
+    );
+    let hosts_file = config
+        .join("containerd/certs.d")
+        .join(&src.addr)
+        .join("hosts.toml");
+    let hosts: toml::Value = toml::from_str(&fs::read_to_string(&hosts_file).unwrap()).unwrap();
+    let (url, mirror_host) = hosts["host"].as_table().unwrap().iter().next().unwrap();
+    assert_eq!(
+        url,
+        &format!("http://{}/v2/m/{}", dst.addr, src.addr.replace(':', "_"))
+    );
+    assert_eq!(
+        (mirror_host.get("ca"), mirror_host.get("skip_verify")),
+        (None, None)
+    );
+    for file in ["image-digest-mirror-set.yaml", "image-tag-mirror-set.yaml"] {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&fs::read_to_string(config.join("openshift").join(file)).unwrap())
+                .unwrap();
+        let list = yaml["spec"].as_mapping().unwrap().values().next().unwrap();
+        assert_eq!(
+            list[0]["mirrorSourcePolicy"], "NeverContactSource",
+            "{file}"
+        );
+        assert_eq!(
+            list[0]["mirrors"][0].as_str(),
+            Some(format!("{under}/fixture/app").as_str())
+        );
+    }
+
+    // containerd follows the http:// host to the mirror, with the source gone.
+    let (app_digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
+    let source = format!("{}/fixture/app:v1", src.addr);
+    drop(src);
+    let containerd = Containerd::start();
+    let certs = config.join("containerd/certs.d");
+    let pulled = ctr_pull(
+        &containerd,
+        &["--hosts-dir", certs.to_str().unwrap()],
+        &source,
+    )
+    .unwrap_or_else(|e| panic!("{source}: {e}"));
+    assert_eq!(pulled, app_digest);
 }

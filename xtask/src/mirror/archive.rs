@@ -87,7 +87,7 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
     Ok(())
 }
 
-fn partial_path(out: &Path) -> PathBuf {
+pub(super) fn partial_path(out: &Path) -> PathBuf {
     let mut name = out
         .file_name()
         .map(|n| n.to_os_string())

@@ -146,9 +146,25 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             for platform in spec.platforms.iter().flatten() {
                 crate::catalog::validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
             }
+            for (what, key) in spec
+                .helm
+                .iter()
+                .map(|k| ("helm", k))
+                .chain(spec.helm_image.iter().map(|k| ("helm_image", k)))
+                .chain(spec.agent_field.iter().map(|k| ("agent_field", k)))
+            {
+                if !is_dotted_path(key) {
+                    bail!(
+                        "{label}: {what} '{}' is not a dotted path of names (letters, digits, '_', '-'), e.g. controller.image",
+                        key.escape_debug()
+                    );
+                }
+            }
             if let Some(var) = &spec.override_var {
-                if !var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
-                    bail!("{label}: override '{var}' is not an environment variable name (A-Z, 0-9, _)");
+                let name_ok = var.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !name_ok {
+                    bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
                 }
             }
             Ok(Entry {
@@ -162,6 +178,18 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             })
         })
         .collect()
+}
+
+/// A Helm values key or CRD field path: it is written into YAML as keys, so names only.
+fn is_dotted_path(key: &str) -> bool {
+    key.split('.').all(|part| {
+        part.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// Every base image of the catalog, so the list never drifts from the templates.
@@ -220,6 +248,46 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "m.example/p/127.0.0.1_5000/a/b:1"
+        );
+    }
+
+    #[test]
+    fn list_values_that_become_yaml_keys_or_env_names_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("hostile.toml");
+        for (entry, why) in [
+            (
+                r#"helm = ["controller.image\nevil: x"]"#,
+                "helm 'controller.image\\nevil: x'",
+            ),
+            (r#"helm_image = ["a..b"]"#, "helm_image 'a..b'"),
+            (r#"helm = ["\"quoted\""]"#, "helm '\\\"quoted\\\"'"),
+            (r#"agent_field = "spec.agentImage\n# x""#, "agent_field"),
+            (r#"override = "A=B""#, "override 'A=B'"),
+            (r#"override = """#, "override ''"),
+            (r#"override = "1X""#, "override '1X'"),
+        ] {
+            std::fs::write(
+                &list,
+                format!("description = \"x\"\n[[image]]\nsource = \"r.example/a:1\"\n{entry}\n"),
+            )
+            .unwrap();
+            let err = load(dir.path(), &[list.display().to_string()], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{entry}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        std::fs::write(
+            &list,
+            "description = \"x\"\n[[image]]\nsource = \"r.example/a:1\"\nhelm = [\"server.image\", \"a_b.c-d\"]\noverride = \"_X1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(dir.path(), &[list.display().to_string()], &[])
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -103,6 +103,9 @@ pub struct Summary {
     /// Blobs started over (Range ignored, or the upload session lost).
     pub restarts: u64,
     pub seconds: f64,
+    /// The destination answered on plain HTTP, which containerd must be told.
+    #[serde(skip)]
+    pub destination_plain_http: bool,
 }
 
 async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
@@ -113,25 +116,18 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     };
     let entries = lists::load(root, &args.lists, &args.images)?;
     let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
+    // Checked before anything is copied.
+    let mirror_ca = match &args.mirror_ca {
+        Some(path) => Some(crate::build::read_ca_pem("--mirror-ca", path)?),
+        None => None,
+    };
     warn_about_subsets(&planned);
     if args.dry_run {
         return dry_run(&planned, args).await;
     }
     let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await?;
     if let Some(dir) = &args.write_config {
-        let digests: Vec<Option<String>> = summary
-            .images
-            .iter()
-            .map(|r| r.outcome.as_ref().map(|o| o.digest().to_string()))
-            .collect();
-        config::write(
-            dir,
-            prefix,
-            args.keep_host,
-            &planned.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
-            &digests,
-        )?;
-        eprintln!("wrote cluster configuration to {}", dir.display());
+        write_config(dir, args, &planned, &summary, mirror_ca)?;
     }
     report(&summary, args.json)?;
     if summary.failed > 0 {
@@ -141,6 +137,44 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
             summary.images.len()
         );
     }
+    Ok(())
+}
+
+/// The cluster configuration, only for a complete mirror: one without the failed images
+/// would send the cluster to images the mirror does not have, so the last complete one stays.
+fn write_config(
+    dir: &Path,
+    args: &MirrorCopyArgs,
+    planned: &[(Planned, CopyJob)],
+    summary: &Summary,
+    mirror_ca: Option<String>,
+) -> Result<()> {
+    if summary.failed > 0 {
+        eprintln!(
+            "{} was left as it was: {} of {} images failed, and the cluster configuration is written only for a complete mirror",
+            dir.display(),
+            summary.failed,
+            summary.images.len()
+        );
+        return Ok(());
+    }
+    let host = planned
+        .first()
+        .map(|(_, job)| job.destination.registry.as_str())
+        .unwrap_or_default();
+    let relaxed =
+        crate::oci::registry::is_loopback(host) || args.registry.insecure.iter().any(|h| h == host);
+    let options = config::Options {
+        access: config::MirrorAccess::new(summary.destination_plain_http, relaxed, mirror_ca),
+        never_contact_source: args.never_contact_source,
+    };
+    let mirrored: Vec<(&Planned, &str)> = planned
+        .iter()
+        .zip(&summary.images)
+        .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest())))
+        .collect();
+    config::write(dir, &options, &mirrored)?;
+    eprintln!("wrote cluster configuration to {}", dir.display());
     Ok(())
 }
 
@@ -173,10 +207,14 @@ pub async fn copy_all(
         Arc::new(move |n| bytes_bar.inc(n)),
     ));
     // An unreachable destination fails once, up front, instead of once per image.
+    let mut destination_plain_http = false;
     if let Some((_, job)) = planned.first() {
-        if let Err(e) = engine.registries.get(&job.destination.registry).await {
-            bars.finish();
-            return Err(e);
+        match engine.registries.get(&job.destination.registry).await {
+            Ok(registry) => destination_plain_http = registry.plain_http(),
+            Err(e) => {
+                bars.finish();
+                return Err(e);
+            }
         }
     }
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
@@ -250,6 +288,7 @@ pub async fn copy_all(
         resumed_uploads: stats.resumed_uploads.load(Ordering::Relaxed),
         restarts: stats.restarts.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        destination_plain_http,
     })
 }
 

@@ -154,6 +154,11 @@ impl Registry {
         }))
     }
 
+    /// True when this registry answered on plain HTTP (loopback and --insecure only).
+    pub fn plain_http(&self) -> bool {
+        self.base.scheme() == "http"
+    }
+
     /// One request. Credentials go only to the registry's own origin; GET and HEAD
     /// follow redirects by hand, each hop checked and given the client its host
     /// deserves. A 401 drops the cached token and tries once more.

@@ -103,7 +103,7 @@ pub fn free_port() -> u16 {
 /// dockerd (moby/moby#48818).
 pub struct Registry {
     pub addr: String,
-    child: Child,
+    _daemon: Daemon,
     tls: bool,
     _dir: tempfile::TempDir,
 }
@@ -183,29 +183,27 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry is not installed: run .ci/provision");
+        let daemon = Daemon::spawn(
+            &format!("registry {addr}"),
+            Command::new("docker-registry").arg("serve").arg(&config),
+            dir.path().join("registry.log"),
+        );
         let registry = Registry {
             addr,
-            child,
+            _daemon: daemon,
             tls,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(http_status(&registry.url("/v2/")), Some(200 | 401)) {
-            assert!(
-                Instant::now() < deadline,
-                "registry on {} did not start",
-                registry.addr
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(&format!("registry on {}", registry.addr), || {
+            matches!(http_status(&registry.url("/v2/")), Some(200 | 401))
+        });
         registry
+    }
+
+    /// The self-signed certificate a TLS registry serves, which is also its CA.
+    pub fn cert(&self) -> PathBuf {
+        assert!(self.tls, "a plain-HTTP registry has no certificate");
+        self._dir.path().join("cert.pem")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -214,18 +212,101 @@ impl Registry {
     }
 }
 
-impl Drop for Registry {
+/// A background process, killed when dropped; a failing test shows its log's last lines.
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> Daemon {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({e}): run .ci/provision"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+}
+
+impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default();
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("registry {} log, last lines:", self.addr);
+            eprintln!("{} log, last lines:", self.name);
             for line in tail.iter().rev() {
                 eprintln!("  {line}");
             }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready` for up to 20 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A throwaway containerd with its own root, state and sockets, killed when dropped.
+pub struct Containerd {
+    pub socket: PathBuf,
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        // Under /tmp: a unix socket path must stay short.
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n[ttrpc]\n  address = \"{root}/ttrpc.sock\"\n\
+                 [debug]\n  address = \"{root}/debug.sock\"\n",
+                root = dir.path().display(),
+                socket = socket.display()
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config),
+            dir.path().join("containerd.log"),
+        );
+        let containerd = Containerd {
+            socket,
+            _daemon: daemon,
+            _dir: dir,
+        };
+        wait_for("containerd", || {
+            containerd.ctr(&["version"]).status.success()
+        });
+        containerd
+    }
+
+    /// Runs `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ctr is not installed: run .ci/provision")
     }
 }
 
