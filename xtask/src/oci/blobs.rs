@@ -175,9 +175,22 @@ impl Blob<'_> {
                     reqwest::Body::wrap_stream(receiver_stream(receiver)),
                 )
                 .await;
-            let pumped = pump
-                .await
-                .map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?;
+            // After a failed upload request the reader may still be retrying its source;
+            // a reader that failed for good has already finished.
+            let mut pump = pump;
+            let pumped = match &patched {
+                Ok(_) => Some((&mut pump).await),
+                Err(_) => tokio::time::timeout(Duration::from_millis(200), &mut pump)
+                    .await
+                    .ok(),
+            };
+            let pumped = match pumped {
+                Some(joined) => joined.map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?,
+                None => {
+                    pump.abort();
+                    Ok(PumpEnd::Dropped)
+                }
+            };
             let failure = match (patched, pumped) {
                 (_, Err(failure)) => {
                     // The source failed for good: no point asking the destination more.
