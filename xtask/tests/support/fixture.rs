@@ -6,6 +6,19 @@ use super::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// Bytes that do not compress away (xorshift), the same for the same seed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// A two-platform image with provenance, built once per test run as an OCI archive.
 pub fn fixture_archive() -> &'static Path {
     static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
@@ -14,15 +27,7 @@ pub fn fixture_archive() -> &'static Path {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("Dockerfile"), "FROM scratch\nARG TARGETARCH\nCOPY shared.bin /shared.bin\nCOPY arch-${TARGETARCH}.txt /arch.txt\n").unwrap();
         // 3 MiB that does not compress away, identical for both platforms.
-        let mut state = 0x2545f4914f6cdd1du64;
-        let shared: Vec<u8> = (0..3 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let shared = noise(0x2545f4914f6cdd1d, 3 << 20);
         fs::write(dir.join("shared.bin"), shared).unwrap();
         fs::write(dir.join("arch-amd64.txt"), "amd64\n").unwrap();
         fs::write(dir.join("arch-arm64.txt"), "arm64\n").unwrap();
