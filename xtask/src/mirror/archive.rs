@@ -105,9 +105,9 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
         .with_context(|| format!("moving the archive to {}", args.out.display()))?;
     let total: u64 = collected.blobs.values().sum();
     println!(
-        "saved {} images, {} with what is attached ({} manifests, {} blobs, {}) to {}",
+        "saved {} images and {} signatures or referrers ({} manifests, {} blobs, {}) to {}",
         entries.len(),
-        tops_count,
+        tops_count - entries.len(),
         collected.manifests.len(),
         collected.blobs.len(),
         super::human_bytes(total),
