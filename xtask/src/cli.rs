@@ -285,7 +285,7 @@ pub struct MirrorArgs {
 pub enum MirrorAction {
     /// Write the images to one OCI-layout tar, to carry across the air gap.
     Save(MirrorSaveArgs),
-    /// Push an archive written by `mirror save` into a registry.
+    /// Push an OCI image layout (a tar, or a directory) into a registry.
     Load(MirrorLoadArgs),
 }
 
@@ -346,7 +346,8 @@ pub struct MirrorSaveArgs {
 
 #[derive(Debug, Args)]
 pub struct MirrorLoadArgs {
-    /// An archive written by `cargo xtask images mirror save`.
+    /// An OCI image layout: a tar in any member order (from `mirror save`, skopeo,
+    /// oras, crane, `tar` of a layout folder...) or a layout folder.
     pub bundle: PathBuf,
     /// Destination prefix, e.g. registry.example.com/exo-mirror.
     #[arg(long)]
@@ -354,6 +355,10 @@ pub struct MirrorLoadArgs {
     /// Put images under PREFIX/<source host>/...
     #[arg(long)]
     pub keep_host: bool,
+    /// Load every image of the bundle into PREFIX/REPO, keeping its tag; needed when the
+    /// bundle names an image by tag only, or not at all (skopeo's `oci-archive:FILE:TAG`).
+    #[arg(long, value_name = "REPO")]
+    pub repository: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

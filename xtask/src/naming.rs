@@ -140,7 +140,7 @@ impl fmt::Display for ImageRef {
     }
 }
 
-fn is_registry_host(component: &str) -> bool {
+pub fn is_registry_host(component: &str) -> bool {
     component.contains('.') || component.contains(':') || component == "localhost"
 }
 

@@ -1,28 +1,41 @@
 //! The two-phase air gap: `mirror save` writes an OCI image layout as one tar, streamed;
-//! `mirror load` pushes it into the private registry, verifying every blob as it goes.
+//! `mirror load` pushes any OCI image layout (a tar in any member order, or a folder)
+//! into a registry, verifying every blob.
 //!
-//! Layout order inside the tar: `oci-layout`, `index.json`, every manifest, then the
-//! other blobs. Manifests before blobs lets `load` know where each blob goes while it
-//! reads the archive once, front to back.
+//! `save` writes `oci-layout`, `index.json`, every manifest, then the other blobs, so
+//! `load` reads its own bundles once, front to back. A member that comes before `load`
+//! knows where it goes (another tool's order) is noted by its offset and read afterwards
+//! by seeking, so memory holds only manifests whatever the order.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::engine::{attached, is_foreign};
 use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
-use crate::naming::ImageRef;
-use crate::oci::registry::{receiver_stream, sha256_digest, verified_stream, Registry};
-use crate::oci::Registries;
+use crate::naming::{is_registry_host, ImageRef};
+use crate::oci::digest::printable;
+use crate::oci::registry::{
+    is_tag, receiver_stream, verified_stream, Registry, MAX_MANIFEST_BYTES,
+};
+use crate::oci::{Digest, Registries};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Set by containerd, nerdctl and `docker save` to the full reference.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// All manifests of a bundle held at once; each is at most `MAX_MANIFEST_BYTES`.
+const MAX_ALL_MANIFEST_BYTES: u64 = 256 << 20;
+/// Members of a tar noted for a second read; far beyond any real bundle.
+const MAX_MEMBERS: usize = 200_000;
 
 /// A manifest tree read from a registry: every manifest's bytes, and every blob.
 #[derive(Default)]
@@ -54,15 +67,30 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
             &mut collected,
         )
         .await?;
-        let (bytes, media_type) = &collected.manifests[&top.digest];
-        tops.push(serde_json::json!({
-            "mediaType": media_type,
-            "digest": top.digest,
-            "size": bytes.len(),
-            "annotations": { REF_NAME: entry.source.to_string() },
-        }));
-        eprintln!("saving   {} ({})", entry.source, top.digest);
+        let mut names = vec![(entry.source.to_string(), top.digest.clone())];
+        // Signatures and referrers ride along as entries of their own, so `load`
+        // restores them like any image: a tag by tag, a referrer by digest.
+        let repository = format!("{}/{}", entry.source.registry, entry.source.repository);
+        for (tag, digest) in attached(&registry, &entry.source.repository, &top.digest).await? {
+            collect(&registry, &entry.source.repository, &digest, &mut collected).await?;
+            let name = match tag {
+                Some(tag) => format!("{repository}:{tag}"),
+                None => format!("{repository}@{digest}"),
+            };
+            names.push((name, digest));
+        }
+        for (name, digest) in names {
+            let (bytes, media_type) = &collected.manifests[&digest];
+            tops.push(serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest,
+                "size": bytes.len(),
+                "annotations": { REF_NAME: name },
+            }));
+            eprintln!("saving   {name} ({digest})");
+        }
     }
+    let tops_count = tops.len();
     let index = serde_json::to_vec_pretty(
         &serde_json::json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": tops }),
     )?;
@@ -77,8 +105,9 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
         .with_context(|| format!("moving the archive to {}", args.out.display()))?;
     let total: u64 = collected.blobs.values().sum();
     println!(
-        "saved {} images ({} manifests, {} blobs, {}) to {}",
+        "saved {} images and {} signatures or referrers ({} manifests, {} blobs, {}) to {}",
         entries.len(),
+        tops_count - entries.len(),
         collected.manifests.len(),
         collected.blobs.len(),
         super::human_bytes(total),
@@ -138,7 +167,7 @@ fn referenced_blobs(json: &serde_json::Value) -> Vec<(String, u64)> {
     let layers = ["layers", "blobs"]
         .into_iter()
         .flat_map(|k| json[k].as_array().into_iter().flatten());
-    for descriptor in config.chain(layers) {
+    for descriptor in config.chain(layers).filter(|d| !is_foreign(d)) {
         if let (Some(digest), Some(size)) =
             (descriptor["digest"].as_str(), descriptor["size"].as_u64())
         {
@@ -279,22 +308,655 @@ impl Read for ChannelReader {
 }
 
 fn blob_path(digest: &str) -> Result<String> {
-    let (algorithm, hex) = digest
-        .split_once(':')
-        .ok_or_else(|| anyhow!("'{digest}' is not a digest"))?;
-    Ok(format!("blobs/{algorithm}/{hex}"))
+    Ok(format!(
+        "blobs/{}",
+        Digest::parse(digest)?.as_str().replacen(':', "/", 1)
+    ))
 }
 
-/// What `load` learns from `index.json` and the manifests before the blobs arrive.
+/// Where `load` puts each image of a bundle.
+struct Naming {
+    to: String,
+    keep_host: bool,
+    /// `--repository`: every image goes to `TO/REPO`, keeping its tag.
+    repository: Option<String>,
+}
+
+fn has_host(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(first, _)| is_registry_host(first))
+}
+
+/// `localhost/` keeps a relative path as written (no `library/`), then it goes under TO.
+fn under(to: &str, path: &str) -> Result<ImageRef> {
+    ImageRef::parse(&format!("localhost/{path}"))
+        .map_err(|_| anyhow!("'{}' is not a valid image name", printable(path)))?
+        .under_prefix(to)
+}
+
+impl Naming {
+    /// The destination of one index.json entry, from the name the bundle gives it: a
+    /// full reference, a path relative to TO, a bare tag, or nothing. An entry with no
+    /// tag is loaded by digest.
+    fn destination(&self, name: Option<&str>, digest: &Digest) -> Result<ImageRef> {
+        let to = self.to.trim_end_matches('/');
+        let mut placed = match (&self.repository, name) {
+            (Some(repository), _) => {
+                let tag = match name {
+                    Some(n) if is_tag(n) => Some(n.to_string()),
+                    Some(n) => {
+                        ImageRef::parse(n)
+                            .map_err(|_| anyhow!("'{}' is not an image name", printable(n)))?
+                            .tag
+                    }
+                    None => None,
+                };
+                ImageRef {
+                    tag,
+                    ..under(to, repository).context("--repository")?
+                }
+            }
+            (None, Some(n)) if has_host(n) => {
+                let source =
+                    ImageRef::parse(n).map_err(|e| anyhow!("{}", printable(&e.to_string())))?;
+                lists::destination(&source, to, self.keep_host)?
+            }
+            (None, Some(n)) if is_tag(n) => bail!(
+                "image {digest} is named only '{n}', a tag with no repository; \
+                 pass --repository REPO to load it as {to}/REPO:{n}"
+            ),
+            (None, Some(n)) => under(to, n)?,
+            (None, None) => bail!(
+                "image {digest} has no name (no {REF_NAME} annotation in index.json); \
+                 pass --repository REPO to load it as {to}/REPO@{digest}"
+            ),
+        };
+        if placed.digest.as_ref().is_some_and(|d| d != digest.as_str()) {
+            bail!(
+                "index.json names {} for image {digest}: the digests differ",
+                printable(name.unwrap_or_default())
+            );
+        }
+        placed.digest = placed.tag.is_none().then(|| digest.to_string());
+        Ok(placed)
+    }
+}
+
+/// One image named by index.json, and where it goes.
+struct Top {
+    name: String,
+    destination: ImageRef,
+    digest: Digest,
+}
+
+struct Manifest {
+    bytes: Bytes,
+    media_type: String,
+    children: Vec<Digest>,
+    repositories: BTreeSet<String>,
+    blobs: Vec<(Digest, u64)>,
+}
+
+struct Blob {
+    size: u64,
+    /// The manifest that first referenced it, for messages.
+    referenced_by: Digest,
+    repositories: BTreeSet<String>,
+    /// Repositories it is known to be in at the destination.
+    placed: BTreeSet<String>,
+}
+
 #[derive(Default)]
-struct LoadPlan {
-    /// Top-level images: source reference and digest.
-    tops: Vec<(ImageRef, String)>,
-    /// Manifests still expected in the archive, with the repositories they go to.
-    expected: BTreeMap<String, BTreeSet<String>>,
-    manifests: BTreeMap<String, (Bytes, String)>,
-    /// Non-manifest blobs and the repositories that need them.
-    blobs: BTreeMap<String, BTreeSet<String>>,
+struct Counts {
+    verified: u64,
+    mounted: u64,
+    present: u64,
+}
+
+/// Reads a bundle into a plan, uploading blobs as soon as it knows where they go.
+struct Loader {
+    naming: Naming,
+    registry: Arc<Registry>,
+    handle: tokio::runtime::Handle,
+    saw_layout: bool,
+    saw_index: bool,
+    tops: Vec<Top>,
+    /// Manifests wanted and not yet read: who listed them, and for which repositories.
+    expected: BTreeMap<Digest, (String, BTreeSet<String>)>,
+    manifests: BTreeMap<Digest, Manifest>,
+    manifest_bytes: u64,
+    blobs: BTreeMap<Digest, Blob>,
+    counts: Counts,
+}
+
+/// What a tar member is, once its name and type are checked.
+enum Member {
+    Layout,
+    Index,
+    Blob(Digest),
+    Other,
+}
+
+fn classify(header: &tar::Header, path: &[u8]) -> Result<Member> {
+    let name = String::from_utf8_lossy(path);
+    let shown = printable(&name);
+    if name.starts_with('/') {
+        bail!("member '{shown}' has an absolute path; a layout's members are relative");
+    }
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        bail!("member '{shown}' climbs out of the layout with '..'");
+    }
+    use tar::EntryType as T;
+    match header.entry_type() {
+        T::Regular | T::Continuous => {}
+        T::Directory | T::XGlobalHeader => return Ok(Member::Other),
+        T::Symlink => {
+            bail!("member '{shown}' is a symbolic link; a layout holds only files and folders")
+        }
+        T::Link => bail!("member '{shown}' is a hard link; a layout holds only files and folders"),
+        other => bail!("member '{shown}' is a {other:?} entry, not a file"),
+    }
+    Ok(match parts.as_slice() {
+        ["oci-layout"] => Member::Layout,
+        ["index.json"] => Member::Index,
+        ["blobs", algorithm, hex] => {
+            Member::Blob(Digest::parse(&format!("{algorithm}:{hex}")).map_err(|e| {
+                anyhow!("member '{shown}' is not blobs/<algorithm>/<hex> of a valid digest: {e}")
+            })?)
+        }
+        ["blobs", ..] => {
+            bail!("member '{shown}' is not blobs/<algorithm>/<hex> of a valid digest")
+        }
+        // Others (docker save's manifest.json, repositories) are not part of the layout.
+        _ => Member::Other,
+    })
+}
+
+/// A small JSON document of the bundle, refused unread when over the manifest limit.
+fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec<u8>> {
+    if size > MAX_MANIFEST_BYTES {
+        bail!(
+            "{what} is {size} bytes, more than the {} MiB limit for a manifest; refusing it",
+            MAX_MANIFEST_BYTES >> 20
+        );
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    reader
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what}"))?;
+    if bytes.len() as u64 != size {
+        bail!("{what} is cut short: {} of {size} bytes", bytes.len());
+    }
+    Ok(bytes)
+}
+
+/// Skips forward inside the read buffer instead of dropping it, so passing over many
+/// small members does not re-read a buffer each time.
+struct Skipping(BufReader<File>);
+
+impl Read for Skipping {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for Skipping {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        match position {
+            SeekFrom::Current(offset) => {
+                self.0.seek_relative(offset)?;
+                self.0.stream_position()
+            }
+            other => self.0.seek(other),
+        }
+    }
+}
+
+/// Members read after the first pass: by offset in a tar, or by path in a folder.
+enum Members {
+    Tar {
+        file: BufReader<File>,
+        /// Data offset and size of each blob member.
+        toc: HashMap<Digest, (u64, u64)>,
+    },
+    Folder(PathBuf),
+}
+
+impl Members {
+    /// Where the blob is, to read blobs in file order; None when it is not there.
+    fn position(&self, digest: &Digest) -> Option<u64> {
+        match self {
+            Members::Tar { toc, .. } => toc.get(digest).map(|(offset, _)| *offset),
+            Members::Folder(root) => root
+                .join("blobs")
+                .join(digest.as_str().replacen(':', "/", 1))
+                .exists()
+                .then_some(0),
+        }
+    }
+
+    fn open(&mut self, digest: &Digest) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
+        match self {
+            Members::Tar { file, toc } => {
+                let Some(&(offset, size)) = toc.get(digest) else {
+                    return Ok(None);
+                };
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(Some((Box::new(file.take(size)), size)))
+            }
+            Members::Folder(root) => {
+                let path = format!("blobs/{}", digest.as_str().replacen(':', "/", 1));
+                Ok(folder_file(root, &path)?.map(|(file, size)| {
+                    (
+                        Box::new(BufReader::with_capacity(1 << 20, file)) as Box<dyn Read>,
+                        size,
+                    )
+                }))
+            }
+        }
+    }
+}
+
+/// A file of a layout folder, refusing symbolic links on the way.
+fn folder_file(root: &Path, relative: &str) -> Result<Option<(File, u64)>> {
+    let mut path = root.to_path_buf();
+    for part in relative.split('/') {
+        path.push(part);
+        let metadata = match std::fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if metadata.file_type().is_symlink() {
+            bail!("{relative} is a symbolic link; a layout holds only files and folders");
+        }
+    }
+    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        bail!("{relative} is not a file");
+    }
+    Ok(Some((file, metadata.len())))
+}
+
+impl Loader {
+    fn read_layout(&mut self, reader: &mut dyn Read, size: u64) -> Result<()> {
+        if std::mem::replace(&mut self.saw_layout, true) {
+            bail!("oci-layout appears twice");
+        }
+        let bytes = read_document(reader, size, "oci-layout")?;
+        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["imageLayoutVersion"].as_str().map(String::from));
+        if !version.is_some_and(|v| v.starts_with("1.")) {
+            bail!("oci-layout does not declare imageLayoutVersion 1.x; this is not an OCI image layout");
+        }
+        Ok(())
+    }
+
+    fn read_index(&mut self, reader: &mut dyn Read, size: u64) -> Result<()> {
+        if std::mem::replace(&mut self.saw_index, true) {
+            bail!("index.json appears twice");
+        }
+        let bytes = read_document(reader, size, "index.json")?;
+        let index: oci_spec::image::ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("index.json is not an OCI image index: {e}"))?;
+        if index.manifests().is_empty() {
+            bail!("index.json lists no images; the bundle is empty");
+        }
+        for entry in index.manifests() {
+            let digest = Digest::parse(entry.digest().as_ref()).context("index.json")?;
+            let annotation = |key: &str| {
+                entry
+                    .annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(key))
+                    .map(String::as_str)
+            };
+            let name = [annotation(REF_NAME), annotation(CONTAINERD_NAME)]
+                .into_iter()
+                .flatten()
+                .find(|n| has_host(n))
+                .or(annotation(REF_NAME));
+            let destination = self.naming.destination(name, &digest)?;
+            if let Some(other) = self.tops.iter().find(|t| {
+                t.destination.repository == destination.repository
+                    && t.destination.pointer() == destination.pointer()
+                    && t.digest != digest
+            }) {
+                bail!(
+                    "index.json puts both {} and {digest} at {destination}; name them apart",
+                    other.digest
+                );
+            }
+            let repositories = BTreeSet::from([destination.repository.clone()]);
+            self.want(digest.clone(), repositories, "index.json".into())?;
+            self.tops.push(Top {
+                name: name.map_or_else(|| digest.to_string(), printable),
+                destination,
+                digest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes that `digest` (a manifest) and all below it go to `repositories`.
+    fn want(
+        &mut self,
+        digest: Digest,
+        repositories: BTreeSet<String>,
+        listed_by: String,
+    ) -> Result<()> {
+        let mut work = vec![(digest, repositories, listed_by)];
+        while let Some((digest, repositories, listed_by)) = work.pop() {
+            let Some(manifest) = self.manifests.get_mut(&digest) else {
+                let (_, wanted) = self
+                    .expected
+                    .entry(digest)
+                    .or_insert_with(|| (listed_by, BTreeSet::new()));
+                wanted.extend(repositories);
+                continue;
+            };
+            let new: BTreeSet<String> = repositories
+                .difference(&manifest.repositories)
+                .cloned()
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            manifest.repositories.extend(new.iter().cloned());
+            for child in &manifest.children {
+                work.push((child.clone(), new.clone(), format!("index {digest}")));
+            }
+            for (blob, size) in manifest.blobs.clone() {
+                let entry = self.blobs.entry(blob.clone()).or_insert_with(|| Blob {
+                    size,
+                    referenced_by: digest.clone(),
+                    repositories: BTreeSet::new(),
+                    placed: BTreeSet::new(),
+                });
+                if entry.size != size {
+                    bail!(
+                        "blob {blob} is {} bytes in manifest {} and {size} in {digest}; the bundle contradicts itself",
+                        entry.size,
+                        entry.referenced_by
+                    );
+                }
+                entry.repositories.extend(new.iter().cloned());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_manifest(&mut self, digest: &Digest, reader: &mut dyn Read, size: u64) -> Result<()> {
+        let Some((_, repositories)) = self.expected.remove(digest) else {
+            return Ok(());
+        };
+        let what = format!("manifest {digest}");
+        let bytes = read_document(reader, size, &what)?;
+        if !digest.matches(&bytes) {
+            bail!(crate::oci::registry::DigestMismatch {
+                what: format!("{what} in the bundle")
+            });
+        }
+        self.manifest_bytes += size;
+        if self.manifest_bytes > MAX_ALL_MANIFEST_BYTES {
+            bail!(
+                "the bundle's manifests add up to more than {} MiB; refusing it",
+                MAX_ALL_MANIFEST_BYTES >> 20
+            );
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| anyhow!("{what} is not JSON: {e}"))?;
+        let children = json["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|child| Digest::parse(child["digest"].as_str().unwrap_or_default()))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("an entry of index {digest}"))?;
+        let mut blobs = Vec::new();
+        for descriptor in json.get("config").into_iter().chain(
+            ["layers", "blobs"]
+                .into_iter()
+                .flat_map(|k| json[k].as_array().into_iter().flatten()),
+        ) {
+            if is_foreign(descriptor) {
+                continue;
+            }
+            let blob = Digest::parse(descriptor["digest"].as_str().unwrap_or_default())
+                .with_context(|| format!("a blob of {what}"))?;
+            let size = descriptor["size"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("blob {blob} of {what} has no size"))?;
+            blobs.push((blob, size));
+        }
+        let media_type = match json["mediaType"].as_str() {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ if json.get("manifests").is_some() => INDEX_TYPE.to_string(),
+            _ => MANIFEST_TYPE.to_string(),
+        };
+        self.manifests.insert(
+            digest.clone(),
+            Manifest {
+                bytes: Bytes::from(bytes),
+                media_type,
+                children,
+                repositories: BTreeSet::new(),
+                blobs,
+            },
+        );
+        self.want(digest.clone(), repositories, String::new())
+    }
+
+    /// A blob member as it streams by: a manifest is read, a blob uploaded if it is
+    /// needed, anything else left for later.
+    fn offer(&mut self, digest: &Digest, reader: &mut dyn Read, size: u64) -> Result<()> {
+        if self.expected.contains_key(digest) {
+            return self.read_manifest(digest, reader, size);
+        }
+        if self.blobs.get(digest).is_some_and(|b| b.placed.is_empty()) {
+            self.upload(digest, reader)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a blob to its first repository (unless it is there), verified on the fly,
+    /// then mounts it into the others.
+    fn upload(&mut self, digest: &Digest, reader: &mut dyn Read) -> Result<()> {
+        let blob = &self.blobs[digest];
+        let (size, first) = (
+            blob.size,
+            blob.repositories.first().cloned().unwrap_or_default(),
+        );
+        let registry = self.registry.clone();
+        if self
+            .handle
+            .block_on(registry.has_blob(&first, digest.as_str()))?
+        {
+            self.counts.present += 1;
+        } else {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<reqwest::Result<Bytes>>(4);
+            let label = format!("blob {digest} in the bundle");
+            let (repository, pushed) = (first.clone(), digest.to_string());
+            let upload = self.handle.spawn(async move {
+                let chunks = Box::pin(receiver_stream(receiver));
+                registry
+                    .put_verified(&repository, &pushed, size, chunks, label)
+                    .await
+                    .map_err(|f| f.error)
+            });
+            let mut buffer = vec![0u8; 1 << 20];
+            let (mut reader, mut read) = (reader.take(size + 1), 0u64);
+            let ended = loop {
+                let n = reader
+                    .read(&mut buffer)
+                    .with_context(|| format!("reading blob {digest}"))?;
+                read += n as u64;
+                let chunk = Bytes::copy_from_slice(&buffer[..n]);
+                if n == 0 || sender.blocking_send(Ok(chunk)).is_err() {
+                    break n == 0;
+                }
+            };
+            drop(sender);
+            // The registry's answer would bury this in transport errors; say it plainly.
+            if ended && read != size {
+                upload.abort();
+                match read < size {
+                    true => bail!("blob {digest} is cut short: {read} of {size} bytes; the bundle is incomplete: write it again"),
+                    false => bail!("blob {digest} is larger in the bundle than the {size} bytes its manifest declares"),
+                }
+            }
+            self.handle.block_on(upload)??;
+            self.counts.verified += 1;
+        }
+        self.blobs
+            .get_mut(digest)
+            .expect("checked above")
+            .placed
+            .insert(first);
+        self.mount_rest(digest)
+    }
+
+    /// Mounts a placed blob into the repositories that need it and lack it.
+    fn mount_rest(&mut self, digest: &Digest) -> Result<()> {
+        let blob = &self.blobs[digest];
+        let Some(from) = blob.placed.first().cloned() else {
+            return Ok(());
+        };
+        let missing: Vec<String> = blob
+            .repositories
+            .difference(&blob.placed)
+            .cloned()
+            .collect();
+        for repository in missing {
+            let registry = &self.registry;
+            let present = self
+                .handle
+                .block_on(registry.has_blob(&repository, digest.as_str()))?;
+            if present {
+                self.counts.present += 1;
+            } else if self.handle.block_on(registry.mount_blob(
+                &repository,
+                digest.as_str(),
+                &from,
+            ))? {
+                self.counts.mounted += 1;
+            } else {
+                bail!("the registry refused to mount {digest} into {repository}");
+            }
+            self.blobs
+                .get_mut(digest)
+                .expect("checked above")
+                .placed
+                .insert(repository);
+        }
+        Ok(())
+    }
+
+    /// The first pass over a tar, front to back.
+    fn stream_tar(&mut self, path: &Path) -> Result<Members> {
+        let file = File::open(path).map_err(|e| anyhow!("cannot open it: {e}"))?;
+        let mut archive = tar::Archive::new(Skipping(BufReader::with_capacity(1 << 20, file)));
+        let mut toc = HashMap::new();
+        for entry in archive.entries_with_seek().context("not a tar archive")? {
+            let mut entry = entry.context("not a tar archive, or one cut short or damaged")?;
+            let size = entry.size();
+            match classify(entry.header(), &entry.path_bytes())? {
+                Member::Other => {}
+                Member::Layout => self.read_layout(&mut entry, size)?,
+                Member::Index => self.read_index(&mut entry, size)?,
+                Member::Blob(digest) => {
+                    if toc.len() >= MAX_MEMBERS {
+                        bail!("more than {MAX_MEMBERS} blobs; refusing it");
+                    }
+                    if toc
+                        .insert(digest.clone(), (entry.raw_file_position(), size))
+                        .is_some()
+                    {
+                        bail!("blob {digest} appears twice");
+                    }
+                    self.offer(&digest, &mut entry, size)?;
+                }
+            }
+        }
+        let file = archive.into_inner().0;
+        Ok(Members::Tar { file, toc })
+    }
+
+    fn read_folder(&mut self, root: &Path) -> Result<Members> {
+        if let Some((mut file, size)) = folder_file(root, "oci-layout")? {
+            self.read_layout(&mut file, size)?;
+        }
+        if let Some((mut file, size)) = folder_file(root, "index.json")? {
+            self.read_index(&mut file, size)?;
+        }
+        Ok(Members::Folder(root.to_path_buf()))
+    }
+
+    /// Reads what the first pass could not place, and proves the bundle complete:
+    /// every manifest and blob below index.json is in it.
+    fn finish(&mut self, members: &mut Members) -> Result<()> {
+        match (self.saw_layout, self.saw_index) {
+            (false, false) => bail!(
+                "not an OCI image layout: no oci-layout and no index.json (empty, or not a layout?)"
+            ),
+            (false, true) => bail!("no oci-layout file, so not an OCI image layout"),
+            (true, false) => bail!("no index.json, so nothing says which images it holds"),
+            (true, true) => {}
+        }
+        while let Some((digest, (listed_by, _))) = self.expected.first_key_value() {
+            let (digest, listed_by) = (digest.clone(), listed_by.clone());
+            let Some((mut reader, size)) = members.open(&digest)? else {
+                bail!("manifest {digest} (listed by {listed_by}) is not in the bundle; it is incomplete: write it again");
+            };
+            self.read_manifest(&digest, &mut reader, size)?;
+        }
+        let unplaced: Vec<&Digest> = self
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.placed.is_empty())
+            .map(|(d, _)| d)
+            .collect();
+        let missing: Vec<&Digest> = unplaced
+            .iter()
+            .copied()
+            .filter(|d| members.position(d).is_none())
+            .collect();
+        if let Some(first) = missing.first() {
+            let blob = &self.blobs[*first];
+            let more = match missing.len() - 1 {
+                0 => String::new(),
+                n => format!(" (and {n} more)"),
+            };
+            bail!(
+                "blob {first} ({} bytes, of manifest {}) is not in the bundle{more}; it is incomplete: write it again",
+                blob.size,
+                blob.referenced_by
+            );
+        }
+        let mut pending: Vec<(u64, Digest)> = unplaced
+            .into_iter()
+            .map(|d| (members.position(d).unwrap_or_default(), d.clone()))
+            .collect();
+        pending.sort();
+        for (_, digest) in pending {
+            let (mut reader, _) = members
+                .open(&digest)?
+                .ok_or_else(|| anyhow!("blob {digest} is not in the bundle"))?;
+            self.upload(&digest, &mut reader)?;
+        }
+        let placed: Vec<Digest> = self.blobs.keys().cloned().collect();
+        for digest in placed {
+            self.mount_rest(&digest)?;
+        }
+        Ok(())
+    }
 }
 
 pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
@@ -304,263 +966,115 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
         .map_err(|e| anyhow!("--to {}: {e}", args.to))?
         .registry;
     let registry = registries.get(&destination_host).await?;
-    let file =
-        File::open(&args.bundle).with_context(|| format!("opening {}", args.bundle.display()))?;
-    let handle = tokio::runtime::Handle::current();
-    let to = args.to.clone();
-    let keep_host = args.keep_host;
-    let bundle = args.bundle.display().to_string();
-    let reader_registry = registry.clone();
-    // Reading the tar is blocking; each blob is handed to the runtime as it streams by.
-    let plan = tokio::task::spawn_blocking(move || {
-        read_and_push_blobs(file, &bundle, &to, keep_host, &reader_registry, &handle)
+    let mut loader = Loader {
+        naming: Naming {
+            to: args.to.clone(),
+            keep_host: args.keep_host,
+            repository: args.repository.clone(),
+        },
+        registry: registry.clone(),
+        handle: tokio::runtime::Handle::current(),
+        saw_layout: false,
+        saw_index: false,
+        tops: Vec::new(),
+        expected: BTreeMap::new(),
+        manifests: BTreeMap::new(),
+        manifest_bytes: 0,
+        blobs: BTreeMap::new(),
+        counts: Counts::default(),
+    };
+    let path = args.bundle.clone();
+    // Reading the bundle is blocking; uploads are handed to the runtime as they stream.
+    let loader = tokio::task::spawn_blocking(move || {
+        let members = if path.is_dir() {
+            loader.read_folder(&path)
+        } else {
+            loader.stream_tar(&path)
+        };
+        members
+            .and_then(|mut members| loader.finish(&mut members))
+            .with_context(|| path.display().to_string())?;
+        Ok::<_, anyhow::Error>(loader)
     })
     .await??;
 
+    // Everything is in the registry now; only manifests remain, children first, tag last.
     let mut loaded = 0;
     let mut current = 0;
-    for (source, digest) in &plan.tops {
-        let destination = lists::destination(source, &args.to, args.keep_host)?;
-        let tag = destination
-            .tag
-            .clone()
-            .or_else(|| destination.digest.clone())
-            .unwrap_or_else(|| "latest".into());
+    let mut pushed = BTreeSet::new();
+    for top in &loader.tops {
+        let destination = &top.destination;
+        let pointer = destination.pointer();
         if registry
-            .head_manifest(&destination.repository, &tag)
+            .head_manifest(&destination.repository, &pointer)
             .await?
-            .map(|d| d.digest)
-            .as_deref()
-            == Some(digest.as_str())
+            .is_some_and(|d| d.digest == top.digest.as_str())
         {
             current += 1;
-            eprintln!("current  {source} (already at {destination})");
+            eprintln!("current  {} (already at {destination})", top.name);
             continue;
         }
-        push_tree(
+        push_children(
             &registry,
             &destination.repository,
-            digest,
-            &plan.manifests,
-            true,
+            &top.digest,
+            &loader.manifests,
+            &mut pushed,
         )
         .await?;
-        let (bytes, media_type) = &plan.manifests[digest];
+        let manifest = &loader.manifests[&top.digest];
         registry
-            .put_manifest(&destination.repository, &tag, bytes, media_type)
+            .put_manifest(
+                &destination.repository,
+                &pointer,
+                &manifest.bytes,
+                &manifest.media_type,
+            )
             .await?;
         loaded += 1;
-        eprintln!(
-            "loaded   {source} -> {}/{}:{tag}@{digest}",
-            destination.registry, destination.repository
-        );
+        eprintln!("loaded   {} -> {destination}", top.name);
     }
+    let counts = &loader.counts;
     println!(
-        "{loaded} loaded, {current} already current, {} blobs verified, {} moved in {:.1}s",
-        plan.blobs.len(),
+        "{loaded} loaded, {current} already current; blobs: {} verified and uploaded, {} mounted, {} already there; {} moved in {:.1}s",
+        counts.verified,
+        counts.mounted,
+        counts.present,
         super::human_bytes(registry.stats.bytes_copied.load(Ordering::Relaxed)),
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-/// Pushes the children of `digest` by digest, deepest first; the top is left to the caller.
-fn push_tree<'a>(
-    registry: &'a Arc<Registry>,
-    repository: &'a str,
-    digest: &'a str,
-    manifests: &'a BTreeMap<String, (Bytes, String)>,
-    top: bool,
-) -> futures_util::future::BoxFuture<'a, Result<()>> {
-    Box::pin(async move {
-        let (bytes, media_type) = manifests
-            .get(digest)
-            .ok_or_else(|| anyhow!("manifest {digest} is missing from the archive"))?;
-        let json: serde_json::Value = serde_json::from_slice(bytes)?;
-        for child in json["manifests"].as_array().into_iter().flatten() {
-            if let Some(child) = child["digest"].as_str() {
-                push_tree(registry, repository, child, manifests, false).await?;
-            }
+/// Pushes the manifests below `top` by digest, children before parents; the top is the
+/// caller's. A loop, not recursion: a hostile bundle may nest indexes deeply.
+async fn push_children(
+    registry: &Registry,
+    repository: &str,
+    top: &Digest,
+    manifests: &BTreeMap<Digest, Manifest>,
+    pushed: &mut BTreeSet<(String, Digest)>,
+) -> Result<()> {
+    let mut stack = vec![(top.clone(), false)];
+    while let Some((digest, expanded)) = stack.pop() {
+        let key = (repository.to_string(), digest.clone());
+        if pushed.contains(&key) {
+            continue;
         }
-        if !top {
+        let manifest = &manifests[&digest];
+        if !expanded {
+            stack.push((digest, true));
+            stack.extend(manifest.children.iter().map(|c| (c.clone(), false)));
+        } else if digest != *top {
             registry
-                .put_manifest(repository, digest, bytes, media_type)
+                .put_manifest(
+                    repository,
+                    digest.as_str(),
+                    &manifest.bytes,
+                    &manifest.media_type,
+                )
                 .await?;
-        }
-        Ok(())
-    })
-}
-
-fn read_and_push_blobs(
-    file: File,
-    bundle: &str,
-    to: &str,
-    keep_host: bool,
-    registry: &Arc<Registry>,
-    handle: &tokio::runtime::Handle,
-) -> Result<LoadPlan> {
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let mut plan = LoadPlan::default();
-    let mut saw_layout = false;
-    for entry in archive
-        .entries()
-        .with_context(|| format!("reading {bundle}: not a tar archive"))?
-    {
-        let mut entry = entry
-            .with_context(|| format!("reading {bundle}: the archive is truncated or corrupt"))?;
-        let name = entry
-            .path()?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let size = entry.size();
-        match name.as_str() {
-            "oci-layout" => saw_layout = true,
-            "index.json" => {
-                let index: serde_json::Value = serde_json::from_reader(&mut entry)
-                    .with_context(|| format!("{bundle}: index.json is not JSON"))?;
-                for top in index["manifests"].as_array().into_iter().flatten() {
-                    let name = top["annotations"][REF_NAME].as_str().ok_or_else(|| {
-                        anyhow!("{bundle}: an index.json entry has no {REF_NAME}")
-                    })?;
-                    let digest = top["digest"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("{bundle}: an index.json entry has no digest"))?;
-                    let source = ImageRef::parse(name).map_err(|e| anyhow!("{bundle}: {e}"))?;
-                    let destination = lists::destination(&source, to, keep_host)?;
-                    plan.expected
-                        .entry(digest.to_string())
-                        .or_default()
-                        .insert(destination.repository);
-                    plan.tops.push((source, digest.to_string()));
-                }
-            }
-            _ => {
-                let digest = name
-                    .strip_prefix("blobs/")
-                    .and_then(|rest| rest.split_once('/'))
-                    .map(|(algorithm, hex)| format!("{algorithm}:{hex}"))
-                    .ok_or_else(|| {
-                        anyhow!("{bundle}: unexpected entry '{name}' in an OCI layout")
-                    })?;
-                if !saw_layout || (plan.tops.is_empty() && plan.expected.is_empty()) {
-                    bail!("{bundle}: blobs come before oci-layout and index.json; write it with `cargo xtask images mirror save`");
-                }
-                if let Some(repositories) = plan.expected.remove(&digest) {
-                    read_manifest(&mut entry, &digest, repositories, &mut plan)
-                        .with_context(|| format!("{bundle}: manifest {digest}"))?;
-                } else if let Some(repositories) = plan.blobs.get(&digest).cloned() {
-                    handle.block_on(push_blob_from_tar(
-                        registry,
-                        &mut entry,
-                        &digest,
-                        size,
-                        &repositories,
-                        handle,
-                    ))?;
-                }
-            }
-        }
-    }
-    if !plan.expected.is_empty() {
-        bail!(
-            "{bundle}: manifests missing from the archive: {}",
-            plan.expected.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    Ok(plan)
-}
-
-fn read_manifest(
-    entry: &mut impl Read,
-    digest: &str,
-    repositories: BTreeSet<String>,
-    plan: &mut LoadPlan,
-) -> Result<()> {
-    let mut bytes = Vec::new();
-    entry.take(16 << 20).read_to_end(&mut bytes)?;
-    let actual = sha256_digest(&bytes);
-    if actual != digest {
-        bail!("digest mismatch: the archive's content has digest {actual}; refusing it");
-    }
-    let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-    let media_type = json["mediaType"]
-        .as_str()
-        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-        .to_string();
-    for child in json["manifests"].as_array().into_iter().flatten() {
-        if let Some(child) = child["digest"].as_str() {
-            plan.expected
-                .entry(child.to_string())
-                .or_default()
-                .extend(repositories.iter().cloned());
-        }
-    }
-    for (blob, _) in referenced_blobs(&json) {
-        plan.blobs
-            .entry(blob)
-            .or_default()
-            .extend(repositories.iter().cloned());
-    }
-    plan.manifests
-        .insert(digest.to_string(), (Bytes::from(bytes), media_type));
-    Ok(())
-}
-
-/// Uploads one blob from the archive to the first repository that needs it (verified on
-/// the fly), then mounts it into the others.
-async fn push_blob_from_tar(
-    registry: &Arc<Registry>,
-    entry: &mut (impl Read + ?Sized),
-    digest: &str,
-    size: u64,
-    repositories: &BTreeSet<String>,
-    handle: &tokio::runtime::Handle,
-) -> Result<()> {
-    let mut targets = repositories.iter();
-    let first = targets
-        .next()
-        .expect("a blob is only tracked with a repository");
-    if !registry.has_blob(first, digest).await? {
-        let (sender, receiver) = tokio::sync::mpsc::channel::<reqwest::Result<Bytes>>(4);
-        let upload = {
-            let registry = registry.clone();
-            let first = first.clone();
-            let digest = digest.to_string();
-            let label = format!("blob {digest} in the archive");
-            handle.spawn(async move {
-                let chunks = Box::pin(receiver_stream(receiver));
-                registry
-                    .put_verified(&first, &digest, size, chunks, label)
-                    .await
-                    .map_err(|f| f.error)
-            })
-        };
-        // This runs inside block_on on a blocking thread; reading the entry is blocking.
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buffer)?;
-            if n == 0 {
-                break;
-            }
-            if sender
-                .send(Ok(Bytes::copy_from_slice(&buffer[..n])))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        drop(sender);
-        upload
-            .await?
-            .with_context(|| format!("loading blob {digest}"))?;
-    }
-    for repository in targets {
-        if !registry.has_blob(repository, digest).await?
-            && !registry.mount_blob(repository, digest, first).await?
-        {
-            bail!("the registry refused to mount {digest} into {repository}");
+            pushed.insert(key);
         }
     }
     Ok(())

@@ -236,25 +236,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Signatures and attestations that live beside an image: cosign's
-    /// `sha256-<hex>.{sig,att,sbom}` tags and OCI 1.1 referrers.
+    /// Copies what `attached` finds beside the image: tags by tag, referrers by digest.
     async fn copy_attached(&self, src: &Side<'_>, dst: &Side<'_>, digest: &str) -> Result<()> {
-        let hex = digest.trim_start_matches("sha256:");
-        for suffix in ["sig", "att", "sbom"] {
-            let tag = format!("sha256-{hex}.{suffix}");
-            if let Some(found) = src.registry.head_manifest(src.repository, &tag).await? {
-                let (bytes, media_type) = self.copy_children(src, dst, &found.digest, None).await?;
-                dst.registry
-                    .put_manifest(dst.repository, &tag, &bytes, &media_type)
-                    .await?;
-            }
-        }
-        if let Some(index) = src.registry.referrers(src.repository, digest).await? {
-            for referrer in index["manifests"].as_array().into_iter().flatten() {
-                if let Some(referrer_digest) = referrer["digest"].as_str() {
-                    self.copy_manifest_by_digest(src, dst, referrer_digest)
+        for (tag, found) in attached(&src.registry, src.repository, digest).await? {
+            match tag {
+                Some(tag) => {
+                    let (bytes, media_type) = self.copy_children(src, dst, &found, None).await?;
+                    dst.registry
+                        .put_manifest(dst.repository, &tag, &bytes, &media_type)
                         .await?;
                 }
+                None => self.copy_manifest_by_digest(src, dst, &found).await?,
             }
         }
         Ok(())
@@ -364,6 +356,31 @@ impl Engine {
     }
 }
 
+/// Signatures and attestations that live beside an image, as (tag, digest): cosign's
+/// `sha256-<hex>.{sig,att,sbom}` tags, then OCI 1.1 referrers (no tag).
+pub async fn attached(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+) -> Result<Vec<(Option<String>, String)>> {
+    let mut found = Vec::new();
+    let hex = digest.trim_start_matches("sha256:");
+    for suffix in ["sig", "att", "sbom"] {
+        let tag = format!("sha256-{hex}.{suffix}");
+        if let Some(described) = registry.head_manifest(repository, &tag).await? {
+            found.push((Some(tag), described.digest));
+        }
+    }
+    if let Some(index) = registry.referrers(repository, digest).await? {
+        for referrer in index["manifests"].as_array().into_iter().flatten() {
+            if let Some(referrer_digest) = referrer["digest"].as_str() {
+                found.push((None, referrer_digest.to_string()));
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn destination_reference(job: &CopyJob) -> String {
     job.destination
         .tag
@@ -372,7 +389,7 @@ fn destination_reference(job: &CopyJob) -> String {
         .unwrap_or_else(|| "latest".to_string())
 }
 
-fn is_foreign(descriptor: &serde_json::Value) -> bool {
+pub fn is_foreign(descriptor: &serde_json::Value) -> bool {
     let media_type = descriptor["mediaType"].as_str().unwrap_or("");
     media_type.contains("foreign") || media_type.contains("nondistributable")
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod artifacts;
+pub mod fixture;
 pub mod proxy;
 pub mod scripted;
 

@@ -22,6 +22,8 @@ pub enum Action {
     Forward,
     /// Answer with this status and extra headers, without asking the registry.
     Respond(u16, Vec<(String, String)>),
+    /// Answer 200 with this content type and body, without asking the registry.
+    Serve(String, Vec<u8>),
     /// Forward, but cut the response body after this many bytes.
     CutAfter(usize),
     /// Forward, but cut the response body after this percentage of its length.
@@ -134,20 +136,34 @@ fn handle(
         .count();
     let action = rule(&method, &path, seen);
     let mut client_out = client;
-    if let Action::Respond(status, extra) = &action {
+    let injected = match &action {
+        Action::Respond(status, extra) => Some((*status, extra.clone(), Vec::new())),
+        Action::Serve(content_type, body) => Some((
+            200,
+            vec![("Content-Type".to_string(), content_type.clone())],
+            body.clone(),
+        )),
+        _ => None,
+    };
+    if let Some((status, extra, body)) = injected {
         // Drain the body so the client sees the answer, not a reset.
         drain_body(&mut reader, content_length, chunked)?;
-        let mut response =
-            format!("HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n");
+        let mut response = format!(
+            "HTTP/1.1 {status} Injected\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
         for (k, v) in extra {
             response.push_str(&format!("{k}: {v}\r\n"));
         }
         response.push_str("\r\n");
         client_out.write_all(response.as_bytes())?;
+        if method != "HEAD" {
+            client_out.write_all(&body)?;
+        }
         log.lock().unwrap().push(Logged {
             method,
             path,
-            status: *status,
+            status,
             cut: false,
         });
         return client_out.shutdown(Shutdown::Both);
