@@ -98,15 +98,22 @@ fn escaping_digest() -> String {
     )
 }
 
-fn mirror(source: &str, destination: &Registry) -> std::process::Output {
-    xtask(&[
-        "images",
-        "mirror",
-        "--image",
-        source,
-        "--to",
-        &format!("{}/mirror", destination.addr),
-    ])
+/// `images mirror --image SOURCE --to TO/m`, with `extra` flags and, when given, the
+/// Docker config in `config`.
+fn mirror(
+    source: &str,
+    to: &str,
+    extra: &[&str],
+    config: Option<&tempfile::TempDir>,
+) -> std::process::Output {
+    let destination = format!("{to}/m");
+    let mut args = vec!["images", "mirror", "--image", source, "--to", &destination];
+    args.extend_from_slice(extra);
+    let env: Vec<(&str, &str)> = config
+        .map(|c| ("DOCKER_CONFIG", c.path().to_str().unwrap()))
+        .into_iter()
+        .collect();
+    xtask_in(&project_root(), &args, &env)
 }
 
 fn assert_refused_and_nothing_written(
@@ -128,7 +135,7 @@ fn assert_refused_and_nothing_written(
         "a request carried the hostile path: {:?}",
         hostile.requests.lock().unwrap()
     );
-    for repository in ["other/repo", "mirror/other/repo"] {
+    for repository in ["other/repo", "m/other/repo"] {
         let url = destination.url(&format!("/v2/{repository}/manifests/latest"));
         assert_eq!(manifest_status(&url), Some(404), "{repository} was written");
     }
@@ -152,7 +159,12 @@ fn an_index_child_cannot_walk_out_of_the_url_path() {
         (by_digest, (INDEX.to_string(), index.into_bytes())),
     ]));
     let destination = Registry::plain();
-    let out = mirror(&format!("{}/evil/img:v1", hostile.addr), &destination);
+    let out = mirror(
+        &format!("{}/evil/img:v1", hostile.addr),
+        &destination.addr,
+        &[],
+        None,
+    );
     assert_refused_and_nothing_written(&out, &hostile, &destination);
 }
 
@@ -162,16 +174,7 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
         return;
     }
     // A valid image, pinned by digest, whose referrers list names the hostile "digest".
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[]}}"#,
-        digest(&config),
-        config.len()
-    )
-    .into_bytes();
-    let manifest_digest = digest(&manifest);
+    let (manifest, manifest_digest, config) = tiny_image();
     let referrers = format!(
         r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"{MANIFEST}","digest":"{}","size":2,"artifactType":"application/vnd.dev.sigstore.bundle"}}]}}"#,
         escaping_digest()
@@ -193,7 +196,9 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
     let destination = Registry::plain();
     let out = mirror(
         &format!("{}/evil/img@{manifest_digest}", hostile.addr),
-        &destination,
+        &destination.addr,
+        &[],
+        None,
     );
     assert_refused_and_nothing_written(&out, &hostile, &destination);
     assert!(
@@ -261,16 +266,6 @@ fn docker_config_for(host: &str) -> tempfile::TempDir {
     dir
 }
 
-fn mirror_with_config(args: &[&str], config: &tempfile::TempDir) -> std::process::Output {
-    let mut all = vec!["images", "mirror"];
-    all.extend_from_slice(args);
-    xtask_in(
-        &project_root(),
-        &all,
-        &[("DOCKER_CONFIG", config.path().to_str().unwrap())],
-    )
-}
-
 fn output_text(out: &std::process::Output) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
@@ -311,14 +306,11 @@ fn credentials_never_follow_an_upload_location_to_another_origin() {
         Box::new(|r| serve_tiny_image(r).unwrap_or(Reply::new(404))),
     );
     let config = docker_config_for(&destination.addr);
-    let out = mirror_with_config(
-        &[
-            "--image",
-            &format!("{}/evil/img:v1", source.addr),
-            "--to",
-            &format!("{}/m", destination.addr),
-        ],
-        &config,
+    let out = mirror(
+        &format!("{}/evil/img:v1", source.addr),
+        &destination.addr,
+        &[],
+        Some(&config),
     );
     let output = output_text(&out);
     assert!(!out.status.success(), "{output}");
@@ -373,14 +365,11 @@ fn credentials_never_follow_a_token_realm_out_of_the_registry_domain() {
     );
     let destination = Registry::plain();
     let config = docker_config_for(&source.addr);
-    let out = mirror_with_config(
-        &[
-            "--image",
-            &format!("{}/evil/img:v1", source.addr),
-            "--to",
-            &format!("{}/m", destination.addr),
-        ],
-        &config,
+    let out = mirror(
+        &format!("{}/evil/img:v1", source.addr),
+        &destination.addr,
+        &[],
+        Some(&config),
     );
     let output = output_text(&out);
     // The token service is another party: it is asked anonymously, which is enough here.
@@ -412,26 +401,7 @@ impl TlsServer {
     fn start(ip: &str) -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                &format!("/CN={ip}"),
-                "-addext",
-                &format!("subjectAltName=IP:{ip}"),
-                "-keyout",
-                key.to_str().unwrap(),
-                "-out",
-                cert.to_str().unwrap(),
-            ],
-        );
+        self_signed_cert(&cert, &key, ip);
         let port = free_port();
         let child = std::process::Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])
@@ -485,14 +455,12 @@ fn a_redirect_from_a_relaxed_registry_gets_verified_tls() {
         }),
     );
     let destination = Registry::plain();
-    let out = xtask(&[
-        "images",
-        "mirror",
-        "--image",
+    let out = mirror(
         &format!("{}/evil/img:v1", source.addr),
-        "--to",
-        &format!("{}/m", destination.addr),
-    ]);
+        &destination.addr,
+        &[],
+        None,
+    );
     let output = output_text(&out);
     assert!(!out.status.success(), "{output}");
     assert!(
@@ -566,14 +534,7 @@ fn oversized_answers_are_refused_unread() {
             &hostile
         };
         let before = server.written.load(std::sync::atomic::Ordering::Relaxed);
-        let out = xtask(&[
-            "images",
-            "mirror",
-            "--image",
-            &source,
-            "--to",
-            &format!("{}/m", destination.addr),
-        ]);
+        let out = mirror(&source, &destination.addr, &[], None);
         let output = output_text(&out);
         assert!(!out.status.success(), "{source}: {output}");
         assert!(output.contains(expected), "{source}: {output}");
@@ -611,16 +572,12 @@ fn a_drip_fed_manifest_cannot_hold_the_run_past_its_timeout() {
     );
     let destination = Registry::plain();
     let started = Instant::now();
-    let out = xtask(&[
-        "images",
-        "mirror",
-        "--image",
+    let out = mirror(
         &format!("{}/evil/img:v1", source.addr),
-        "--to",
-        &format!("{}/m", destination.addr),
-        "--timeout",
-        "3s",
-    ]);
+        &destination.addr,
+        &["--timeout", "3s"],
+        None,
+    );
     let output = output_text(&out);
     assert!(!out.status.success(), "{output}");
     assert!(
@@ -670,14 +627,12 @@ fn errors_carry_no_presigned_urls_or_terminal_control_characters() {
     );
     let destination = Registry::plain();
     for image in ["evil/img:v1", "evil/denied:v1"] {
-        let out = xtask(&[
-            "images",
-            "mirror",
-            "--image",
+        let out = mirror(
             &format!("{}/{image}", source.addr),
-            "--to",
-            &format!("{}/m", destination.addr),
-        ]);
+            &destination.addr,
+            &[],
+            None,
+        );
         let output = output_text(&out);
         assert!(!out.status.success(), "{output}");
         let failure = if image.contains("denied") {

@@ -442,22 +442,8 @@ fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
     let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
     };
-    // A cosign-style signature tag next to the image (any manifest will do as content).
+    let signature_tag = sign_with_a_tag(&src.addr);
     let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
-    let signature_tag = format!("{}.sig", digest.replace(':', "-"));
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            &format!("docker://{}/fixture/app:v1", src.addr),
-            &format!("docker://{}/fixture/app:{signature_tag}", src.addr),
-        ],
-    );
     let copied = summary(&mirror(&[
         "--to",
         &format!("{}/m", dst.addr),
@@ -776,21 +762,7 @@ fn a_signature_that_failed_to_copy_is_copied_by_the_next_run() {
     let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
         return;
     };
-    let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
-    let signature_tag = format!("{}.sig", digest.replace(':', "-"));
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            &format!("docker://{}/fixture/app:v1", src.addr),
-            &format!("docker://{}/fixture/app:{signature_tag}", src.addr),
-        ],
-    );
+    let signature_tag = sign_with_a_tag(&src.addr);
     // Every push of the signature tag fails, as a flaky network would for a while.
     let tag = signature_tag.clone();
     let flaky = Proxy::start(

@@ -43,26 +43,46 @@ pub fn fixture_archive() -> &'static Path {
     })
 }
 
+/// `skopeo copy --all --preserve-digests` between two references, TLS unverified.
+pub fn skopeo_copy(from: &str, to: &str) {
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            from,
+            to,
+        ],
+    );
+}
+
 /// Puts the fixture into `registry` as each of `repositories` (tag v1).
 pub fn seed(registry: &str, repositories: &[&str]) {
     let archive = fixture_archive();
     for repository in repositories {
-        run(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--all",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-                &format!("oci-archive:{}", archive.display()),
-                &format!("docker://{registry}/{repository}:v1"),
-            ],
+        skopeo_copy(
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{registry}/{repository}:v1"),
         );
     }
 }
 
-/// A seeded source and an empty destination, or None (skipped) without Docker.
+/// A cosign-style signature tag beside `fixture/app:v1` (any manifest will do as
+/// content); the tag.
+pub fn sign_with_a_tag(registry: &str) -> String {
+    let (digest, _) = raw_digest(&format!("{registry}/fixture/app:v1"));
+    let signature_tag = format!("{}.sig", digest.replace(':', "-"));
+    skopeo_copy(
+        &format!("docker://{registry}/fixture/app:v1"),
+        &format!("docker://{registry}/fixture/app:{signature_tag}"),
+    );
+    signature_tag
+}
+
 pub fn source_and_destination(repositories: &[&str]) -> Option<(Registry, Registry)> {
     if !docker_available() {
         return None;

@@ -88,6 +88,30 @@ pub fn docker_available() -> bool {
     ok
 }
 
+/// A self-signed certificate for the IP address `ip`, written to `cert` and `key`.
+pub fn self_signed_cert(cert: &Path, key: &Path, ip: &str) {
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ip}"),
+            "-addext",
+            &format!("subjectAltName=IP:{ip}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -133,26 +157,7 @@ impl Registry {
         let tls_config = if !tls {
             String::new()
         } else {
-            run(
-                "openssl",
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                    "-keyout",
-                    key.to_str().unwrap(),
-                    "-out",
-                    cert.to_str().unwrap(),
-                ],
-            );
+            self_signed_cert(&cert, &key, "127.0.0.1");
             format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),
