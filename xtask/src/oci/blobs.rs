@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use reqwest::header::CONTENT_RANGE;
 use reqwest::{StatusCode, Url};
 use std::sync::atomic::Ordering;
@@ -276,12 +276,31 @@ async fn pump_source(
         }
         let before = position;
         let mut body = response.bytes_stream();
-        let mut window = (Instant::now(), 0u64);
+        // Time spent waiting on the source, and bytes it gave, in this window; time
+        // spent waiting on the destination does not count against the source.
+        let (mut waited, mut given) = (Duration::ZERO, 0u64);
         loop {
-            let chunk = match tokio::time::timeout(STALL_WINDOW, body.next()).await {
-                Ok(Some(Ok(chunk))) => chunk,
+            let next = body.next();
+            tokio::pin!(next);
+            // Most chunks are already buffered: no timer for those.
+            let item = match (&mut next).now_or_never() {
+                Some(item) => Some(item),
+                None => {
+                    let started = Instant::now();
+                    let item = tokio::time::timeout(STALL_WINDOW - waited, next).await.ok();
+                    waited += started.elapsed();
+                    if item.is_none() && given >= STALL_BYTES {
+                        // Quiet now, but the window as a whole moved enough.
+                        (waited, given) = (Duration::ZERO, 0);
+                        continue;
+                    }
+                    item
+                }
+            };
+            let chunk = match item {
+                Some(Some(Ok(chunk))) => chunk,
                 // Broke off, ended short, or went quiet: resume from `position`.
-                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+                Some(Some(Err(_)) | None) | None => break,
             };
             let mut chunk = chunk;
             if skip > 0 {
@@ -298,15 +317,15 @@ async fn pump_source(
             stats
                 .bytes_copied
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            window.1 += chunk.len() as u64;
+            given += chunk.len() as u64;
             if sender.send(Ok(chunk)).await.is_err() {
                 return Ok(PumpEnd::Dropped);
             }
-            if window.0.elapsed() > STALL_WINDOW {
-                if window.1 < STALL_BYTES {
+            if waited >= STALL_WINDOW {
+                if given < STALL_BYTES {
                     break;
                 }
-                window = (Instant::now(), 0);
+                (waited, given) = (Duration::ZERO, 0);
             }
         }
         if position < size {
