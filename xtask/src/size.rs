@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::catalog::{Catalog, Limits};
 use crate::cli::SizeArgs;
@@ -250,17 +250,15 @@ async fn measure_in_registry(
 }
 
 async fn uncompressed_in_registry(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     repository: &str,
     layer: &crate::oci::image::Layer,
 ) -> Result<u64> {
     let what = format!("layer {} of {}/{repository}", layer.digest, registry.host);
-    let response = registry
-        .get_blob(repository, layer.digest.as_str())
-        .await
-        .map_err(|f| f.error)?;
+    let body =
+        crate::oci::blobs::read_blob(registry.clone(), repository, &layer.digest, layer.size);
     let mut meter = LayerMeter::new(&layer.digest);
-    let mut body = response.bytes_stream();
+    let mut body = Box::pin(body);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| format!("reading {what}"))?;
         meter.update(&chunk).with_context(|| what.clone())?;

@@ -1,6 +1,7 @@
 //! Hostile servers against the mirror. "Digests" built to walk out of the URL path
 //! (through an index child and through the referrers of a digest-pinned image) are
-//! refused before any request, and nothing is written anywhere. Credentials never
+//! refused before any request, and nothing is written anywhere. A sha512 pin or blob
+//! digest is checked with sha512. Credentials never
 //! follow an upload location or a token realm to another party, and a relaxed TLS
 //! client never reaches past its host. Oversized answers are refused unread, a server
 //! that drips cannot hold a run past `--timeout`, and error text carries no presigned
@@ -653,4 +654,97 @@ fn errors_carry_no_presigned_urls_or_terminal_control_characters() {
             "{output:?}"
         );
     }
+}
+
+// ---- Finding 2: a sha512 pin is checked with sha512.
+
+#[test]
+fn sha512_pins_and_blobs_with_other_content_are_refused() {
+    if !docker_available() {
+        return;
+    }
+    use sha2::Sha512;
+    let (manifest, _, _) = tiny_image();
+    // The pin names other bytes; the source serves the tiny image under it anyway.
+    let pin = format!(
+        "sha512:{}",
+        hex::encode(Sha512::digest(b"the image the user meant"))
+    );
+    let served_pin = pin.clone();
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.path == format!("/v2/evil/img/manifests/{served_pin}") {
+                // The registry vouches for the pin, as a hostile one would.
+                return Reply::new(200)
+                    .header("content-type", MANIFEST)
+                    .header("docker-content-digest", &served_pin)
+                    .body(Body::Bytes(manifest.clone()));
+            }
+            serve_tiny_image(request).unwrap_or(Reply::new(404))
+        }),
+    );
+    let destination = Registry::plain();
+    let out = mirror(
+        &format!("{}/evil/img@{pin}", source.addr),
+        &destination.addr,
+        &[],
+        None,
+    );
+    let output = output_text(&out);
+    assert!(
+        !out.status.success(),
+        "other bytes were accepted under a sha512 pin: {output}"
+    );
+    assert!(output.contains("digest mismatch"), "{output}");
+    assert!(
+        source
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains(&pin)),
+        "the pinned manifest was never fetched, so this proved nothing"
+    );
+    let catalog = run("curl", &["-s", &destination.url("/v2/_catalog")]);
+    assert!(
+        catalog.contains(r#""repositories":[]"#),
+        "something was pushed: {catalog}"
+    );
+
+    // A blob named by sha512 whose bytes are other than it says: never committed.
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let claimed = format!("sha512:{}", hex::encode(Sha512::digest(b"another config")));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{claimed}","size":{}}},"layers":[]}}"#,
+        config.len()
+    );
+    let blob_path = format!("/v2/evil/blob/blobs/{claimed}");
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| match request.path.as_str() {
+            "/v2/" => Reply::new(200),
+            p if p.starts_with("/v2/evil/blob/manifests/") => {
+                Reply::content(MANIFEST, manifest.as_bytes())
+            }
+            p if p == blob_path => Reply::content("application/octet-stream", config),
+            _ => Reply::new(404),
+        }),
+    );
+    let out = mirror(
+        &format!("{}/evil/blob:v1", source.addr),
+        &destination.addr,
+        &[],
+        None,
+    );
+    let output = output_text(&out);
+    assert!(
+        !out.status.success(),
+        "a blob was accepted under another sha512: {output}"
+    );
+    assert!(output.contains("digest mismatch"), "{output}");
+    let catalog = run("curl", &["-s", &destination.url("/v2/_catalog")]);
+    assert!(
+        catalog.contains(r#""repositories":[]"#),
+        "something was pushed: {catalog}"
+    );
 }

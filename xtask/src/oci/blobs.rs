@@ -37,6 +37,15 @@ struct HashState {
 }
 
 impl HashState {
+    fn new(digest: &Digest, size: u64) -> HashState {
+        HashState {
+            hasher: Some(digest.hasher()),
+            hashed: 0,
+            // Nothing will flow through an empty blob to decide it.
+            verdict: (size == 0).then(|| digest.matches(b"")),
+        }
+    }
+
     fn take(&mut self, position: u64, chunk: &[u8], digest: &Digest, size: u64) {
         let end = position + chunk.len() as u64;
         if end <= self.hashed {
@@ -74,14 +83,7 @@ pub async fn copy_blob(
         "copying blob {digest} ({size} bytes) from {}/{src_repository}",
         src.host
     );
-    let hash = Arc::new(Mutex::new(HashState {
-        hasher: Some(digest.hasher()),
-        hashed: 0,
-        verdict: None,
-    }));
-    if size == 0 {
-        hash.lock().unwrap().verdict = Some(digest.matches(b""));
-    }
+    let hash = Arc::new(Mutex::new(HashState::new(digest, size)));
     let blob = Blob {
         src,
         src_repository,
@@ -235,6 +237,28 @@ impl Blob<'_> {
         }
         Ok(session)
     }
+}
+
+/// A blob's bytes, resumed with Range GETs when the body breaks off or stalls, and
+/// checked against its digest and size: a mismatch is the stream's last item, an error.
+pub fn read_blob(
+    src: Arc<Registry>,
+    repository: &str,
+    digest: &Digest,
+    size: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (sender, receiver) = mpsc::channel(1);
+    let hash = Arc::new(Mutex::new(HashState::new(digest, size)));
+    tokio::spawn(pump_source(
+        src,
+        repository.to_string(),
+        digest.clone(),
+        size,
+        0,
+        hash,
+        sender,
+    ));
+    receiver_stream(receiver)
 }
 
 /// Streams the source blob from `from` into `sender`, resuming with Range GETs when the
