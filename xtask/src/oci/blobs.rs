@@ -96,7 +96,9 @@ pub async fn copy_blob(
     };
     let mut fresh_starts = 0;
     loop {
-        let session = blob.upload().await?;
+        let Some(session) = blob.upload().await? else {
+            return Ok(());
+        };
         if hash.lock().unwrap().verdict != Some(true) {
             dst.cancel_upload(dst_repository, &session).await;
             return Err(anyhow!(DigestMismatch {
@@ -133,8 +135,8 @@ struct Blob<'a> {
 
 impl Blob<'_> {
     /// Sends every byte into a new upload session, resuming it after failures; the
-    /// session, ready to commit.
-    async fn upload(&self) -> Result<Url> {
+    /// session, ready to commit, or None when the upload already committed.
+    async fn upload(&self) -> Result<Option<Url>> {
         let Blob {
             src,
             src_repository,
@@ -168,15 +170,20 @@ impl Blob<'_> {
                 hash.clone(),
                 sender,
             ));
-            let patched = dst
-                .patch_upload(
-                    dst_repository,
-                    &session,
-                    offset,
-                    size - offset,
-                    reqwest::Body::wrap_stream(receiver_stream(receiver)),
-                )
-                .await;
+            let body = reqwest::Body::wrap_stream(receiver_stream(receiver));
+            // The first try is one PUT that uploads and commits (one request fewer on a
+            // good network); the reader fails it before the last byte if the digest is
+            // wrong. After a failure, the session is continued with PATCH.
+            let monolithic = offset == 0 && resumes == 0;
+            let patched = if monolithic {
+                dst.commit_upload(dst_repository, &session, digest, Some((size, body)))
+                    .await
+                    .map(|()| None)
+            } else {
+                dst.patch_upload(dst_repository, &session, offset, size - offset, body)
+                    .await
+                    .map(Some)
+            };
             // After a failed upload request the reader may still be retrying its source;
             // a reader that failed for good has already finished.
             let mut pump = pump;
@@ -199,7 +206,8 @@ impl Blob<'_> {
                     dst.cancel_upload(dst_repository, &session).await;
                     return Err(failure.error.context(what.to_string()));
                 }
-                (Ok(next), Ok(PumpEnd::Complete)) => {
+                (Ok(None), Ok(PumpEnd::Complete)) => return Ok(None),
+                (Ok(Some(next)), Ok(PumpEnd::Complete)) => {
                     session = next;
                     break;
                 }
@@ -235,7 +243,7 @@ impl Blob<'_> {
                     .context(format!("{what} (gave up after {resumes} resumes)")));
             }
         }
-        Ok(session)
+        Ok(Some(session))
     }
 }
 
@@ -336,7 +344,15 @@ async fn pump_source(
                 let error = anyhow!("{what}: more than the {size} bytes the manifest declares");
                 return fail(Failure::fatal(error)).await;
             }
-            hash.lock().unwrap().take(position, &chunk, &digest, size);
+            let verdict = {
+                let mut hash = hash.lock().unwrap();
+                hash.take(position, &chunk, &digest, size);
+                hash.verdict
+            };
+            // Held back: the chunk that would complete a wrong blob is never sent.
+            if verdict == Some(false) {
+                return fail(Failure::fatal(anyhow!(DigestMismatch { what }))).await;
+            }
             position += chunk.len() as u64;
             stats
                 .bytes_copied
