@@ -1,8 +1,9 @@
 //! Blob copies that survive bad networks. Every request is retried on its own; a
 //! source body that breaks off is picked up with a Range GET from the byte it reached,
 //! with the hash state kept, so the digest is still checked over the whole blob; an
-//! upload continues from the offset the registry reports, or starts over cleanly. The
-//! upload is committed only once the whole blob hashed to its digest.
+//! upload continues from the offset the registry reports, or starts over cleanly. A
+//! wrong blob is never committed: the chunk that would complete it is held back, and a
+//! continued upload is committed only once the whole blob hashed to its digest.
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
