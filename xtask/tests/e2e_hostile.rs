@@ -5,7 +5,8 @@
 //! follow an upload location or a token realm to another party, and a relaxed TLS
 //! client never reaches past its host. Oversized answers are refused unread, a server
 //! that drips cannot hold a run past `--timeout`, and error text carries no presigned
-//! URL, session state or terminal control character.
+//! URL, session state or terminal control character. A body cut short by a source that
+//! ignores Range is read again, skipping what was already sent.
 
 mod support;
 
@@ -726,4 +727,59 @@ fn sha512_pins_and_blobs_with_other_content_are_refused() {
         }),
     );
     refused_and_nothing_pushed(format!("{}/evil/blob:v1", source.addr));
+}
+
+// ---- Bad networks: a source that ignores Range is read again, skipping what was sent.
+
+#[test]
+fn a_cut_body_from_a_source_that_ignores_range_is_read_again() {
+    if !docker_available() {
+        return;
+    }
+    let (_, _, config) = tiny_image();
+    let half = config.len() / 2;
+    let blob_path = format!("/v2/evil/img/blobs/{}", digest(&config));
+    let gets = Arc::new(Mutex::new(0));
+    let counter = gets.clone();
+    let source = Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            let reply = serve_tiny_image(request).unwrap_or(Reply::new(404));
+            if request.path == blob_path && request.method == "GET" {
+                let mut n = counter.lock().unwrap();
+                *n += 1;
+                // The first body breaks off half-way; later ones ignore Range (a 200).
+                if *n == 1 {
+                    return Reply {
+                        body: Body::Cut(config.clone(), half),
+                        ..reply
+                    };
+                }
+            }
+            reply
+        }),
+    );
+    let destination = Registry::plain();
+    let out = mirror(
+        &format!("{}/evil/img:v1", source.addr),
+        &destination.addr,
+        &["--json"],
+        None,
+    );
+    let output = output_text(&out);
+    assert!(out.status.success(), "{output}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["restarts"], 1, "{summary}");
+    assert_eq!(summary["resumed_reads"], 1, "{summary}");
+    let resumed = source.requests();
+    assert!(
+        resumed
+            .iter()
+            .any(|r| r.header("range") == Some(&format!("bytes={half}-"))),
+        "the second GET did not ask for the rest: {resumed:?}"
+    );
+    assert_eq!(
+        manifest_status(&destination.url("/v2/m/evil/img/manifests/v1")),
+        Some(200)
+    );
 }

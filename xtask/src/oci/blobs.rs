@@ -303,11 +303,19 @@ async fn pump_source(
             Ok(response) => response,
             Err(e) => return fail(Failure::fatal(e)).await,
         };
-        let mut skip = skip_for(&response, position);
-        if skip > 0 {
+        let before = position;
+        let Some(mut skip) = skip_for(&response, position) else {
+            // A range that starts past the byte asked for is of no use; ask again.
+            stuck += 1;
+            if stuck >= MAX_FAILURES_WITHOUT_PROGRESS {
+                let error = anyhow!("{what}: the source keeps answering other ranges than asked");
+                return fail(Failure::fatal(error)).await;
+            }
+            continue;
+        };
+        if skip > 0 && response.status() != StatusCode::PARTIAL_CONTENT {
             stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
-        let before = position;
         let mut body = response.bytes_stream();
         // Time spent waiting on the source, and bytes it gave, in this window; time
         // spent waiting on the destination does not count against the source.
@@ -389,11 +397,12 @@ async fn pump_source(
     Ok(PumpEnd::Complete)
 }
 
-/// Bytes to drop from the front of a response to reach `position`: 0 for a 206 that
-/// starts there, `position` when the registry ignored Range and sent the whole blob.
-fn skip_for(response: &reqwest::Response, position: u64) -> u64 {
+/// Bytes to drop from the front of a response to reach `position`: what a 206 holds
+/// before it, or `position` when the registry ignored Range and sent the whole blob.
+/// None for a range that starts after `position` or cannot be read.
+fn skip_for(response: &reqwest::Response, position: u64) -> Option<u64> {
     if response.status() != StatusCode::PARTIAL_CONTENT {
-        return position;
+        return Some(position);
     }
     let start = response
         .headers()
@@ -405,11 +414,8 @@ fn skip_for(response: &reqwest::Response, position: u64) -> u64 {
                 .next()?
                 .parse::<u64>()
                 .ok()
-        });
-    match start {
-        Some(start) if start == position => 0,
-        _ => position,
-    }
+        })?;
+    position.checked_sub(start)
 }
 
 #[cfg(test)]

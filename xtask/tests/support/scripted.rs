@@ -31,6 +31,8 @@ pub enum Body {
     Endless(u64),
     /// The bytes, one per interval.
     Drip(Vec<u8>, Duration),
+    /// A Content-Length for all the bytes, then only the first `n` and a closed connection.
+    Cut(Vec<u8>, usize),
 }
 
 pub struct Reply {
@@ -155,7 +157,7 @@ fn serve(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     match &reply.body {
-        Body::Bytes(bytes) | Body::Drip(bytes, _) => {
+        Body::Bytes(bytes) | Body::Drip(bytes, _) | Body::Cut(bytes, _) => {
             head.push_str(&format!("content-length: {}\r\n", bytes.len()))
         }
         Body::Endless(_) => {}
@@ -169,6 +171,10 @@ fn serve(
         Body::Bytes(bytes) => {
             out.write_all(&bytes)?;
             written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        Body::Cut(bytes, n) => {
+            out.write_all(&bytes[..n.min(bytes.len())])?;
+            written.fetch_add(n as u64, Ordering::Relaxed);
         }
         Body::Drip(bytes, pause) => {
             for byte in bytes {
