@@ -1,12 +1,12 @@
 //! Hostile servers against the mirror. "Digests" built to walk out of the URL path
 //! (through an index child and through the referrers of a digest-pinned image) are
 //! refused before any request, and nothing is written anywhere. A sha512 pin or blob
-//! digest is checked with sha512. Credentials never
-//! follow an upload location or a token realm to another party, and a relaxed TLS
-//! client never reaches past its host. Oversized answers are refused unread, a server
-//! that drips cannot hold a run past `--timeout`, and error text carries no presigned
-//! URL, session state or terminal control character. A body cut short by a source that
-//! ignores Range is read again, skipping what was already sent.
+//! digest is checked with sha512. Credentials never follow an upload location or a
+//! token realm to another party, and a relaxed TLS client never reaches past its host.
+//! Oversized answers are refused unread, a server that drips cannot hold a run past
+//! `--timeout`, and error text carries no presigned URL, session state or terminal
+//! control character. A body cut short by a source that ignores Range is read again,
+//! skipping what was already sent.
 
 mod support;
 
