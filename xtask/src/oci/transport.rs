@@ -190,7 +190,15 @@ impl Transport {
     /// Whether `url`'s host may skip TLS verification and speak plain HTTP.
     pub fn is_relaxed(&self, url: &Url) -> bool {
         let authority = authority(url);
-        super::registry::is_loopback(&authority) || self.insecure.contains(&authority)
+        // `--insecure host:443` names the same host as `https://host/`.
+        let with_port = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        super::registry::is_loopback(&authority)
+            || self.insecure.contains(&authority)
+            || self.insecure.contains(&with_port)
     }
 
     pub fn client_for(&self, url: &Url) -> &reqwest::Client {
@@ -432,6 +440,8 @@ mod tests {
         let relaxed_for = |url: &str| transport.is_relaxed(&Url::parse(url).unwrap());
         assert!(relaxed_for("https://127.0.0.1:5000/"));
         assert!(relaxed_for("https://insecure.example:5000/"));
+        let default_port = Transport::new(&["registry.example:443".to_string()]).unwrap();
+        assert!(default_port.is_relaxed(&Url::parse("https://registry.example/").unwrap()));
         assert!(!relaxed_for("https://insecure.example/"));
         assert!(!relaxed_for("https://127.evil.example/"));
     }
