@@ -12,9 +12,9 @@ mod support;
 
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::scripted::{Body, Reply, Scripted, Seen};
 use support::*;
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -24,73 +24,27 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Serves fixed answers by path and records every path asked for.
-struct HostileRegistry {
-    addr: String,
-    requests: Arc<Mutex<Vec<String>>>,
+/// A registry serving fixed answers by path (200 with the digest header, or 404).
+fn fixed_routes(routes: HashMap<String, (String, Vec<u8>)>) -> Scripted {
+    Scripted::start(
+        "127.0.0.1",
+        Box::new(move |request| {
+            if request.path == "/v2/" {
+                return Reply::new(200);
+            }
+            match routes.get(&request.path) {
+                Some((media_type, body)) => Reply::content(media_type, body),
+                None => Reply::new(404),
+            }
+        }),
+    )
 }
 
-impl HostileRegistry {
-    fn start(routes: HashMap<String, (String, Vec<u8>)>) -> HostileRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).unwrap_or(0) <= 2 {
-                        break;
-                    }
-                }
-                let mut parts = line.split_whitespace();
-                let method = parts.next().unwrap_or("").to_string();
-                let path = parts.next().unwrap_or("").to_string();
-                seen.lock().unwrap().push(format!("{method} {path}"));
-                let mut stream = stream;
-                let route = if path == "/v2/" {
-                    Some(("application/json".to_string(), b"{}".to_vec()))
-                } else {
-                    routes.get(&path).cloned()
-                };
-                let response = match route {
-                    Some((media_type, body)) => {
-                        let mut head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: {media_type}\r\ncontent-length: {}\r\n\
-                             docker-content-digest: {}\r\nconnection: close\r\n\r\n",
-                            body.len(),
-                            digest(&body)
-                        )
-                        .into_bytes();
-                        if method != "HEAD" {
-                            head.extend(body);
-                        }
-                        head
-                    }
-                    None => {
-                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                            .to_vec()
-                    }
-                };
-                let _ = stream.write_all(&response);
-            }
-        });
-        HostileRegistry { addr, requests }
-    }
-
-    fn asked_for(&self, needle: &str) -> bool {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|r| r.contains(needle))
-    }
+fn asked_for(server: &Scripted, needle: &str) -> bool {
+    server
+        .requests()
+        .iter()
+        .any(|r| format!("{} {}", r.method, r.path).contains(needle))
 }
 
 fn escaping_digest() -> String {
@@ -120,7 +74,7 @@ fn mirror(
 
 fn assert_refused_and_nothing_written(
     out: &std::process::Output,
-    hostile: &HostileRegistry,
+    hostile: &Scripted,
     destination: &Registry,
 ) {
     let stderr = text(&out.stderr);
@@ -133,9 +87,9 @@ fn assert_refused_and_nothing_written(
         "{stderr}"
     );
     assert!(
-        !hostile.asked_for("other/repo") && !hostile.asked_for(".."),
+        !asked_for(hostile, "other/repo") && !asked_for(hostile, ".."),
         "a request carried the hostile path: {:?}",
-        hostile.requests.lock().unwrap()
+        hostile.requests()
     );
     for repository in ["other/repo", "m/other/repo"] {
         let url = destination.url(&format!("/v2/{repository}/manifests/latest"));
@@ -153,7 +107,7 @@ fn an_index_child_cannot_walk_out_of_the_url_path() {
         escaping_digest()
     );
     let by_digest = format!("/v2/evil/img/manifests/{}", digest(index.as_bytes()));
-    let hostile = HostileRegistry::start(HashMap::from([
+    let hostile = fixed_routes(HashMap::from([
         (
             "/v2/evil/img/manifests/v1".to_string(),
             (INDEX.to_string(), index.clone().into_bytes()),
@@ -181,7 +135,7 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
         r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"{MANIFEST}","digest":"{}","size":2,"artifactType":"application/vnd.dev.sigstore.bundle"}}]}}"#,
         escaping_digest()
     );
-    let hostile = HostileRegistry::start(HashMap::from([
+    let hostile = fixed_routes(HashMap::from([
         (
             format!("/v2/evil/img/manifests/{manifest_digest}"),
             (MANIFEST.to_string(), manifest),
@@ -204,16 +158,13 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
     );
     assert_refused_and_nothing_written(&out, &hostile, &destination);
     assert!(
-        hostile.asked_for(&format!("referrers/{manifest_digest}")),
+        asked_for(&hostile, &format!("referrers/{manifest_digest}")),
         "the referrers were never read, so the test proved nothing: {:?}",
-        hostile.requests.lock().unwrap()
+        hostile.requests()
     );
 }
 
 // ---- Finding 3: credentials stay with their origin; the relaxed TLS client with its host.
-
-use std::time::{Duration, Instant};
-use support::scripted::{Body, Reply, Scripted, Seen};
 
 const SECRET_PASSWORD: &str = "pw-that-must-stay-home-7";
 

@@ -498,12 +498,21 @@ impl Registry {
                 Payload::Metadata,
             )
             .await?;
+        self.next_location(response, &what).await
+    }
+
+    /// Where an upload goes on: a 202's Location, checked.
+    async fn next_location(
+        &self,
+        response: reqwest::Response,
+        what: &str,
+    ) -> std::result::Result<Url, Failure> {
         if response.status() != StatusCode::ACCEPTED {
-            return Err(failure_from(what, response).await);
+            return Err(failure_from(what.to_string(), response).await);
         }
         let location = header(response.headers(), LOCATION.as_str())
             .ok_or_else(|| Failure::fatal(anyhow!("{what}: no Location for the upload")))?;
-        self.upload_url(&location, &what)
+        self.upload_url(&location, what)
     }
 
     /// Appends `length` bytes at `offset` to an upload; the session's next location.
@@ -537,12 +546,7 @@ impl Registry {
                 Payload::Blob,
             )
             .await?;
-        if response.status() != StatusCode::ACCEPTED {
-            return Err(failure_from(what, response).await);
-        }
-        let location = header(response.headers(), LOCATION.as_str())
-            .ok_or_else(|| Failure::fatal(anyhow!("{what}: no Location after a chunk")))?;
-        self.upload_url(&location, &what)
+        self.next_location(response, &what).await
     }
 
     /// How much of an upload the registry holds, and where to continue it. None when
