@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::BenchMirrorArgs;
-use crate::oci::registry::{sha256_digest, Registry, Stats};
+use crate::oci::registry::{Client, Stats};
+use crate::oci::{Digest, Reference, Registry, Repository};
 
 const MIB: u64 = 1 << 20;
 
@@ -89,23 +90,22 @@ fn pseudo_random(seed: u64, size: u64) -> impl Iterator<Item = Bytes> {
 struct Layer {
     seed: u64,
     size: u64,
-    digest: String,
+    digest: Digest,
 }
 
 fn layer(seed: u64, size: u64) -> Layer {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = Digest::of_sha256(b"").hasher();
     for chunk in pseudo_random(seed, size) {
         hasher.update(&chunk);
     }
     Layer {
         seed,
         size,
-        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+        digest: hasher.finish(),
     }
 }
 
-async fn push_layer(registry: &Registry, repository: &str, layer: &Layer) -> Result<()> {
+async fn push_layer(registry: &Client, repository: &Repository, layer: &Layer) -> Result<()> {
     if registry.has_blob(repository, &layer.digest).await? {
         return Ok(());
     }
@@ -114,17 +114,17 @@ async fn push_layer(registry: &Registry, repository: &str, layer: &Layer) -> Res
     );
     registry
         .put_blob_stream(repository, &layer.digest, layer.size, stream)
-        .await
-        .map_err(|f| f.error)
+        .await?;
+    Ok(())
 }
 
 async fn push_json(
-    registry: &Registry,
-    repository: &str,
+    registry: &Client,
+    repository: &Repository,
     value: &serde_json::Value,
-) -> Result<(String, u64)> {
+) -> Result<(Digest, u64)> {
     let bytes = Bytes::from(serde_json::to_vec(value)?);
-    let digest = sha256_digest(&bytes);
+    let digest = Digest::of_sha256(&bytes);
     registry
         .put_blob_stream(
             repository,
@@ -132,17 +132,17 @@ async fn push_json(
             bytes.len() as u64,
             futures_util::stream::iter([Ok::<_, std::io::Error>(bytes.clone())]),
         )
-        .await
-        .map_err(|f| f.error)?;
+        .await?;
     Ok((digest, bytes.len() as u64))
 }
 
 /// A two-platform image: per platform a config and the given layers, then an index.
 async fn push_image(
-    registry: &Registry,
+    registry: &Client,
     repository: &str,
     layers_by_platform: &[(&str, Vec<&Layer>)],
 ) -> Result<()> {
+    let repository = &Repository::parse(repository)?;
     let mut children = Vec::new();
     for (arch, layers) in layers_by_platform {
         for l in layers {
@@ -162,11 +162,11 @@ async fn push_image(
             })).collect::<Vec<_>>(),
         });
         let bytes = Bytes::from(serde_json::to_vec(&manifest)?);
-        let digest = sha256_digest(&bytes);
+        let digest = Digest::of_sha256(&bytes);
         registry
             .put_manifest(
                 repository,
-                &digest,
+                &Reference::Digest(digest.clone()),
                 &bytes,
                 "application/vnd.oci.image.manifest.v1+json",
             )
@@ -181,16 +181,17 @@ async fn push_image(
     registry
         .put_manifest(
             repository,
-            "v1",
+            &Reference::parse("v1")?,
             &bytes,
             "application/vnd.oci.image.index.v1+json",
         )
-        .await
+        .await?;
+    Ok(())
 }
 
 /// The runtime-catalog-like corpus: images sharing base layers, each with its own.
 async fn build_corpus(
-    registry: &Registry,
+    registry: &Client,
     images: usize,
     big_mib: u64,
 ) -> Result<(Vec<String>, u64)> {
@@ -389,19 +390,20 @@ pub fn run(root: &Path, args: &BenchMirrorArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let source = LocalRegistry::start(&work)?;
+    let source_host = Registry::parse(&source.addr)?;
     let (images, big_size) = runtime.block_on(async {
-        let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
+        let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
         build_corpus(&registry, args.images, args.big_layer_mib).await
     })?;
     let big_digest = runtime.block_on(async {
-        let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
-        let (index, _) = registry.get_manifest("corpus/big", "v1").await?;
+        let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
+        let big = Repository::parse("corpus/big")?;
+        let (index, _) = registry.get_manifest(&big, &Reference::parse("v1")?).await?;
         let index: serde_json::Value = serde_json::from_slice(&index)?;
         let child = index["manifests"][0]["digest"]
             .as_str()
-            .ok_or_else(|| anyhow!("corpus/big has no child"))?
-            .to_string();
-        let (manifest, _) = registry.get_manifest("corpus/big", &child).await?;
+            .ok_or_else(|| anyhow!("corpus/big has no child"))?;
+        let (manifest, _) = registry.get_manifest(&big, &Reference::parse(child)?).await?;
         let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
         Ok::<_, anyhow::Error>(
             manifest["layers"][0]["digest"]

@@ -1,18 +1,22 @@
-//! Image references, tags, and registry-prefix rewriting. Pure functions, no I/O.
+//! Image references, tags, and registry-prefix rewriting. Pure functions, no I/O. The
+//! parts are the registry client's name types, so a reference parsed here is never
+//! checked again downstream.
 
 use anyhow::{bail, Result};
 use std::fmt;
 
-pub const DOCKER_HUB: &str = "docker.io";
+pub use crate::oci::name::{is_registry_host, is_valid_host, DOCKER_HUB};
+use crate::oci::{Digest, Reference, Registry, Repository, Tag};
+
 pub const IMAGE_PREFIX: &str = "kubeopencode-agent-";
 
 /// A parsed image reference: `registry/repository[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ImageRef {
-    pub registry: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
+    pub registry: Registry,
+    pub repository: Repository,
+    pub tag: Option<Tag>,
+    pub digest: Option<Digest>,
 }
 
 impl ImageRef {
@@ -30,35 +34,29 @@ impl ImageRef {
                 input.escape_debug()
             );
         }
+        let context = |e: crate::oci::Error| anyhow::anyhow!("image reference '{input}': {e}");
         let (rest, digest) = match text.split_once('@') {
-            Some((name, digest)) => {
-                validate_digest(input, digest)?;
-                (name, Some(digest.to_string()))
-            }
+            Some((name, digest)) => (name, Some(Digest::parse(digest).map_err(context)?)),
             None => (text, None),
         };
         let (name, tag) = match rest.rfind(':') {
-            Some(colon) if !rest[colon..].contains('/') => {
-                (&rest[..colon], Some(rest[colon + 1..].to_string()))
-            }
+            Some(colon) if !rest[colon..].contains('/') => (
+                &rest[..colon],
+                Some(Tag::parse(&rest[colon + 1..]).map_err(context)?),
+            ),
             _ => (rest, None),
         };
-        if let Some(tag) = &tag {
-            validate_tag(input, tag)?;
-        }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if is_registry_host(first) => (first.to_string(), path.to_string()),
-            _ => (DOCKER_HUB.to_string(), name.to_string()),
+            Some((first, path)) if is_registry_host(first) => (first, path.to_string()),
+            _ => (DOCKER_HUB, name.to_string()),
         };
-        if !is_valid_host(&registry) {
-            bail!("image reference '{input}': {}", host_error(&registry));
-        }
+        let registry = Registry::parse(registry).map_err(context)?;
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
             repository
         };
-        validate_repository(input, &repository)?;
+        let repository = Repository::parse(&repository).map_err(context)?;
         Ok(ImageRef {
             registry,
             repository,
@@ -79,33 +77,24 @@ impl ImageRef {
                 prefix.escape_debug()
             );
         }
-        if !is_valid_host(host) {
-            bail!(
-                "registry prefix '{}': {}",
-                prefix.escape_debug(),
-                host_error(host)
-            );
-        }
-        let repository = if path.is_empty() {
-            self.repository.clone()
-        } else {
-            format!("{path}/{}", self.repository)
+        let context = |e: crate::oci::Error| {
+            anyhow::anyhow!("registry prefix '{}': {e}", prefix.escape_debug())
         };
-        validate_repository(prefix, &repository)?;
         Ok(ImageRef {
-            registry: host.to_string(),
-            repository,
+            registry: Registry::parse(host).map_err(context)?,
+            repository: self.repository.under(path).map_err(context)?,
             tag: self.tag.clone(),
             digest: self.digest.clone(),
         })
     }
 
     /// What to ask the registry for: the digest when pinned, else the tag, else `latest`.
-    pub fn pointer(&self) -> String {
-        self.digest
-            .clone()
-            .or_else(|| self.tag.clone())
-            .unwrap_or_else(|| "latest".to_string())
+    pub fn pointer(&self) -> Reference {
+        match (&self.digest, &self.tag) {
+            (Some(digest), _) => Reference::Digest(digest.clone()),
+            (None, Some(tag)) => Reference::Tag(tag.clone()),
+            (None, None) => Reference::Tag(Tag::latest()),
+        }
     }
 
     /// The name BuildKit matches a named build context against: Docker's familiar form
@@ -140,106 +129,6 @@ impl fmt::Display for ImageRef {
     }
 }
 
-pub fn is_registry_host(component: &str) -> bool {
-    component.contains('.') || component.contains(':') || component == "localhost"
-}
-
-/// A registry host as a reference names it: DNS labels, an IPv4 address or a bracketed
-/// IPv6 address, then an optional port. Hosts become directory names (`certs.d/<host>`)
-/// and keys in TOML and YAML, so nothing else passes.
-pub fn is_valid_host(host: &str) -> bool {
-    let (name, port) = match host.strip_prefix('[') {
-        Some(rest) => {
-            let Some((v6, after)) = rest.split_once(']') else {
-                return false;
-            };
-            if v6.parse::<std::net::Ipv6Addr>().is_err() {
-                return false;
-            }
-            match after.strip_prefix(':') {
-                Some(port) => (None, Some(port)),
-                None => return after.is_empty(),
-            }
-        }
-        None => match host.split_once(':') {
-            Some((name, port)) => (Some(name), Some(port)),
-            None => (Some(host), None),
-        },
-    };
-    let port_ok = port.is_none_or(|p| {
-        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
-    });
-    let label_ok = |label: &str| {
-        (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    let name_ok = name.is_none_or(|n| n.len() <= 253 && n.split('.').all(label_ok));
-    port_ok && name_ok
-}
-
-fn host_error(host: &str) -> String {
-    format!(
-        "registry host '{}' is invalid; write a host name (letters, digits, '-' between dots), \
-         an IPv4 address or a bracketed IPv6 address, optionally with :PORT",
-        host.escape_debug()
-    )
-}
-
-fn validate_digest(input: &str, digest: &str) -> Result<()> {
-    let Some((algo, hex)) = digest.split_once(':') else {
-        bail!("image reference '{input}': digest '{digest}' must look like sha256:<64 hex>");
-    };
-    let expected_len = match algo {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => bail!("image reference '{input}': unsupported digest algorithm '{algo}'"),
-    };
-    if hex.len() != expected_len || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("image reference '{input}': digest must be {algo}:<{expected_len} hex digits>");
-    }
-    Ok(())
-}
-
-fn validate_tag(input: &str, tag: &str) -> Result<()> {
-    let valid = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if !valid {
-        bail!(
-            "image reference '{input}': tag '{tag}' is invalid \
-             (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
-        );
-    }
-    Ok(())
-}
-
-fn validate_repository(input: &str, repository: &str) -> Result<()> {
-    let valid_component = |c: &str| {
-        !c.is_empty()
-            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-            && c.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    };
-    if !repository.split('/').all(valid_component) {
-        bail!(
-            "image reference '{input}': repository '{repository}' is invalid \
-             (lower-case letters, digits and '._-' separated by '/')"
-        );
-    }
-    Ok(())
-}
-
 /// Where the agent images are published: `<registry>/<org>/kubeopencode-agent-<name>`.
 #[derive(Debug, Clone)]
 pub struct Publish {
@@ -264,7 +153,7 @@ impl Publish {
     /// semantic version `v1.2.3` also gets `1.2.3`, `1.2`, `1` and `latest`.
     pub fn tags(&self) -> Result<Vec<String>> {
         let version = self.version.trim();
-        validate_tag(version, version)?;
+        Tag::parse(version).map_err(|e| anyhow::anyhow!("image reference '{version}': {e}"))?;
         let mut tags = vec![version.to_string()];
         if self.release_tags {
             let bare = version.strip_prefix('v').unwrap_or(version);
@@ -325,7 +214,7 @@ mod tests {
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "org/img");
         assert_eq!(r.tag.as_deref(), Some("v1"));
-        assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
+        assert_eq!(r.digest.as_ref().map(|d| d.as_str()), Some(digest.as_str()));
         let untagged = parse("localhost:5000/img");
         assert_eq!(untagged.registry, "localhost:5000");
         assert_eq!(untagged.tag, None);

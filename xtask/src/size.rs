@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex};
 use crate::catalog::{Catalog, Limits};
 use crate::cli::SizeArgs;
 use crate::naming::ImageRef;
+use crate::oci::blobs::Verifier;
 use crate::oci::digest::{printable, Digest};
-use crate::oci::image::{platform_images, resolve, ContentSource, PlatformImage, RegistrySource};
-use crate::oci::registry::{Registry, MAX_MANIFEST_BYTES};
-use crate::oci::Registries;
+use crate::oci::image::{platform_images, ContentSource, PlatformImage, RegistrySource};
+use crate::oci::registry::{Client, MAX_MANIFEST_BYTES};
+use crate::oci::{Registries, Repository};
 use crate::report::{mib, table};
 
 /// One image to measure.
@@ -221,7 +222,9 @@ async fn measure_in_registry(
 ) -> Result<ImageReport> {
     let reference = &target.reference;
     let registry = registries.get(&reference.registry).await?;
-    let (root, digest) = resolve(&registry, &reference.repository, &reference.pointer()).await?;
+    let (root, _, digest) = registry
+        .resolve(&reference.repository, &reference.pointer())
+        .await?;
     let source = RegistrySource {
         registry: &registry,
         repository: &reference.repository,
@@ -250,43 +253,30 @@ async fn measure_in_registry(
 }
 
 async fn uncompressed_in_registry(
-    registry: &Arc<Registry>,
-    repository: &str,
+    registry: &Arc<Client>,
+    repository: &Repository,
     layer: &crate::oci::image::Layer,
 ) -> Result<u64> {
     let what = format!("layer {} of {}/{repository}", layer.digest, registry.host);
+    // The reader checks size and digest; the meter only counts.
     let body =
         crate::oci::blobs::read_blob(registry.clone(), repository, &layer.digest, layer.size);
-    let mut meter = LayerMeter::new(&layer.digest);
+    let mut meter = LayerMeter::counting();
     let mut body = Box::pin(body);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| format!("reading {what}"))?;
         meter.update(&chunk).with_context(|| what.clone())?;
-        if meter.compressed > layer.size {
-            bail!(
-                "{what}: more than the {} bytes the manifest declares",
-                layer.size
-            );
-        }
     }
     let measured = meter.finish().with_context(|| what.clone())?;
-    if measured.compressed != layer.size {
-        bail!(
-            "{what}: got {} bytes, the manifest declares {}",
-            measured.compressed,
-            layer.size
-        );
-    }
     measured
         .uncompressed
         .ok_or_else(|| anyhow!("{what}: {}", measured.unsupported()))
 }
 
-/// Counts a layer's bytes as they pass, compressed and decompressed, and checks its
-/// digest with the digest's own algorithm.
+/// Counts a layer's bytes as they pass, compressed and decompressed; from a source
+/// nothing else checks, it verifies them too.
 pub struct LayerMeter {
-    expected: Digest,
-    hasher: crate::oci::digest::Hasher,
+    verifier: Option<Verifier>,
     compressed: u64,
     kind: Option<Compression>,
     head: Vec<u8>,
@@ -326,10 +316,18 @@ impl Write for Counter {
 }
 
 impl LayerMeter {
-    pub fn new(expected: &Digest) -> LayerMeter {
+    /// A meter that checks the bytes against `expected` and `size`.
+    pub fn verifying(expected: &Digest, size: u64) -> LayerMeter {
         LayerMeter {
-            expected: expected.clone(),
-            hasher: expected.hasher(),
+            verifier: Some(Verifier::new(expected, size, format!("blob {expected}"))),
+            ..LayerMeter::counting()
+        }
+    }
+
+    /// A meter for bytes already verified by their reader.
+    pub fn counting() -> LayerMeter {
+        LayerMeter {
+            verifier: None,
             compressed: 0,
             kind: None,
             head: Vec::new(),
@@ -338,7 +336,9 @@ impl LayerMeter {
     }
 
     pub fn update(&mut self, chunk: &[u8]) -> Result<()> {
-        self.hasher.update(chunk);
+        if let Some(verifier) = &mut self.verifier {
+            verifier.take(self.compressed, chunk)?;
+        }
         self.compressed += chunk.len() as u64;
         if self.kind.is_none() {
             // Sniff the format from the first bytes rather than trust the media type.
@@ -381,11 +381,8 @@ impl LayerMeter {
             let head = std::mem::take(&mut self.head);
             self.start(&head)?;
         }
-        let actual = self.hasher.finish();
-        if actual != self.expected {
-            return Err(anyhow!(crate::oci::registry::DigestMismatch {
-                what: format!("blob {}", self.expected)
-            }));
+        if let Some(verifier) = &self.verifier {
+            verifier.finish()?;
         }
         let uncompressed = match self.kind {
             Some(Compression::Gzip) => {
@@ -470,20 +467,20 @@ impl SavedLayout {
         Ok((bytes, digest))
     }
 
-    fn document(&self, digest: &Digest) -> Result<Bytes> {
+    fn document(&self, digest: &Digest) -> crate::oci::error::Result<Bytes> {
         self.documents.get(digest).cloned().ok_or_else(|| {
-            anyhow!(
+            crate::oci::Error::Invalid(format!(
                 "{digest} is not in the engine's copy of the image; pull or build it with --load"
-            )
+            ))
         })
     }
 }
 
 impl ContentSource for SavedLayout {
-    async fn manifest(&self, digest: &Digest) -> Result<Bytes> {
+    async fn manifest(&self, digest: &Digest) -> crate::oci::error::Result<Bytes> {
         self.document(digest)
     }
-    async fn config(&self, digest: &Digest) -> Result<Bytes> {
+    async fn config(&self, digest: &Digest) -> crate::oci::error::Result<Bytes> {
         self.document(digest)
     }
     fn partial(&self) -> bool {
@@ -546,7 +543,7 @@ fn read_layout_tar(input: impl Read) -> Result<SavedLayout> {
         }
         let digest = Digest::parse(&format!("{algorithm}:{hex}"))?;
         let size = entry.header().size()?;
-        let mut meter = LayerMeter::new(&digest);
+        let mut meter = LayerMeter::verifying(&digest, size);
         let mut small = (size <= MAX_MANIFEST_BYTES).then(Vec::new);
         loop {
             let read = entry.read(&mut buffer)?;
@@ -798,7 +795,7 @@ mod tests {
         let data = vec![7u8; 300_000];
         let blob = gzip(&data);
         let digest = Digest::of_sha256(&blob);
-        let mut meter = LayerMeter::new(&digest);
+        let mut meter = LayerMeter::verifying(&digest, blob.len() as u64);
         for chunk in blob.chunks(1000) {
             meter.update(chunk).unwrap();
         }
@@ -808,20 +805,22 @@ mod tests {
 
         // An uncompressed tar layer weighs the same both ways.
         let plain = b"plain tar bytes".to_vec();
-        let mut meter = LayerMeter::new(&Digest::of_sha256(&plain));
+        let mut meter = LayerMeter::verifying(&Digest::of_sha256(&plain), plain.len() as u64);
         meter.update(&plain).unwrap();
         assert_eq!(
             meter.finish().unwrap().uncompressed,
             Some(plain.len() as u64)
         );
 
-        // Other bytes under the same digest are refused, as a typed error.
-        let mut meter = LayerMeter::new(&digest);
-        meter.update(&gzip(b"something else")).unwrap();
-        let err = meter.finish().err().unwrap();
+        // Other bytes under the same digest are refused, as a typed error, at the chunk
+        // that completes them.
+        let mut other = blob.clone();
+        other[10] ^= 1;
+        let mut meter = LayerMeter::verifying(&digest, blob.len() as u64);
+        let err = meter.update(&other).unwrap_err();
         assert!(err
-            .downcast_ref::<crate::oci::registry::DigestMismatch>()
-            .is_some());
+            .downcast_ref::<crate::oci::Error>()
+            .is_some_and(|e| e.is_digest_mismatch()));
     }
 
     fn sample_report() -> Report {

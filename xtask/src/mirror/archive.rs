@@ -21,11 +21,10 @@ use super::engine::{attached, is_foreign};
 use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::naming::{is_registry_host, ImageRef};
+use crate::oci::blobs::{read_blob, upload_verified};
 use crate::oci::digest::printable;
-use crate::oci::registry::{
-    is_tag, receiver_stream, verified_stream, Registry, MAX_MANIFEST_BYTES,
-};
-use crate::oci::{Digest, Registries};
+use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
+use crate::oci::{Digest, Reference, Registries, Registry, Repository, Tag};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Set by containerd, nerdctl and `docker save` to the full reference.
@@ -40,12 +39,12 @@ const MAX_MEMBERS: usize = 200_000;
 /// A manifest tree read from a registry: every manifest's bytes, and every blob.
 #[derive(Default)]
 struct Collected {
-    manifests: BTreeMap<String, (Bytes, String)>,
+    manifests: BTreeMap<Digest, (Bytes, String)>,
     /// Parents before children, the order `load` needs them in.
-    manifest_order: Vec<String>,
-    blobs: BTreeMap<String, u64>,
+    manifest_order: Vec<Digest>,
+    blobs: BTreeMap<Digest, u64>,
     /// Which repository each blob was read from.
-    blob_sources: HashMap<String, (String, String)>,
+    blob_sources: HashMap<Digest, (Registry, Repository)>,
 }
 
 pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
@@ -126,42 +125,41 @@ pub(super) fn partial_path(out: &Path) -> PathBuf {
 }
 
 fn collect<'a>(
-    registry: &'a Arc<Registry>,
-    repository: &'a str,
-    digest: &'a str,
+    registry: &'a Arc<Client>,
+    repository: &'a Repository,
+    digest: &'a Digest,
     into: &'a mut Collected,
 ) -> futures_util::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         if into.manifests.contains_key(digest) {
             return Ok(());
         }
-        let (bytes, header_type) = registry.get_manifest(repository, digest).await?;
+        let reference = Reference::Digest(digest.clone());
+        let (bytes, header_type) = registry.get_manifest(repository, &reference).await?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)?;
         let media_type = json["mediaType"]
             .as_str()
             .map(String::from)
             .unwrap_or(header_type);
-        into.manifests
-            .insert(digest.to_string(), (bytes, media_type));
-        into.manifest_order.push(digest.to_string());
+        into.manifests.insert(digest.clone(), (bytes, media_type));
+        into.manifest_order.push(digest.clone());
         for child in json["manifests"].as_array().into_iter().flatten() {
-            let child = child["digest"]
-                .as_str()
-                .ok_or_else(|| anyhow!("an index entry of {digest} has no digest"))?;
-            collect(registry, repository, child, into).await?;
+            let child = Digest::parse(child["digest"].as_str().unwrap_or_default())
+                .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
+            collect(registry, repository, &child, into).await?;
         }
-        for blob in referenced_blobs(&json) {
-            into.blobs.insert(blob.0.clone(), blob.1);
+        for (blob, size) in referenced_blobs(&json)? {
+            into.blobs.insert(blob.clone(), size);
             into.blob_sources
-                .entry(blob.0)
-                .or_insert_with(|| (registry.host.clone(), repository.to_string()));
+                .entry(blob)
+                .or_insert_with(|| (registry.host.clone(), repository.clone()));
         }
         Ok(())
     })
 }
 
 /// (digest, size) of the config and layers of an image manifest.
-fn referenced_blobs(json: &serde_json::Value) -> Vec<(String, u64)> {
+fn referenced_blobs(json: &serde_json::Value) -> Result<Vec<(Digest, u64)>> {
     let mut out = Vec::new();
     let config = json.get("config").into_iter();
     let layers = ["layers", "blobs"]
@@ -171,10 +169,10 @@ fn referenced_blobs(json: &serde_json::Value) -> Vec<(String, u64)> {
         if let (Some(digest), Some(size)) =
             (descriptor["digest"].as_str(), descriptor["size"].as_u64())
         {
-            out.push((digest.to_string(), size));
+            out.push((Digest::parse(digest)?, size));
         }
     }
-    out
+    Ok(out)
 }
 
 enum Piece {
@@ -182,7 +180,7 @@ enum Piece {
     Stream(
         String,
         u64,
-        tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        tokio::sync::mpsc::Receiver<crate::oci::error::Result<Bytes>>,
     ),
 }
 
@@ -242,25 +240,15 @@ async fn write_archive(
         send(&pieces, Piece::Small("index.json".into(), index)).await?;
         for digest in &collected.manifest_order {
             let (bytes, _) = &collected.manifests[digest];
-            send(&pieces, Piece::Small(blob_path(digest)?, bytes.clone())).await?;
+            send(&pieces, Piece::Small(blob_path(digest), bytes.clone())).await?;
         }
         for (digest, size) in &collected.blobs {
             let (host, repository) = &collected.blob_sources[digest];
             let registry = registries.get(host).await?;
-            let response = registry
-                .get_blob(repository, digest)
-                .await
-                .map_err(|f| f.error)?;
             let (sender, chunks) = tokio::sync::mpsc::channel(4);
-            send(&pieces, Piece::Stream(blob_path(digest)?, *size, chunks)).await?;
-            let label = format!("blob {digest} of {host}/{repository}");
-            let mut verified = Box::pin(verified_stream(
-                response.bytes_stream(),
-                digest.clone(),
-                *size,
-                registry.stats.clone(),
-                label,
-            ));
+            send(&pieces, Piece::Stream(blob_path(digest), *size, chunks)).await?;
+            // The same resumable, verifying reader as a copy.
+            let mut verified = Box::pin(read_blob(registry, repository, digest, *size));
             while let Some(item) = verified.next().await {
                 let failed = item.as_ref().err().map(|e| e.to_string());
                 if sender.send(item).await.is_err() {
@@ -288,7 +276,7 @@ async fn send(pieces: &tokio::sync::mpsc::Sender<Piece>, piece: Piece) -> Result
 }
 
 struct ChannelReader {
-    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    chunks: tokio::sync::mpsc::Receiver<crate::oci::error::Result<Bytes>>,
     current: Bytes,
 }
 
@@ -297,7 +285,7 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.chunks.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
                 None => return Ok(0),
             }
         }
@@ -307,11 +295,8 @@ impl Read for ChannelReader {
     }
 }
 
-fn blob_path(digest: &str) -> Result<String> {
-    Ok(format!(
-        "blobs/{}",
-        Digest::parse(digest)?.as_str().replacen(':', "/", 1)
-    ))
+fn blob_path(digest: &Digest) -> String {
+    format!("blobs/{}", digest.as_str().replacen(':', "/", 1))
 }
 
 /// Where `load` puts each image of a bundle.
@@ -343,7 +328,7 @@ impl Naming {
         let mut placed = match (&self.repository, name) {
             (Some(repository), _) => {
                 let tag = match name {
-                    Some(n) if is_tag(n) => Some(n.to_string()),
+                    Some(n) if Tag::parse(n).is_ok() => Some(Tag::parse(n)?),
                     Some(n) => {
                         ImageRef::parse(n)
                             .map_err(|_| anyhow!("'{}' is not an image name", printable(n)))?
@@ -361,7 +346,7 @@ impl Naming {
                     ImageRef::parse(n).map_err(|e| anyhow!("{}", printable(&e.to_string())))?;
                 lists::destination(&source, to, self.keep_host)?
             }
-            (None, Some(n)) if is_tag(n) => bail!(
+            (None, Some(n)) if Tag::parse(n).is_ok() => bail!(
                 "image {digest} is named only '{n}', a tag with no repository; \
                  pass --repository REPO to load it as {to}/REPO:{n}"
             ),
@@ -371,13 +356,13 @@ impl Naming {
                  pass --repository REPO to load it as {to}/REPO@{digest}"
             ),
         };
-        if placed.digest.as_ref().is_some_and(|d| d != digest.as_str()) {
+        if placed.digest.as_ref().is_some_and(|d| d != digest) {
             bail!(
                 "index.json names {} for image {digest}: the digests differ",
                 printable(name.unwrap_or_default())
             );
         }
-        placed.digest = placed.tag.is_none().then(|| digest.to_string());
+        placed.digest = placed.tag.is_none().then(|| digest.clone());
         Ok(placed)
     }
 }
@@ -393,7 +378,7 @@ struct Manifest {
     bytes: Bytes,
     media_type: String,
     children: Vec<Digest>,
-    repositories: BTreeSet<String>,
+    repositories: BTreeSet<Repository>,
     blobs: Vec<(Digest, u64)>,
 }
 
@@ -401,9 +386,9 @@ struct Blob {
     size: u64,
     /// The manifest that first referenced it, for messages.
     referenced_by: Digest,
-    repositories: BTreeSet<String>,
+    repositories: BTreeSet<Repository>,
     /// Repositories it is known to be in at the destination.
-    placed: BTreeSet<String>,
+    placed: BTreeSet<Repository>,
 }
 
 #[derive(Default)]
@@ -416,13 +401,13 @@ struct Counts {
 /// Reads a bundle into a plan, uploading blobs as soon as it knows where they go.
 struct Loader {
     naming: Naming,
-    registry: Arc<Registry>,
+    registry: Arc<Client>,
     handle: tokio::runtime::Handle,
     saw_layout: bool,
     saw_index: bool,
     tops: Vec<Top>,
     /// Manifests wanted and not yet read: who listed them, and for which repositories.
-    expected: BTreeMap<Digest, (String, BTreeSet<String>)>,
+    expected: BTreeMap<Digest, (String, BTreeSet<Repository>)>,
     manifests: BTreeMap<Digest, Manifest>,
     manifest_bytes: u64,
     blobs: BTreeMap<Digest, Blob>,
@@ -649,7 +634,7 @@ impl Loader {
     fn want(
         &mut self,
         digest: Digest,
-        repositories: BTreeSet<String>,
+        repositories: BTreeSet<Repository>,
         listed_by: String,
     ) -> Result<()> {
         let mut work = vec![(digest, repositories, listed_by)];
@@ -662,7 +647,7 @@ impl Loader {
                 wanted.extend(repositories);
                 continue;
             };
-            let new: BTreeSet<String> = repositories
+            let new: BTreeSet<Repository> = repositories
                 .difference(&manifest.repositories)
                 .cloned()
                 .collect();
@@ -700,7 +685,7 @@ impl Loader {
         let what = format!("manifest {digest}");
         let bytes = read_document(reader, size, &what)?;
         if !digest.matches(&bytes) {
-            bail!(crate::oci::registry::DigestMismatch {
+            bail!(crate::oci::Error::DigestMismatch {
                 what: format!("{what} in the bundle")
             });
         }
@@ -718,7 +703,7 @@ impl Loader {
             .into_iter()
             .flatten()
             .map(|child| Digest::parse(child["digest"].as_str().unwrap_or_default()))
-            .collect::<Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("an entry of index {digest}"))?;
         let mut blobs = Vec::new();
         for descriptor in json.get("config").into_iter().chain(
@@ -770,26 +755,21 @@ impl Loader {
     /// then mounts it into the others.
     fn upload(&mut self, digest: &Digest, reader: &mut dyn Read) -> Result<()> {
         let blob = &self.blobs[digest];
-        let (size, first) = (
-            blob.size,
-            blob.repositories.first().cloned().unwrap_or_default(),
-        );
+        let Some(first) = blob.repositories.first().cloned() else {
+            return Ok(());
+        };
+        let size = blob.size;
         let registry = self.registry.clone();
-        if self
-            .handle
-            .block_on(registry.has_blob(&first, digest.as_str()))?
+        if self.handle.block_on(registry.has_blob(&first, digest))?
         {
             self.counts.present += 1;
         } else {
-            let (sender, receiver) = tokio::sync::mpsc::channel::<reqwest::Result<Bytes>>(4);
+            let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
             let label = format!("blob {digest} in the bundle");
-            let (repository, pushed) = (first.clone(), digest.to_string());
+            let (repository, pushed) = (first.clone(), digest.clone());
             let upload = self.handle.spawn(async move {
                 let chunks = Box::pin(receiver_stream(receiver));
-                registry
-                    .put_verified(&repository, &pushed, size, chunks, label)
-                    .await
-                    .map_err(|f| f.error)
+                upload_verified(&registry, &repository, &pushed, size, chunks, label).await
             });
             let mut buffer = vec![0u8; 1 << 20];
             let (mut reader, mut read) = (reader.take(size + 1), 0u64);
@@ -829,7 +809,7 @@ impl Loader {
         let Some(from) = blob.placed.first().cloned() else {
             return Ok(());
         };
-        let missing: Vec<String> = blob
+        let missing: Vec<Repository> = blob
             .repositories
             .difference(&blob.placed)
             .cloned()
@@ -838,14 +818,13 @@ impl Loader {
             let registry = &self.registry;
             let present = self
                 .handle
-                .block_on(registry.has_blob(&repository, digest.as_str()))?;
+                .block_on(registry.has_blob(&repository, digest))?;
             if present {
                 self.counts.present += 1;
-            } else if self.handle.block_on(registry.mount_blob(
-                &repository,
-                digest.as_str(),
-                &from,
-            ))? {
+            } else if self
+                .handle
+                .block_on(registry.mount_blob(&repository, digest, &from))?
+            {
                 self.counts.mounted += 1;
             } else {
                 bail!("the registry refused to mount {digest} into {repository}");
@@ -1008,7 +987,7 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
         if registry
             .head_manifest(&destination.repository, &pointer)
             .await?
-            .is_some_and(|d| d.digest == top.digest.as_str())
+            .is_some_and(|d| d.digest == top.digest)
         {
             current += 1;
             eprintln!("current  {} (already at {destination})", top.name);
@@ -1049,15 +1028,15 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
 /// Pushes the manifests below `top` by digest, children before parents; the top is the
 /// caller's. A loop, not recursion: a hostile bundle may nest indexes deeply.
 async fn push_children(
-    registry: &Registry,
-    repository: &str,
+    registry: &Client,
+    repository: &Repository,
     top: &Digest,
     manifests: &BTreeMap<Digest, Manifest>,
-    pushed: &mut BTreeSet<(String, Digest)>,
+    pushed: &mut BTreeSet<(Repository, Digest)>,
 ) -> Result<()> {
     let mut stack = vec![(top.clone(), false)];
     while let Some((digest, expanded)) = stack.pop() {
-        let key = (repository.to_string(), digest.clone());
+        let key = (repository.clone(), digest.clone());
         if pushed.contains(&key) {
             continue;
         }
@@ -1069,7 +1048,7 @@ async fn push_children(
             registry
                 .put_manifest(
                     repository,
-                    digest.as_str(),
+                    &Reference::Digest(digest.clone()),
                     &manifest.bytes,
                     &manifest.media_type,
                 )

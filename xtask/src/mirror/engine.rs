@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::naming::ImageRef;
-use crate::oci::registry::Registry;
+use crate::oci::registry::Client;
 pub use crate::oci::Registries;
+use crate::oci::{Digest, Reference, Registry, Repository, Tag};
 
 #[derive(Debug, Clone)]
 pub struct CopyJob {
@@ -26,12 +27,12 @@ pub struct CopyJob {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase", tag = "result")]
 pub enum Outcome {
-    Copied { digest: String },
-    Skipped { digest: String },
+    Copied { digest: Digest },
+    Skipped { digest: Digest },
 }
 
 impl Outcome {
-    pub fn digest(&self) -> &str {
+    pub fn digest(&self) -> &Digest {
         match self {
             Outcome::Copied { digest } | Outcome::Skipped { digest } => digest,
         }
@@ -49,7 +50,7 @@ pub struct BlobCounts {
 pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The repository a blob was first placed in at a destination registry.
-type Placement = Arc<OnceCell<String>>;
+type Placement = Arc<OnceCell<Repository>>;
 /// Set once a blob is in a destination repository.
 type Ensured = Arc<OnceCell<()>>;
 
@@ -57,18 +58,18 @@ pub struct Engine {
     pub registries: Registries,
     blob_slots: Semaphore,
     /// Where each blob already is at a destination registry in this run, for mounts.
-    placed: Mutex<HashMap<(String, String), Placement>>,
+    placed: Mutex<HashMap<(Registry, Digest), Placement>>,
     /// Blobs known to be in a destination repository in this run.
-    ensured: Mutex<HashMap<(String, String, String), Ensured>>,
+    ensured: Mutex<HashMap<(Registry, Repository, Digest), Ensured>>,
     /// Manifests already pushed in this run.
-    pushed: Mutex<HashSet<(String, String, String)>>,
+    pushed: Mutex<HashSet<(Registry, Repository, Digest)>>,
     pub blobs: BlobCounts,
     on_bytes: OnBytes,
 }
 
 struct Side<'a> {
-    registry: Arc<Registry>,
-    repository: &'a str,
+    registry: Arc<Client>,
+    repository: &'a Repository,
 }
 
 impl Engine {
@@ -85,7 +86,7 @@ impl Engine {
     }
 
     /// The source's digest for `job`, by HEAD only.
-    pub async fn source_digest(&self, job: &CopyJob) -> Result<String> {
+    pub async fn source_digest(&self, job: &CopyJob) -> Result<Digest> {
         let source = self.registries.get(&job.source.registry).await?;
         let reference = job.source.pointer();
         let described = source
@@ -105,7 +106,7 @@ impl Engine {
     }
 
     /// The digest the destination tag points at, by HEAD only.
-    pub async fn destination_digest(&self, job: &CopyJob) -> Result<Option<String>> {
+    pub async fn destination_digest(&self, job: &CopyJob) -> Result<Option<Digest>> {
         let destination = self.registries.get(&job.destination.registry).await?;
         let described = destination
             .head_manifest(&job.destination.repository, &destination_reference(job))
@@ -117,7 +118,7 @@ impl Engine {
         let source_digest = self.source_digest(job).await?;
         // No-op: the destination already has exactly this; nothing else is requested.
         if job.platforms.is_none()
-            && self.destination_digest(job).await?.as_deref() == Some(source_digest.as_str())
+            && self.destination_digest(job).await?.as_ref() == Some(&source_digest)
         {
             return Ok(Outcome::Skipped {
                 digest: source_digest,
@@ -134,14 +135,18 @@ impl Engine {
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
-        let digest = crate::oci::registry::sha256_digest(&bytes);
+        // A subset is a new index, named by its sha256 as the registry names it.
+        let digest = match job.platforms {
+            Some(_) => Digest::of_sha256(&bytes),
+            None => source_digest.clone(),
+        };
         let tag = destination_reference(job);
-        if job.platforms.is_some() && tag.starts_with("sha256:") && tag != digest {
+        if job.platforms.is_some() && tag.digest().is_some_and(|pinned| *pinned != digest) {
             bail!("{}: a platform subset changes the digest, so it needs a tag, not a digest, as destination", job.source);
         }
         if job.platforms.is_some() && job.destination.digest.is_none() {
             // A subset can already be in place: compare before pushing.
-            if self.destination_digest(job).await?.as_deref() == Some(digest.as_str()) {
+            if self.destination_digest(job).await?.as_ref() == Some(&digest) {
                 return Ok(Outcome::Skipped { digest });
             }
         }
@@ -160,11 +165,12 @@ impl Engine {
         &'a self,
         src: &'a Side<'a>,
         dst: &'a Side<'a>,
-        digest: &'a str,
+        digest: &'a Digest,
         platforms: Option<&'a [String]>,
     ) -> futures_util::future::BoxFuture<'a, Result<(Bytes, String)>> {
         Box::pin(async move {
-            let (bytes, header_type) = src.registry.get_manifest(src.repository, digest).await?;
+            let reference = Reference::Digest(digest.clone());
+            let (bytes, header_type) = src.registry.get_manifest(src.repository, &reference).await?;
             let json: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| anyhow!("manifest {digest} of {}: not JSON ({e})", src.repository))?;
             let media_type = json["mediaType"]
@@ -190,10 +196,9 @@ impl Engine {
                     None => (children.clone(), bytes),
                 };
                 try_join_all(kept.iter().map(|child| async move {
-                    let child_digest = child["digest"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("an index entry of {digest} has no digest"))?;
-                    self.copy_manifest_by_digest(src, dst, child_digest).await
+                    let child_digest = Digest::parse(child["digest"].as_str().unwrap_or_default())
+                        .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
+                    self.copy_manifest_by_digest(src, dst, &child_digest).await
                 }))
                 .await?;
                 return Ok((bytes, media_type));
@@ -218,32 +223,32 @@ impl Engine {
         &self,
         src: &Side<'_>,
         dst: &Side<'_>,
-        digest: &str,
+        digest: &Digest,
     ) -> Result<()> {
         let key = (
             dst.registry.host.clone(),
-            dst.repository.to_string(),
-            digest.to_string(),
+            dst.repository.clone(),
+            digest.clone(),
         );
         if self.pushed.lock().unwrap().contains(&key) {
             return Ok(());
         }
         let (bytes, media_type) = self.copy_children(src, dst, digest, None).await?;
         dst.registry
-            .put_manifest(dst.repository, digest, &bytes, &media_type)
+            .put_manifest(dst.repository, &Reference::Digest(digest.clone()), &bytes, &media_type)
             .await?;
         self.pushed.lock().unwrap().insert(key);
         Ok(())
     }
 
     /// Copies what `attached` finds beside the image: tags by tag, referrers by digest.
-    async fn copy_attached(&self, src: &Side<'_>, dst: &Side<'_>, digest: &str) -> Result<()> {
+    async fn copy_attached(&self, src: &Side<'_>, dst: &Side<'_>, digest: &Digest) -> Result<()> {
         for (tag, found) in attached(&src.registry, src.repository, digest).await? {
             match tag {
                 Some(tag) => {
                     let (bytes, media_type) = self.copy_children(src, dst, &found, None).await?;
                     dst.registry
-                        .put_manifest(dst.repository, &tag, &bytes, &media_type)
+                        .put_manifest(dst.repository, &Reference::Tag(tag), &bytes, &media_type)
                         .await?;
                 }
                 None => self.copy_manifest_by_digest(src, dst, &found).await?,
@@ -258,10 +263,8 @@ impl Engine {
         dst: &Side<'_>,
         descriptor: &serde_json::Value,
     ) -> Result<()> {
-        let digest = descriptor["digest"]
-            .as_str()
-            .ok_or_else(|| anyhow!("a descriptor in {} has no digest", src.repository))?
-            .to_string();
+        let digest = Digest::parse(descriptor["digest"].as_str().unwrap_or_default())
+            .map_err(|e| anyhow!("a descriptor in {}: {e}", src.repository))?;
         let size = descriptor["size"]
             .as_u64()
             .ok_or_else(|| anyhow!("blob {digest} in {} has no size", src.repository))?;
@@ -269,7 +272,7 @@ impl Engine {
         // linked rewrites the link, and a manifest verified meanwhile fails (distribution).
         let key = (
             dst.registry.host.clone(),
-            dst.repository.to_string(),
+            dst.repository.clone(),
             digest.clone(),
         );
         let ensured = self.ensured.lock().unwrap().entry(key).or_default().clone();
@@ -285,10 +288,9 @@ impl Engine {
         &self,
         src: &Side<'_>,
         dst: &Side<'_>,
-        digest: &str,
+        digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        let digest = digest.to_string();
         let cell = self
             .placed
             .lock()
@@ -299,25 +301,25 @@ impl Engine {
         // The first task to need a blob at this registry places it; the rest mount it.
         let placed_in = cell
             .get_or_try_init(|| async {
-                self.transfer(src, dst, &digest, size).await?;
-                Ok::<_, anyhow::Error>(dst.repository.to_string())
+                self.transfer(src, dst, digest, size).await?;
+                Ok::<_, anyhow::Error>(dst.repository.clone())
             })
             .await?;
         if placed_in == dst.repository {
             return Ok(());
         }
         let _slot = self.blob_slots.acquire().await?;
-        if dst.registry.has_blob(dst.repository, &digest).await? {
+        if dst.registry.has_blob(dst.repository, digest).await? {
             self.blobs.present.fetch_add(1, Ordering::Relaxed);
         } else if dst
             .registry
-            .mount_blob(dst.repository, &digest, placed_in)
+            .mount_blob(dst.repository, digest, placed_in)
             .await?
         {
             self.blobs.mounted.fetch_add(1, Ordering::Relaxed);
         } else {
             drop(_slot);
-            self.transfer(src, dst, &digest, size).await?;
+            self.transfer(src, dst, digest, size).await?;
         }
         Ok(())
     }
@@ -327,20 +329,19 @@ impl Engine {
         &self,
         src: &Side<'_>,
         dst: &Side<'_>,
-        digest: &str,
+        digest: &Digest,
         size: u64,
     ) -> Result<()> {
         let _slot = self.blob_slots.acquire().await?;
         let copied = if dst.registry.has_blob(dst.repository, digest).await? {
             false
         } else {
-            let digest = crate::oci::Digest::parse(digest)?;
             crate::oci::blobs::copy_blob(
                 &src.registry,
                 src.repository,
                 &dst.registry,
                 dst.repository,
-                &digest,
+                digest,
                 size,
             )
             .await?;
@@ -359,34 +360,36 @@ impl Engine {
 /// Signatures and attestations that live beside an image, as (tag, digest): cosign's
 /// `sha256-<hex>.{sig,att,sbom}` tags, then OCI 1.1 referrers (no tag).
 pub async fn attached(
-    registry: &Registry,
-    repository: &str,
-    digest: &str,
-) -> Result<Vec<(Option<String>, String)>> {
+    registry: &Client,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Vec<(Option<Tag>, Digest)>> {
     let mut found = Vec::new();
-    let hex = digest.trim_start_matches("sha256:");
     for suffix in ["sig", "att", "sbom"] {
-        let tag = format!("sha256-{hex}.{suffix}");
-        if let Some(described) = registry.head_manifest(repository, &tag).await? {
+        let tag = Tag::parse(&format!("{}.{suffix}", digest.as_str().replacen(':', "-", 1)))?;
+        let reference = Reference::Tag(tag.clone());
+        if let Some(described) = registry.head_manifest(repository, &reference).await? {
             found.push((Some(tag), described.digest));
         }
     }
     if let Some(index) = registry.referrers(repository, digest).await? {
         for referrer in index["manifests"].as_array().into_iter().flatten() {
             if let Some(referrer_digest) = referrer["digest"].as_str() {
-                found.push((None, referrer_digest.to_string()));
+                let referrer_digest = Digest::parse(referrer_digest)
+                    .map_err(|e| anyhow!("a referrer of {repository}@{digest}: {e}"))?;
+                found.push((None, referrer_digest));
             }
         }
     }
     Ok(found)
 }
 
-fn destination_reference(job: &CopyJob) -> String {
-    job.destination
-        .tag
-        .clone()
-        .or_else(|| job.destination.digest.clone())
-        .unwrap_or_else(|| "latest".to_string())
+fn destination_reference(job: &CopyJob) -> Reference {
+    match (&job.destination.tag, &job.destination.digest) {
+        (Some(tag), _) => Reference::Tag(tag.clone()),
+        (None, Some(digest)) => Reference::Digest(digest.clone()),
+        (None, None) => Reference::Tag(Tag::latest()),
+    }
 }
 
 pub fn is_foreign(descriptor: &serde_json::Value) -> bool {

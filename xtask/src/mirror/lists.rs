@@ -211,7 +211,7 @@ pub fn destination(source: &ImageRef, prefix: &str, keep_host: bool) -> Result<I
     let mut placed = if keep_host {
         let host = source.registry.replace(':', "_");
         let scoped = ImageRef {
-            repository: format!("{host}/{}", source.repository),
+            repository: source.repository.under(&host)?,
             ..source.clone()
         };
         scoped.under_prefix(prefix)?

@@ -158,12 +158,10 @@ fn write_config(
         );
         return Ok(());
     }
-    let host = planned
-        .first()
-        .map(|(_, job)| job.destination.registry.as_str())
-        .unwrap_or_default();
-    let relaxed =
-        crate::oci::registry::is_loopback(host) || args.registry.insecure.iter().any(|h| h == host);
+    let relaxed = planned.first().is_some_and(|(_, job)| {
+        let host = &job.destination.registry;
+        host.is_loopback() || args.registry.insecure.iter().any(|h| h == host.as_str())
+    });
     let options = config::Options {
         access: config::MirrorAccess::new(summary.destination_plain_http, relaxed, mirror_ca),
         never_contact_source: args.never_contact_source,
@@ -171,7 +169,7 @@ fn write_config(
     let mirrored: Vec<(&Planned, &str)> = planned
         .iter()
         .zip(&summary.images)
-        .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest())))
+        .filter_map(|((p, _), r)| r.outcome.as_ref().map(|o| (p, o.digest().as_str())))
         .collect();
     config::write(dir, &options, &mirrored)?;
     eprintln!("wrote cluster configuration to {}", dir.display());
@@ -213,7 +211,7 @@ pub async fn copy_all(
             Ok(registry) => destination_plain_http = registry.plain_http(),
             Err(e) => {
                 bars.finish();
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::cli::RetagArgs;
 use crate::naming::ImageRef;
-use crate::oci::registry::Registry;
-use crate::oci::Registries;
+use crate::oci::registry::Client;
+use crate::oci::{Digest, Reference, Registries, Repository, Tag};
 
 pub fn run(args: &RetagArgs) -> Result<()> {
     crate::oci::block_on_within(args.registry.timeout.map(Into::into), retag(args))
@@ -23,34 +23,44 @@ fn target_ref(source: &ImageRef, target: &str) -> Result<ImageRef> {
     ImageRef::parse(&format!("{}/{}:{tag}", source.registry, source.repository))
 }
 
+/// Every target, checked before any connection: a bad tag is named as such even when
+/// the registry is down.
+fn targets(source: &ImageRef, targets: &[String]) -> Result<Vec<(ImageRef, Tag)>> {
+    targets
+        .iter()
+        .map(|target| {
+            let target = target_ref(source, target)?;
+            if target.registry != source.registry {
+                bail!("{target}: retag stays inside {}; use `cargo xtask images mirror` to copy to another registry", source.registry);
+            }
+            let tag = target
+                .tag
+                .clone()
+                .ok_or_else(|| anyhow!("{target}: a retag target needs a tag"))?;
+            Ok((target, tag))
+        })
+        .collect()
+}
+
 async fn retag(args: &RetagArgs) -> Result<()> {
     let source = ImageRef::parse(&args.source).map_err(|e| anyhow!("SRC: {e}"))?;
+    let targets = targets(&source, &args.targets)?;
     let registries = Registries::new(args.registry.insecure.clone());
     let registry = registries.get(&source.registry).await?;
-    let reference = source.pointer();
-    let (bytes, header_type) = registry
-        .get_manifest(&source.repository, &reference)
+    let (bytes, header_type, digest) = registry
+        .resolve(&source.repository, &source.pointer())
         .await?;
     let json: serde_json::Value = serde_json::from_slice(&bytes)?;
     let media_type = json["mediaType"]
         .as_str()
         .map(String::from)
         .unwrap_or(header_type);
-    let digest = crate::oci::registry::sha256_digest(&bytes);
-    for target in &args.targets {
-        let target = target_ref(&source, target)?;
-        if target.registry != source.registry {
-            bail!("{target}: retag stays inside {}; use `cargo xtask images mirror` to copy to another registry", source.registry);
-        }
-        let tag = target
-            .tag
-            .clone()
-            .ok_or_else(|| anyhow!("{target}: a retag target needs a tag"))?;
+    for (target, tag) in targets {
         if target.repository != source.repository {
             mount_tree(&registry, &source.repository, &target.repository, &json).await?;
         }
         registry
-            .put_manifest(&target.repository, &tag, &bytes, &media_type)
+            .put_manifest(&target.repository, &Reference::Tag(tag), &bytes, &media_type)
             .await?;
         println!("{target} -> {digest}");
     }
@@ -59,9 +69,9 @@ async fn retag(args: &RetagArgs) -> Result<()> {
 
 /// Makes everything `manifest` references available in `to`, by mount.
 fn mount_tree<'a>(
-    registry: &'a Arc<Registry>,
-    from: &'a str,
-    to: &'a str,
+    registry: &'a Arc<Client>,
+    from: &'a Repository,
+    to: &'a Repository,
     manifest: &'a serde_json::Value,
 ) -> futures_util::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
@@ -77,7 +87,8 @@ fn mount_tree<'a>(
             );
         }
         for blob in blobs {
-            if !registry.has_blob(to, blob).await? && !registry.mount_blob(to, blob, from).await? {
+            let blob = Digest::parse(blob)?;
+            if !registry.has_blob(to, &blob).await? && !registry.mount_blob(to, &blob, from).await? {
                 bail!(
                     "{}/{to}: the registry refused to mount {blob} from {from}",
                     registry.host
@@ -85,10 +96,10 @@ fn mount_tree<'a>(
             }
         }
         for child in manifest["manifests"].as_array().into_iter().flatten() {
-            let digest = child["digest"]
-                .as_str()
-                .ok_or_else(|| anyhow!("an index entry has no digest"))?;
-            let (bytes, header_type) = registry.get_manifest(from, digest).await?;
+            let digest = Reference::Digest(Digest::parse(
+                child["digest"].as_str().unwrap_or_default(),
+            )?);
+            let (bytes, header_type) = registry.get_manifest(from, &digest).await?;
             let json: serde_json::Value = serde_json::from_slice(&bytes)?;
             mount_tree(registry, from, to, &json).await?;
             let media_type = json["mediaType"]
@@ -96,7 +107,7 @@ fn mount_tree<'a>(
                 .map(String::from)
                 .unwrap_or(header_type);
             registry
-                .put_manifest(to, digest, &bytes, &media_type)
+                .put_manifest(to, &digest, &bytes, &media_type)
                 .await?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! to a token service in its domain over HTTPS; anywhere else a token is asked for
 //! anonymously.
 
-use anyhow::{anyhow, Result};
+use base64::Engine as _;
 use reqwest::header::{HeaderValue, WWW_AUTHENTICATE};
 use reqwest::Url;
 use std::collections::HashMap;
@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use super::digest::printable;
-use super::transport::{failure_from, read_bounded, Failure, Stats, Transport, METADATA_DEADLINE};
+use super::error::{Error, Result};
+use super::transport::{failure_from, read_bounded, Stats, Transport, METADATA_DEADLINE};
 
 /// A token answer larger than this is not a token.
 const MAX_TOKEN_BODY: u64 = 1 << 20;
@@ -65,7 +66,7 @@ impl Auth {
         transport: &Transport,
         stats: &Stats,
         scopes: &[String],
-    ) -> std::result::Result<Option<HeaderValue>, Failure> {
+    ) -> Result<Option<HeaderValue>> {
         match (&self.challenge, &self.credential) {
             (Challenge::None, _) => Ok(None),
             (Challenge::Basic, Credential::Basic(user, password)) => {
@@ -93,11 +94,11 @@ impl Auth {
         realm: &str,
         service: Option<&str>,
         scopes: &[String],
-    ) -> std::result::Result<String, Failure> {
+    ) -> Result<String> {
         let host = self.registry.host_str().unwrap_or("");
         let what = format!("getting a token for {host}");
         let realm = Url::parse(realm).map_err(|_| {
-            Failure::fatal(anyhow!(
+            Error::Refused(format!(
                 "{what}: the registry named an unreadable token service '{}'",
                 printable(realm)
             ))
@@ -128,25 +129,25 @@ impl Auth {
         };
         let response = request.timeout(METADATA_DEADLINE).send().await?;
         if !response.status().is_success() {
-            let mut failure = failure_from(what.clone(), response).await;
+            let failure = failure_from(what.clone(), response).await;
             if !trusted && !matches!(self.credential, Credential::Anonymous) {
-                failure.error = failure.error.context(format!(
+                return Err(failure.context(format!(
                     "the token service {} is outside {host}'s domain, so {host}'s credentials were not sent to it",
                     printable(realm.host_str().unwrap_or(""))
-                ));
+                )));
             }
             return Err(failure);
         }
         let body = read_bounded(response, MAX_TOKEN_BODY, &what, false).await?;
         let body: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| Failure::fatal(anyhow!("{what}: the token service answered non-JSON")))?;
+            .map_err(|_| Error::Refused(format!("{what}: the token service answered non-JSON")))?;
         body["token"]
             .as_str()
             .or_else(|| body["access_token"].as_str())
             .filter(|t| HeaderValue::from_str(&format!("Bearer {t}")).is_ok())
             .map(String::from)
             .ok_or_else(|| {
-                Failure::fatal(anyhow!("{what}: the token service sent no usable token"))
+                Error::Refused(format!("{what}: the token service sent no usable token"))
             })
     }
 }
@@ -213,7 +214,7 @@ pub fn challenge_of(response: &reqwest::Response) -> Challenge {
 fn basic_header(user: &str, password: &str) -> HeaderValue {
     let mut value = HeaderValue::from_str(&format!(
         "Basic {}",
-        base64_encode(format!("{user}:{password}").as_bytes())
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     ))
     .expect("base64 is a valid header");
     value.set_sensitive(true);
@@ -225,28 +226,6 @@ fn bearer_header(token: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
     value.set_sensitive(true);
     value
-}
-
-/// Base64 for Basic auth, without another dependency.
-fn base64_encode(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Credentials for `host` from the Docker config and its credential helpers. Secrets are
@@ -267,17 +246,19 @@ pub async fn credential_for(host: &str) -> Result<Credential> {
         host.to_string()
     };
     let found =
-        tokio::task::spawn_blocking(move || docker_credential::get_credential(&key)).await?;
+        tokio::task::spawn_blocking(move || docker_credential::get_credential(&key))
+            .await
+            .map_err(|_| Error::Credentials(format!("reading credentials for {host} stopped")))?;
     use docker_credential::{CredentialRetrievalError as E, DockerCredential as D};
     match found {
         Ok(D::UsernamePassword(user, password)) => Ok(Credential::Basic(user, password)),
         Ok(D::IdentityToken(token)) => Ok(Credential::IdentityToken(token)),
         Err(E::NoCredentialConfigured | E::ConfigNotFound) => Ok(Credential::Anonymous),
-        Err(E::ConfigReadError) => Err(anyhow!("cannot read the Docker config for {host}'s credentials; check ~/.docker/config.json or $DOCKER_CONFIG")),
+        Err(E::ConfigReadError) => Err(Error::Credentials(format!("cannot read the Docker config for {host}'s credentials; check ~/.docker/config.json or $DOCKER_CONFIG"))),
         Err(E::HelperFailure { helper, .. }) => {
-            Err(anyhow!("the Docker credential helper '{helper}' failed for {host}; run `docker login {host}`"))
+            Err(Error::Credentials(format!("the Docker credential helper '{helper}' failed for {host}; run `docker login {host}`")))
         }
-        Err(other) => Err(anyhow!("reading credentials for {host} from the Docker config failed: {}", credential_error_kind(&other))),
+        Err(other) => Err(Error::Credentials(format!("reading credentials for {host} from the Docker config failed: {}", credential_error_kind(&other)))),
     }
 }
 
@@ -312,17 +293,10 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_rfc4648() {
-        for (input, expected) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("user:pass", "dXNlcjpwYXNz"),
-        ] {
-            assert_eq!(base64_encode(input.as_bytes()), expected);
-        }
+    fn basic_auth_is_rfc4648_base64_and_sensitive() {
+        let header = basic_header("user", "pass");
+        assert_eq!(header.to_str().unwrap(), "Basic dXNlcjpwYXNz");
+        assert!(header.is_sensitive());
     }
 
     #[test]

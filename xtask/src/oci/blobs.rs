@@ -5,9 +5,8 @@
 //! wrong blob is never committed: the chunk that would complete it is held back, and a
 //! continued upload is committed only once the whole blob hashed to its digest.
 
-use anyhow::{anyhow, Result};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use reqwest::header::CONTENT_RANGE;
 use reqwest::{StatusCode, Url};
 use std::sync::atomic::Ordering;
@@ -16,9 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::digest::Hasher;
-use super::registry::{receiver_stream, DigestMismatch, Registry};
-use super::transport::{backoff, with_retry, Failure};
-use super::Digest;
+use super::error::{Error, Result};
+use super::name::{Digest, Repository};
+use super::registry::{receiver_stream, Client};
+use super::transport::{backoff, with_retry};
 
 /// A body that delivers less than `STALL_BYTES` in `STALL_WINDOW` is dropped and
 /// resumed, so a server dripping bytes cannot hold a copy.
@@ -29,17 +29,25 @@ const MAX_FAILURES_WITHOUT_PROGRESS: u32 = 7;
 /// Resumes of one blob in all, however much each moved.
 const MAX_RESUMES: u32 = 100;
 
-/// The hash over the blob so far. Bytes sent again after a resume are not hashed
-/// twice; the registry checks the digest of what it holds when the upload is committed.
-struct HashState {
+/// The one check on blob bytes, for copies, `save`, `load` and `size`: hashes with the
+/// digest's own algorithm, counts against the declared size, and decides at the last
+/// byte, so the caller can hold back the chunk that would complete a wrong blob. Bytes
+/// sent again after a resume are not hashed twice.
+pub struct Verifier {
+    digest: Digest,
+    size: u64,
+    what: String,
     hasher: Option<Hasher>,
     hashed: u64,
     verdict: Option<bool>,
 }
 
-impl HashState {
-    fn new(digest: &Digest, size: u64) -> HashState {
-        HashState {
+impl Verifier {
+    pub fn new(digest: &Digest, size: u64, what: impl Into<String>) -> Verifier {
+        Verifier {
+            digest: digest.clone(),
+            size,
+            what: what.into(),
             hasher: Some(digest.hasher()),
             hashed: 0,
             // Nothing will flow through an empty blob to decide it.
@@ -47,19 +55,54 @@ impl HashState {
         }
     }
 
-    fn take(&mut self, position: u64, chunk: &[u8], digest: &Digest, size: u64) {
+    /// Takes `chunk`, found at `position` of the blob. An error means the chunk must not
+    /// be passed on: it runs past the declared size, or completes other content.
+    pub fn take(&mut self, position: u64, chunk: &[u8]) -> Result<()> {
         let end = position + chunk.len() as u64;
-        if end <= self.hashed {
-            return;
+        if end > self.size {
+            return Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                detail: format!("more than the {} bytes the manifest declares", self.size),
+            });
         }
-        let new = &chunk[(self.hashed - position) as usize..];
+        if end <= self.hashed {
+            return Ok(());
+        }
+        let new = &chunk[(self.hashed.max(position) - position) as usize..];
         if let Some(hasher) = self.hasher.as_mut() {
             hasher.update(new);
         }
         self.hashed = end;
-        if end == size {
+        if end == self.size {
             let actual = self.hasher.take().map(Hasher::finish);
-            self.verdict = Some(actual.as_ref() == Some(digest));
+            self.verdict = Some(actual.as_ref() == Some(&self.digest));
+        }
+        match self.verdict {
+            Some(false) => Err(self.mismatch()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes hashed so far, from the start of the blob.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
+    /// After the last chunk: whether the whole blob arrived and matches its digest.
+    pub fn finish(&self) -> Result<()> {
+        match self.verdict {
+            Some(true) => Ok(()),
+            Some(false) => Err(self.mismatch()),
+            None => Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                detail: format!("got {} of {} bytes", self.hashed, self.size),
+            }),
+        }
+    }
+
+    fn mismatch(&self) -> Error {
+        Error::DigestMismatch {
+            what: self.what.clone(),
         }
     }
 }
@@ -73,10 +116,10 @@ enum PumpEnd {
 /// Copies blob `digest` of `size` bytes from `src` to `dst`. A commit the registry
 /// refuses (it counted the bytes it holds differently) starts the upload over once.
 pub async fn copy_blob(
-    src: &Arc<Registry>,
-    src_repository: &str,
-    dst: &Registry,
-    dst_repository: &str,
+    src: &Arc<Client>,
+    src_repository: &Repository,
+    dst: &Client,
+    dst_repository: &Repository,
     digest: &Digest,
     size: u64,
 ) -> Result<()> {
@@ -84,7 +127,11 @@ pub async fn copy_blob(
         "copying blob {digest} ({size} bytes) from {}/{src_repository}",
         src.host
     );
-    let hash = Arc::new(Mutex::new(HashState::new(digest, size)));
+    let verifier = Arc::new(Mutex::new(Verifier::new(
+        digest,
+        size,
+        format!("blob {digest} of {}/{src_repository}", src.host),
+    )));
     let blob = Blob {
         src,
         src_repository,
@@ -93,18 +140,17 @@ pub async fn copy_blob(
         digest,
         size,
         what: &what,
-        hash: &hash,
+        verifier: &verifier,
     };
     let mut fresh_starts = 0;
     loop {
         let Some(session) = blob.upload().await? else {
             return Ok(());
         };
-        if hash.lock().unwrap().verdict != Some(true) {
+        let verdict = verifier.lock().unwrap().finish();
+        if let Err(mismatch) = verdict {
             dst.cancel_upload(dst_repository, &session).await;
-            return Err(anyhow!(DigestMismatch {
-                what: format!("blob {digest} of {}/{src_repository}", src.host),
-            }));
+            return Err(mismatch);
         }
         let committed = with_retry(&what, &dst.stats, || {
             dst.commit_upload(dst_repository, &session, digest, None)
@@ -112,7 +158,7 @@ pub async fn copy_blob(
         .await;
         let Err(e) = committed else { return Ok(()) };
         // A commit whose answer was lost may still have landed.
-        if dst.has_blob(dst_repository, digest.as_str()).await? {
+        if dst.has_blob(dst_repository, digest).await? {
             return Ok(());
         }
         fresh_starts += 1;
@@ -124,14 +170,14 @@ pub async fn copy_blob(
 }
 
 struct Blob<'a> {
-    src: &'a Arc<Registry>,
-    src_repository: &'a str,
-    dst: &'a Registry,
-    dst_repository: &'a str,
+    src: &'a Arc<Client>,
+    src_repository: &'a Repository,
+    dst: &'a Client,
+    dst_repository: &'a Repository,
     digest: &'a Digest,
     size: u64,
     what: &'a str,
-    hash: &'a Arc<Mutex<HashState>>,
+    verifier: &'a Arc<Mutex<Verifier>>,
 }
 
 impl Blob<'_> {
@@ -146,7 +192,7 @@ impl Blob<'_> {
             digest,
             size,
             what,
-            hash,
+            verifier,
         } = *self;
         let stats = dst.stats.clone();
         let start = || async {
@@ -164,11 +210,11 @@ impl Blob<'_> {
             let (sender, receiver) = mpsc::channel(1);
             let pump = tokio::spawn(pump_source(
                 src.clone(),
-                src_repository.to_string(),
+                src_repository.clone(),
                 digest.clone(),
                 size,
                 offset,
-                hash.clone(),
+                verifier.clone(),
                 sender,
             ));
             let body = reqwest::Body::wrap_stream(receiver_stream(receiver));
@@ -195,7 +241,9 @@ impl Blob<'_> {
                     .ok(),
             };
             let pumped = match pumped {
-                Some(joined) => joined.map_err(|e| anyhow!("{what}: the reader stopped: {e}"))?,
+                Some(joined) => joined.map_err(|e| {
+                    Error::Refused(format!("{what}: the reader stopped: {e}"))
+                })?,
                 None => {
                     pump.abort();
                     Ok(PumpEnd::Dropped)
@@ -205,7 +253,7 @@ impl Blob<'_> {
                 (_, Err(failure)) => {
                     // The source failed for good: no point asking the destination more.
                     dst.cancel_upload(dst_repository, &session).await;
-                    return Err(failure.error.context(what.to_string()));
+                    return Err(failure.context(what));
                 }
                 (Ok(None), Ok(PumpEnd::Complete)) => return Ok(None),
                 (Ok(Some(next)), Ok(PumpEnd::Complete)) => {
@@ -213,21 +261,21 @@ impl Blob<'_> {
                     break;
                 }
                 (Ok(_), Ok(PumpEnd::Dropped)) => {
-                    Failure::transient(anyhow!("{what}: the upload ended early"), None)
+                    Error::transient(format!("{what}: the upload ended early"))
                 }
                 (Err(failure), _) => failure,
             };
-            if !failure.retryable {
+            if !failure.is_retryable() {
                 dst.cancel_upload(dst_repository, &session).await;
-                return Err(failure.error.context(what.to_string()));
+                return Err(failure.context(what));
             }
             resumes += 1;
             stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff(stuck.min(5) + 1, failure.retry_after)).await;
+            tokio::time::sleep(backoff(stuck.min(5) + 1, failure.retry_after())).await;
             let before = offset;
             let asked = with_retry(what, &stats, || dst.upload_offset(dst_repository, &session));
             match asked.await? {
-                Some((next, held)) if held <= offset.max(hash.lock().unwrap().hashed) => {
+                Some((next, held)) if held <= offset.max(verifier.lock().unwrap().hashed()) => {
                     stats.resumed_uploads.fetch_add(1, Ordering::Relaxed);
                     (session, offset) = (next, held);
                 }
@@ -239,9 +287,7 @@ impl Blob<'_> {
             }
             stuck = if offset > before { 0 } else { stuck + 1 };
             if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
-                return Err(failure
-                    .error
-                    .context(format!("{what} (gave up after {resumes} resumes)")));
+                return Err(failure.context(format!("{what} (gave up after {resumes} resumes)")));
             }
         }
         Ok(Some(session))
@@ -249,67 +295,129 @@ impl Blob<'_> {
 }
 
 /// A blob's bytes, resumed with Range GETs when the body breaks off or stalls, and
-/// checked against its digest and size: a mismatch is the stream's last item, an error.
+/// checked by a `Verifier`: a mismatch is the stream's last item, an error, in place
+/// of the chunk that would have completed the wrong blob.
 pub fn read_blob(
-    src: Arc<Registry>,
-    repository: &str,
+    src: Arc<Client>,
+    repository: &Repository,
     digest: &Digest,
     size: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+) -> impl Stream<Item = Result<Bytes>> + Send + Sync + 'static {
     let (sender, receiver) = mpsc::channel(1);
-    let hash = Arc::new(Mutex::new(HashState::new(digest, size)));
+    let verifier = Verifier::new(
+        digest,
+        size,
+        format!("blob {digest} of {}/{repository}", src.host),
+    );
     tokio::spawn(pump_source(
         src,
-        repository.to_string(),
+        repository.clone(),
         digest.clone(),
         size,
         0,
-        hash,
+        Arc::new(Mutex::new(verifier)),
         sender,
     ));
     receiver_stream(receiver)
 }
 
+/// Uploads `size` bytes of untrusted content (a bundle's blob) as blob `digest`,
+/// checked by a `Verifier` on the way: the chunk that would complete a wrong blob is
+/// held back, so the upload never commits and nothing is pushed.
+pub async fn upload_verified(
+    dst: &Client,
+    repository: &Repository,
+    digest: &Digest,
+    size: u64,
+    chunks: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    what: String,
+) -> Result<()> {
+    let refused: Arc<Mutex<Option<Error>>> = Arc::default();
+    let (sender, receiver) = mpsc::channel::<Result<Bytes>>(1);
+    let verdict = refused.clone();
+    let expected = digest.clone();
+    let pump = tokio::spawn(async move {
+        let mut verifier = Verifier::new(&expected, size, what.clone());
+        let mut chunks = chunks;
+        let mut position = 0;
+        // The upload gets the error's text and fails; the caller gets the error itself.
+        let refuse = |error: Error| {
+            let text = Error::Refused(error.to_string());
+            *verdict.lock().unwrap() = Some(error);
+            text
+        };
+        while let Some(item) = chunks.next().await {
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let _ = sender.send(Err(Error::Refused(format!("{what}: {e}")))).await;
+                    return;
+                }
+            };
+            if let Err(error) = verifier.take(position, &chunk) {
+                let _ = sender.send(Err(refuse(error))).await;
+                return;
+            }
+            position += chunk.len() as u64;
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        if let Err(error) = verifier.finish() {
+            let _ = sender.send(Err(refuse(error))).await;
+        }
+    });
+    let result = dst
+        .put_blob_stream(repository, digest, size, receiver_stream(receiver))
+        .await;
+    pump.abort();
+    if let Some(error) = refused.lock().unwrap().take() {
+        return Err(error);
+    }
+    result
+}
+
 /// Streams the source blob from `from` into `sender`, resuming with Range GETs when the
-/// body breaks off or stalls, and hashing every byte once.
+/// body breaks off or stalls, every byte through `verifier` before it is sent.
 async fn pump_source(
-    src: Arc<Registry>,
-    repository: String,
+    src: Arc<Client>,
+    repository: Repository,
     digest: Digest,
     size: u64,
     from: u64,
-    hash: Arc<Mutex<HashState>>,
-    sender: mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
-) -> std::result::Result<PumpEnd, Failure> {
+    verifier: Arc<Mutex<Verifier>>,
+    sender: mpsc::Sender<Result<Bytes>>,
+) -> Result<PumpEnd> {
     let what = format!("blob {digest} of {}/{repository}", src.host);
     let stats = src.stats.clone();
     let mut position = from;
     let (mut stuck, mut resumes) = (0, 0);
-    let fail = |failure: Failure| {
+    // The reader of `sender` gets the error's text; the caller gets the error itself.
+    let fail = |error: Error| {
         let sender = sender.clone();
         async move {
-            let _ = sender
-                .send(Err(std::io::Error::other(failure.error.to_string())))
-                .await;
-            Err(failure)
+            let _ = sender.send(Err(Error::Refused(error.to_string()))).await;
+            Err(error)
         }
     };
     while position < size {
         let opened = with_retry(&format!("GET {what}"), &stats, || {
-            src.get_blob_from(&repository, digest.as_str(), position)
+            src.get_blob_from(&repository, &digest, position)
         })
         .await;
         let response = match opened {
             Ok(response) => response,
-            Err(e) => return fail(Failure::fatal(e)).await,
+            Err(e) => return fail(e).await,
         };
         let before = position;
         let Some(mut skip) = skip_for(&response, position) else {
             // A range that starts past the byte asked for is of no use; ask again.
             stuck += 1;
             if stuck >= MAX_FAILURES_WITHOUT_PROGRESS {
-                let error = anyhow!("{what}: the source keeps answering other ranges than asked");
-                return fail(Failure::fatal(error)).await;
+                let error = Error::Refused(format!(
+                    "{what}: the source keeps answering other ranges than asked"
+                ));
+                return fail(error).await;
             }
             continue;
         };
@@ -349,18 +457,10 @@ async fn pump_source(
                 chunk = chunk.slice(dropped as usize..);
                 skip -= dropped;
             }
-            if position + chunk.len() as u64 > size {
-                let error = anyhow!("{what}: more than the {size} bytes the manifest declares");
-                return fail(Failure::fatal(error)).await;
-            }
-            let verdict = {
-                let mut hash = hash.lock().unwrap();
-                hash.take(position, &chunk, &digest, size);
-                hash.verdict
-            };
             // Held back: the chunk that would complete a wrong blob is never sent.
-            if verdict == Some(false) {
-                return fail(Failure::fatal(anyhow!(DigestMismatch { what }))).await;
+            let checked = verifier.lock().unwrap().take(position, &chunk);
+            if let Err(error) = checked {
+                return fail(error).await;
             }
             position += chunk.len() as u64;
             stats
@@ -381,18 +481,18 @@ async fn pump_source(
             resumes += 1;
             stuck = if position > before { 0 } else { stuck + 1 };
             if stuck >= MAX_FAILURES_WITHOUT_PROGRESS || resumes >= MAX_RESUMES {
-                let error = anyhow!(
+                let error = Error::Refused(format!(
                     "{what}: the source kept breaking off at byte {position} of {size} ({resumes} resumes)"
-                );
-                return fail(Failure::fatal(error)).await;
+                ));
+                return fail(error).await;
             }
             stats.resumed_reads.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff(stuck + 1, None)).await;
         }
     }
-    if hash.lock().unwrap().verdict == Some(false) {
-        let error = anyhow!(DigestMismatch { what });
-        return fail(Failure::fatal(error)).await;
+    let verdict = verifier.lock().unwrap().finish();
+    if let Err(error) = verdict {
+        return fail(error).await;
     }
     Ok(PumpEnd::Complete)
 }
@@ -426,22 +526,40 @@ mod tests {
     fn bytes_sent_again_are_hashed_once() {
         let data = b"hello world";
         let digest = Digest::of_sha256(data);
-        let mut state = HashState {
-            hasher: Some(digest.hasher()),
-            hashed: 0,
-            verdict: None,
-        };
-        state.take(0, b"hello ", &digest, 11);
+        let mut verifier = Verifier::new(&digest, 11, "blob");
+        verifier.take(0, b"hello ").unwrap();
         // A resume from byte 3 sends "lo " again, then the rest.
-        state.take(3, b"lo wor", &digest, 11);
-        state.take(9, b"ld", &digest, 11);
-        assert_eq!(state.verdict, Some(true));
-        let mut bad = HashState {
-            hasher: Some(digest.hasher()),
-            hashed: 0,
-            verdict: None,
-        };
-        bad.take(0, b"hello_world", &digest, 11);
-        assert_eq!(bad.verdict, Some(false));
+        verifier.take(3, b"lo wor").unwrap();
+        verifier.take(9, b"ld").unwrap();
+        assert!(verifier.finish().is_ok());
+    }
+
+    #[test]
+    fn the_chunk_that_completes_a_wrong_blob_is_refused() {
+        let digest = Digest::of_sha256(b"hello world");
+        let mut verifier = Verifier::new(&digest, 11, "blob x");
+        verifier.take(0, b"hello ").unwrap();
+        let refused = verifier.take(6, b"w0rld").unwrap_err();
+        assert!(refused.is_digest_mismatch(), "{refused}");
+        let mut long = Verifier::new(&digest, 11, "blob x");
+        let past = long.take(0, b"hello world!").unwrap_err();
+        assert!(past.to_string().contains("more than the 11 bytes"), "{past}");
+        let mut short = Verifier::new(&digest, 11, "blob x");
+        short.take(0, b"hello").unwrap();
+        assert_eq!(short.finish().unwrap_err().to_string(), "blob x: got 5 of 11 bytes");
+    }
+
+    #[test]
+    fn sha512_blobs_are_hashed_with_sha512() {
+        use sha2::Digest as _;
+        let data = b"sha512 content";
+        let digest =
+            Digest::parse(&format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))).unwrap();
+        let mut verifier = Verifier::new(&digest, data.len() as u64, "blob");
+        verifier.take(0, &data[..4]).unwrap();
+        verifier.take(4, &data[4..]).unwrap();
+        assert!(verifier.finish().is_ok());
+        let mut other = Verifier::new(&digest, data.len() as u64, "blob");
+        assert!(other.take(0, b"sha512 c0ntent").unwrap_err().is_digest_mismatch());
     }
 }

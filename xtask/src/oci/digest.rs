@@ -1,10 +1,11 @@
 //! A content digest that can only hold a valid value, so whatever a registry or a bundle
 //! calls a digest is parsed before it goes near a URL, a path or a comparison.
 
-use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256, Sha512};
 use std::fmt;
+
+use super::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -19,29 +20,21 @@ pub enum Algorithm {
 impl Digest {
     /// `sha256:<64 hex>` or `sha512:<128 hex>`, lower case, nothing else.
     pub fn parse(input: &str) -> Result<Digest> {
+        let invalid = |why: String| Err(Error::Invalid(format!("'{}' is not a digest: {why}", printable(input))));
         let Some((algorithm, hex)) = input.split_once(':') else {
-            bail!(
-                "'{}' is not a digest: expected sha256:<64 hex digits>",
-                printable(input)
-            );
+            return invalid("expected sha256:<64 hex digits>".into());
         };
         let length = match algorithm {
             "sha256" => 64,
             "sha512" => 128,
-            _ => bail!(
-                "'{}' is not a digest: algorithm must be sha256 or sha512",
-                printable(input)
-            ),
+            _ => return invalid("algorithm must be sha256 or sha512".into()),
         };
         let well_formed = hex.len() == length
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
-            bail!(
-                "'{}' is not a digest: {algorithm} needs {length} lower-case hex digits",
-                printable(input)
-            );
+            return invalid(format!("{algorithm} needs {length} lower-case hex digits"));
         }
         Ok(Digest(input.to_string()))
     }
@@ -115,7 +108,7 @@ impl fmt::Display for Digest {
 }
 
 impl TryFrom<String> for Digest {
-    type Error = anyhow::Error;
+    type Error = Error;
     fn try_from(value: String) -> Result<Digest> {
         Digest::parse(&value)
     }

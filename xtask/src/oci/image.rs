@@ -2,13 +2,14 @@
 //! layers with the history step that created them. Every document is fetched by digest,
 //! bounded, and verified by whichever `ContentSource` provides it.
 
-use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::digest::{printable, Digest};
-use super::registry::{Registry, MAX_MANIFEST_BYTES};
+use super::digest::printable;
+use super::error::{Error, Result};
+use super::name::{Digest, Reference, Repository};
+use super::registry::{Client, MAX_MANIFEST_BYTES};
 
 /// Where manifests and configs come from: a registry, or an OCI layout.
 pub trait ContentSource {
@@ -56,12 +57,16 @@ pub async fn platform_images(
     root_digest: &Digest,
 ) -> Result<Vec<PlatformImage>> {
     let value: serde_json::Value = serde_json::from_slice(root)
-        .map_err(|e| anyhow!("manifest {root_digest} is not JSON: {e}"))?;
+        .map_err(|e| Error::Refused(format!("manifest {root_digest} is not JSON: {e}")))?;
     if value.get("manifests").is_none() {
         return Ok(vec![image(source, root, root_digest, None).await?]);
     }
     let index: ImageIndex = serde_json::from_slice(root)
-        .map_err(|e| anyhow!("index {root_digest} is not a valid image index: {e}"))?;
+        .map_err(|e| {
+            Error::Refused(format!(
+                "index {root_digest} is not a valid image index: {e}"
+            ))
+        })?;
     let mut images = Vec::new();
     for child in index.manifests() {
         if is_attestation(child) {
@@ -84,7 +89,9 @@ pub async fn platform_images(
         images.push(image(source, &bytes, &digest, platform).await?);
     }
     if images.is_empty() {
-        bail!("index {root_digest} lists no runnable image");
+        return Err(Error::Refused(format!(
+            "index {root_digest} lists no runnable image"
+        )));
     }
     Ok(images)
 }
@@ -112,11 +119,19 @@ async fn image(
     platform: Option<String>,
 ) -> Result<PlatformImage> {
     let manifest: ImageManifest = serde_json::from_slice(bytes)
-        .map_err(|e| anyhow!("manifest {digest} is not a valid image manifest: {e}"))?;
+        .map_err(|e| {
+            Error::Refused(format!(
+                "manifest {digest} is not a valid image manifest: {e}"
+            ))
+        })?;
     let config_digest = descriptor_digest(manifest.config())?;
     let config_bytes = source.config(&config_digest).await?;
     let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-        .map_err(|e| anyhow!("config {config_digest} of {digest} is not an image config: {e}"))?;
+        .map_err(|e| {
+        Error::Refused(format!(
+            "config {config_digest} of {digest} is not an image config: {e}"
+        ))
+    })?;
     let platform = platform.unwrap_or_else(|| {
         let mut name = format!("{}/{}", config.os(), config.architecture());
         if let Some(variant) = config.variant() {
@@ -171,44 +186,25 @@ fn printable_step(step: &str) -> String {
 
 /// A registry repository as a content source.
 pub struct RegistrySource<'a> {
-    pub registry: &'a Registry,
-    pub repository: &'a str,
+    pub registry: &'a Client,
+    pub repository: &'a Repository,
 }
 
 impl ContentSource for RegistrySource<'_> {
     async fn manifest(&self, digest: &Digest) -> Result<Bytes> {
+        let reference = Reference::Digest(digest.clone());
         let (bytes, _) = self
             .registry
-            .get_manifest(self.repository, digest.as_str())
+            .get_manifest(self.repository, &reference)
             .await?;
         Ok(bytes)
     }
 
     async fn config(&self, digest: &Digest) -> Result<Bytes> {
-        let what = format!("config {digest} in {}", self.repository);
-        let response = self
-            .registry
-            .get_blob(self.repository, digest.as_str())
+        self.registry
+            .get_small_blob(self.repository, digest, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|f| f.error)?;
-        let bytes = super::transport::read_bounded(response, MAX_MANIFEST_BYTES, &what, false)
-            .await
-            .map_err(|f| f.error)?;
-        if !digest.matches(&bytes) {
-            return Err(anyhow!(super::registry::DigestMismatch { what }));
-        }
-        Ok(bytes)
     }
-}
-
-/// Resolves `reference` (tag or digest) in `repository` to its exact bytes and digest.
-pub async fn resolve(
-    registry: &Registry,
-    repository: &str,
-    reference: &str,
-) -> Result<(Bytes, Digest)> {
-    let (bytes, _) = registry.get_manifest(repository, reference).await?;
-    Ok((bytes.clone(), Digest::of_sha256(&bytes)))
 }
 
 #[cfg(test)]

@@ -1,26 +1,30 @@
 //! The one registry client: every command that talks the OCI distribution API (mirror,
-//! retag, size) goes through here.
+//! retag, size) goes through here. Its layers, each importing only those above it in
+//! this list: `error`, `name` (with `digest`), `transport`, `auth`, `registry`, `blobs`,
+//! `image`.
 
 pub mod auth;
 pub mod blobs;
 pub mod digest;
+pub mod error;
 pub mod image;
+pub mod name;
 pub mod registry;
 pub mod transport;
 
-use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-pub use digest::Digest;
-use registry::{Registry, Stats};
+pub use error::Error;
+pub use name::{Digest, Reference, Registry, Repository, Tag};
+use registry::{Client, Stats};
 
 /// Registries by host, connected once and shared by every task.
 pub struct Registries {
     insecure: Vec<String>,
     pub stats: Arc<Stats>,
-    connected: Mutex<HashMap<String, Arc<OnceCell<Arc<Registry>>>>>,
+    connected: Mutex<HashMap<Registry, Arc<OnceCell<Arc<Client>>>>>,
 }
 
 impl Registries {
@@ -32,22 +36,22 @@ impl Registries {
         }
     }
 
-    pub async fn get(&self, host: &str) -> Result<Arc<Registry>> {
+    pub async fn get(&self, host: &Registry) -> error::Result<Arc<Client>> {
         let cell = self
             .connected
             .lock()
             .unwrap()
-            .entry(host.to_string())
+            .entry(host.clone())
             .or_default()
             .clone();
-        cell.get_or_try_init(|| Registry::connect(host, &self.insecure, self.stats.clone()))
+        cell.get_or_try_init(|| Client::connect(host, &self.insecure, self.stats.clone()))
             .await
             .cloned()
     }
 }
 
 /// The one tokio runtime shape every async command runs on.
-pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -56,9 +60,9 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
 
 /// `block_on` with the run's `--timeout`: past it, the run stops where it is. Tags are
 /// written last, so what was cut short is never tagged; a re-run continues.
-pub fn block_on_within<T, F>(timeout: Option<std::time::Duration>, future: F) -> Result<T>
+pub fn block_on_within<T, F>(timeout: Option<std::time::Duration>, future: F) -> anyhow::Result<T>
 where
-    F: std::future::Future<Output = Result<T>>,
+    F: std::future::Future<Output = anyhow::Result<T>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

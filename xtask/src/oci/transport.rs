@@ -3,7 +3,6 @@
 //! credentials stay with their origin, per-request retries with backoff, bounded
 //! reads, and error text that never carries a URL or a control character.
 
-use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, LOCATION};
@@ -13,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::digest::printable;
+use super::error::{Error, Result};
+use super::name::is_loopback;
 
 const MAX_ATTEMPTS: u32 = 7;
 const MAX_REDIRECTS: usize = 5;
@@ -22,40 +23,14 @@ pub const METADATA_DEADLINE: Duration = Duration::from_secs(60);
 /// An error body is only read for its message; more than this is dropped unread.
 const MAX_ERROR_BODY: u64 = 64 << 10;
 
-/// What a failed request means for the caller.
-#[derive(Debug)]
-pub struct Failure {
-    pub error: anyhow::Error,
-    pub retryable: bool,
-    pub retry_after: Option<Duration>,
-}
-
-impl Failure {
-    pub fn fatal(error: anyhow::Error) -> Failure {
-        Failure {
-            error,
-            retryable: false,
-            retry_after: None,
-        }
-    }
-    pub fn transient(error: anyhow::Error, retry_after: Option<Duration>) -> Failure {
-        Failure {
-            error,
-            retryable: true,
-            retry_after,
-        }
-    }
-}
-
-impl From<reqwest::Error> for Failure {
-    fn from(e: reqwest::Error) -> Failure {
+impl From<reqwest::Error> for Error {
+    fn from(e: reqwest::Error) -> Error {
         // Connection resets, timeouts and truncated bodies are worth another try.
         let retryable =
             e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
-        Failure {
-            error: anyhow!(describe_reqwest(&e)),
+        Error::Network {
+            detail: describe_reqwest(&e),
             retryable,
-            retry_after: None,
         }
     }
 }
@@ -103,33 +78,29 @@ pub struct Stats {
 pub async fn with_retry<T, F, Fut>(what: &str, stats: &Stats, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, Failure>>,
+    Fut: Future<Output = Result<T>>,
 {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match op().await {
             Ok(value) => return Ok(value),
-            Err(failure) if failure.retryable && attempt < MAX_ATTEMPTS => {
+            Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                let wait = backoff(attempt, failure.retry_after);
+                let wait = backoff(attempt, error.retry_after());
                 if std::env::var_os("XTASK_MIRROR_DEBUG").is_some() {
-                    eprintln!("retry {attempt} of {what} in {wait:?}: {:#}", failure.error);
+                    eprintln!("retry {attempt} of {what} in {wait:?}: {error}");
                 }
                 tokio::time::sleep(wait).await;
             }
-            Err(failure) => {
-                let error = failure.error;
-                // Most failures already start with `what`; saying it twice helps nobody.
-                let named = error.to_string().starts_with(what);
-                return Err(match (attempt > 1, named) {
-                    (true, _) => {
-                        error.context(format!("{what} (gave up after {attempt} attempts)"))
-                    }
-                    (false, true) => error,
-                    (false, false) => error.context(what.to_string()),
-                });
+            Err(error) if attempt > 1 => {
+                return Err(Error::Context {
+                    context: format!("{what} (gave up after {attempt} attempts)"),
+                    source: Box::new(error),
+                })
             }
+            // Most errors already start with `what`; saying it twice helps nobody.
+            Err(error) => return Err(error.context(what)),
         }
     }
 }
@@ -178,7 +149,12 @@ impl Transport {
                 .pool_max_idle_per_host(32)
                 .user_agent(concat!("kubeopencode-xtask/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| anyhow!("building the HTTP client: {}", describe_reqwest(&e)))
+                .map_err(|e| {
+                    Error::Refused(format!(
+                        "building the HTTP client: {}",
+                        describe_reqwest(&e)
+                    ))
+                })
         };
         Ok(Transport {
             verified: build(false)?,
@@ -196,7 +172,7 @@ impl Transport {
             url.host_str().unwrap_or(""),
             url.port_or_known_default().unwrap_or(0)
         );
-        super::registry::is_loopback(&authority)
+        is_loopback(&authority)
             || self.insecure.contains(&authority)
             || self.insecure.contains(&with_port)
     }
@@ -212,9 +188,9 @@ impl Transport {
     /// Checks a URL a registry handed us (a redirect, an upload location, a token realm)
     /// before anything is sent to it: http(s) only, no user info, and no step down from
     /// HTTPS to plain HTTP except to a relaxed host.
-    pub fn check_handed_url(&self, from: &Url, to: &Url, what: &str) -> Result<(), Failure> {
+    pub fn check_handed_url(&self, from: &Url, to: &Url, what: &str) -> Result<()> {
         let refuse = |why: &str| {
-            Failure::fatal(anyhow!(
+            Error::Refused(format!(
                 "{what}: the registry pointed to {}, {why}; refusing it",
                 printable(&format!(
                     "{}://{}",
@@ -245,12 +221,12 @@ impl Transport {
         response: &reqwest::Response,
         what: &str,
         hops: usize,
-    ) -> Result<Option<Url>, Failure> {
+    ) -> Result<Option<Url>> {
         if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
         if hops >= MAX_REDIRECTS {
-            return Err(Failure::fatal(anyhow!(
+            return Err(Error::Refused(format!(
                 "{what}: more than {MAX_REDIRECTS} redirects"
             )));
         }
@@ -258,46 +234,42 @@ impl Transport {
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Failure::fatal(anyhow!("{what}: a redirect without a Location")))?;
+            .ok_or_else(|| Error::Refused(format!("{what}: a redirect without a Location")))?;
         let to = from
             .join(location)
-            .map_err(|_| Failure::fatal(anyhow!("{what}: a redirect to an unreadable URL")))?;
+            .map_err(|_| Error::Refused(format!("{what}: a redirect to an unreadable URL")))?;
         self.check_handed_url(from, &to, what)?;
         Ok(Some(to))
     }
 }
 
-/// A failure from an HTTP status: 429, 408 and 5xx are transient.
+/// An error from an HTTP status; `Error::is_retryable` says 429, 408 and 5xx are transient.
 pub fn status_failure(
     what: String,
     status: StatusCode,
     headers: &HeaderMap,
     body: &str,
-) -> Failure {
-    let detail = registry_error_detail(body);
+) -> Error {
     let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         "; check the credentials in your Docker config (docker login)"
     } else {
         ""
     };
-    let error = anyhow!("{what}: {status}{detail}{hint}");
-    let retry_after = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    if status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
-    {
-        Failure::transient(error, retry_after)
-    } else {
-        Failure::fatal(error)
+    Error::Status {
+        what,
+        status,
+        detail: registry_error_detail(body),
+        hint,
+        retry_after: headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after),
     }
 }
 
 /// A failure from a response's status, reading at most 64 KiB of its body for the
 /// registry's own error message.
-pub async fn failure_from(what: String, response: reqwest::Response) -> Failure {
+pub async fn failure_from(what: String, response: reqwest::Response) -> Error {
     let status = response.status();
     let headers = response.headers().clone();
     let body = read_bounded(response, MAX_ERROR_BODY, &what, true)
@@ -357,9 +329,9 @@ pub async fn read_bounded(
     limit: u64,
     what: &str,
     truncate: bool,
-) -> std::result::Result<Bytes, Failure> {
+) -> Result<Bytes> {
     let too_large = || {
-        Failure::fatal(anyhow!(
+        Error::Refused(format!(
             "{what}: the body is larger than the {limit}-byte limit; refusing it"
         ))
     };
@@ -414,9 +386,10 @@ mod tests {
             &HeaderMap::new(),
             "",
         );
-        assert!(failure.retryable);
+        assert!(failure.is_retryable());
         assert!(
-            !status_failure("x".into(), StatusCode::NOT_FOUND, &HeaderMap::new(), "").retryable
+            !status_failure("x".into(), StatusCode::NOT_FOUND, &HeaderMap::new(), "")
+                .is_retryable()
         );
     }
 
