@@ -398,12 +398,16 @@ pub fn run(root: &Path, args: &BenchMirrorArgs) -> Result<()> {
     let big_digest = runtime.block_on(async {
         let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
         let big = Repository::parse("corpus/big")?;
-        let (index, _) = registry.get_manifest(&big, &Reference::parse("v1")?).await?;
+        let (index, _) = registry
+            .get_manifest(&big, &Reference::parse("v1")?)
+            .await?;
         let index: serde_json::Value = serde_json::from_slice(&index)?;
         let child = index["manifests"][0]["digest"]
             .as_str()
             .ok_or_else(|| anyhow!("corpus/big has no child"))?;
-        let (manifest, _) = registry.get_manifest(&big, &Reference::parse(child)?).await?;
+        let (manifest, _) = registry
+            .get_manifest(&big, &Reference::parse(child)?)
+            .await?;
         let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
         Ok::<_, anyhow::Error>(
             manifest["layers"][0]["digest"]

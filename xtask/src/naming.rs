@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use std::fmt;
 
-pub use crate::oci::name::{is_registry_host, is_valid_host, DOCKER_HUB};
+pub use crate::oci::name::{is_registry_host, DOCKER_HUB};
 use crate::oci::{Digest, Reference, Registry, Repository, Tag};
 
 pub const IMAGE_PREFIX: &str = "kubeopencode-agent-";
@@ -193,6 +193,7 @@ impl Publish {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::name::is_valid_host;
 
     fn parse(s: &str) -> ImageRef {
         ImageRef::parse(s).unwrap()

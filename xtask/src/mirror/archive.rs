@@ -49,10 +49,27 @@ struct Collected {
 
 pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
     let entries = lists::load(root, &args.lists, &args.images)?;
+    // Local first: an unwritable --out is named as such, before any registry is asked.
+    let partial = partial_path(&args.out);
+    let file = File::create(&partial)
+        .with_context(|| format!("cannot write the archive to {}", args.out.display()))?;
+    let saved = save_into(args, &entries, file, &partial).await;
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    saved
+}
+
+async fn save_into(
+    args: &MirrorSaveArgs,
+    entries: &[lists::Entry],
+    file: File,
+    partial: &Path,
+) -> Result<()> {
     let registries = Registries::new(args.registry.insecure.clone());
     let mut collected = Collected::default();
     let mut tops = Vec::new();
-    for entry in &entries {
+    for entry in entries {
         let registry = registries.get(&entry.source.registry).await?;
         let reference = entry.source.pointer();
         let top = registry
@@ -94,13 +111,8 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
         &serde_json::json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": tops }),
     )?;
 
-    let partial = partial_path(&args.out);
-    let result = write_archive(&registries, &collected, Bytes::from(index), &partial).await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
-    std::fs::rename(&partial, &args.out)
+    write_archive(&registries, &collected, Bytes::from(index), file).await?;
+    std::fs::rename(partial, &args.out)
         .with_context(|| format!("moving the archive to {}", args.out.display()))?;
     let total: u64 = collected.blobs.values().sum();
     println!(
@@ -190,9 +202,8 @@ async fn write_archive(
     registries: &Registries,
     collected: &Collected,
     index: Bytes,
-    path: &Path,
+    file: File,
 ) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let (pieces, mut receiver) = tokio::sync::mpsc::channel::<Piece>(1);
     let writer = tokio::task::spawn_blocking(move || -> Result<()> {
         let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
@@ -760,8 +771,7 @@ impl Loader {
         };
         let size = blob.size;
         let registry = self.registry.clone();
-        if self.handle.block_on(registry.has_blob(&first, digest))?
-        {
+        if self.handle.block_on(registry.has_blob(&first, digest))? {
             self.counts.present += 1;
         } else {
             let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -944,6 +954,12 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
     let destination_host = ImageRef::parse(&format!("{}/x", args.to.trim_end_matches('/')))
         .map_err(|e| anyhow!("--to {}: {e}", args.to))?
         .registry;
+    // Local first: a missing bundle or a bad --repository is named before any connection.
+    std::fs::metadata(&args.bundle)
+        .map_err(|e| anyhow!("{}: cannot open it: {e}", args.bundle.display()))?;
+    if let Some(repository) = &args.repository {
+        under(args.to.trim_end_matches('/'), repository).context("--repository")?;
+    }
     let registry = registries.get(&destination_host).await?;
     let mut loader = Loader {
         naming: Naming {

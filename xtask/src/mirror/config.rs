@@ -754,7 +754,10 @@ mod tests {
         let err = crate::oci::Registry::parse("../../etc")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("registry host '../../etc' is invalid"), "{err}");
+        assert!(
+            err.contains("registry host '../../etc' is invalid"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -170,7 +170,10 @@ impl Engine {
     ) -> futures_util::future::BoxFuture<'a, Result<(Bytes, String)>> {
         Box::pin(async move {
             let reference = Reference::Digest(digest.clone());
-            let (bytes, header_type) = src.registry.get_manifest(src.repository, &reference).await?;
+            let (bytes, header_type) = src
+                .registry
+                .get_manifest(src.repository, &reference)
+                .await?;
             let json: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| anyhow!("manifest {digest} of {}: not JSON ({e})", src.repository))?;
             let media_type = json["mediaType"]
@@ -235,7 +238,12 @@ impl Engine {
         }
         let (bytes, media_type) = self.copy_children(src, dst, digest, None).await?;
         dst.registry
-            .put_manifest(dst.repository, &Reference::Digest(digest.clone()), &bytes, &media_type)
+            .put_manifest(
+                dst.repository,
+                &Reference::Digest(digest.clone()),
+                &bytes,
+                &media_type,
+            )
             .await?;
         self.pushed.lock().unwrap().insert(key);
         Ok(())
@@ -366,7 +374,10 @@ pub async fn attached(
 ) -> Result<Vec<(Option<Tag>, Digest)>> {
     let mut found = Vec::new();
     for suffix in ["sig", "att", "sbom"] {
-        let tag = Tag::parse(&format!("{}.{suffix}", digest.as_str().replacen(':', "-", 1)))?;
+        let tag = Tag::parse(&format!(
+            "{}.{suffix}",
+            digest.as_str().replacen(':', "-", 1)
+        ))?;
         let reference = Reference::Tag(tag.clone());
         if let Some(described) = registry.head_manifest(repository, &reference).await? {
             found.push((Some(tag), described.digest));

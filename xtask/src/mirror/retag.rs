@@ -60,7 +60,12 @@ async fn retag(args: &RetagArgs) -> Result<()> {
             mount_tree(&registry, &source.repository, &target.repository, &json).await?;
         }
         registry
-            .put_manifest(&target.repository, &Reference::Tag(tag), &bytes, &media_type)
+            .put_manifest(
+                &target.repository,
+                &Reference::Tag(tag),
+                &bytes,
+                &media_type,
+            )
             .await?;
         println!("{target} -> {digest}");
     }
@@ -88,7 +93,8 @@ fn mount_tree<'a>(
         }
         for blob in blobs {
             let blob = Digest::parse(blob)?;
-            if !registry.has_blob(to, &blob).await? && !registry.mount_blob(to, &blob, from).await? {
+            if !registry.has_blob(to, &blob).await? && !registry.mount_blob(to, &blob, from).await?
+            {
                 bail!(
                     "{}/{to}: the registry refused to mount {blob} from {from}",
                     registry.host
@@ -96,9 +102,8 @@ fn mount_tree<'a>(
             }
         }
         for child in manifest["manifests"].as_array().into_iter().flatten() {
-            let digest = Reference::Digest(Digest::parse(
-                child["digest"].as_str().unwrap_or_default(),
-            )?);
+            let digest =
+                Reference::Digest(Digest::parse(child["digest"].as_str().unwrap_or_default())?);
             let (bytes, header_type) = registry.get_manifest(from, &digest).await?;
             let json: serde_json::Value = serde_json::from_slice(&bytes)?;
             mount_tree(registry, from, to, &json).await?;

@@ -245,10 +245,9 @@ pub async fn credential_for(host: &str) -> Result<Credential> {
     } else {
         host.to_string()
     };
-    let found =
-        tokio::task::spawn_blocking(move || docker_credential::get_credential(&key))
-            .await
-            .map_err(|_| Error::Credentials(format!("reading credentials for {host} stopped")))?;
+    let found = tokio::task::spawn_blocking(move || docker_credential::get_credential(&key))
+        .await
+        .map_err(|_| Error::Credentials(format!("reading credentials for {host} stopped")))?;
     use docker_credential::{CredentialRetrievalError as E, DockerCredential as D};
     match found {
         Ok(D::UsernamePassword(user, password)) => Ok(Credential::Basic(user, password)),

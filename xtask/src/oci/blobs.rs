@@ -241,9 +241,8 @@ impl Blob<'_> {
                     .ok(),
             };
             let pumped = match pumped {
-                Some(joined) => joined.map_err(|e| {
-                    Error::Refused(format!("{what}: the reader stopped: {e}"))
-                })?,
+                Some(joined) => joined
+                    .map_err(|e| Error::Refused(format!("{what}: the reader stopped: {e}")))?,
                 None => {
                     pump.abort();
                     Ok(PumpEnd::Dropped)
@@ -350,7 +349,9 @@ pub async fn upload_verified(
             let chunk = match item {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    let _ = sender.send(Err(Error::Refused(format!("{what}: {e}")))).await;
+                    let _ = sender
+                        .send(Err(Error::Refused(format!("{what}: {e}"))))
+                        .await;
                     return;
                 }
             };
@@ -543,23 +544,35 @@ mod tests {
         assert!(refused.is_digest_mismatch(), "{refused}");
         let mut long = Verifier::new(&digest, 11, "blob x");
         let past = long.take(0, b"hello world!").unwrap_err();
-        assert!(past.to_string().contains("more than the 11 bytes"), "{past}");
+        assert!(
+            past.to_string().contains("more than the 11 bytes"),
+            "{past}"
+        );
         let mut short = Verifier::new(&digest, 11, "blob x");
         short.take(0, b"hello").unwrap();
-        assert_eq!(short.finish().unwrap_err().to_string(), "blob x: got 5 of 11 bytes");
+        assert_eq!(
+            short.finish().unwrap_err().to_string(),
+            "blob x: got 5 of 11 bytes"
+        );
     }
 
     #[test]
     fn sha512_blobs_are_hashed_with_sha512() {
         use sha2::Digest as _;
         let data = b"sha512 content";
-        let digest =
-            Digest::parse(&format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))).unwrap();
+        let digest = Digest::parse(&format!(
+            "sha512:{}",
+            hex::encode(sha2::Sha512::digest(data))
+        ))
+        .unwrap();
         let mut verifier = Verifier::new(&digest, data.len() as u64, "blob");
         verifier.take(0, &data[..4]).unwrap();
         verifier.take(4, &data[4..]).unwrap();
         assert!(verifier.finish().is_ok());
         let mut other = Verifier::new(&digest, data.len() as u64, "blob");
-        assert!(other.take(0, b"sha512 c0ntent").unwrap_err().is_digest_mismatch());
+        assert!(other
+            .take(0, b"sha512 c0ntent")
+            .unwrap_err()
+            .is_digest_mismatch());
     }
 }

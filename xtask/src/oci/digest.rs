@@ -20,7 +20,12 @@ pub enum Algorithm {
 impl Digest {
     /// `sha256:<64 hex>` or `sha512:<128 hex>`, lower case, nothing else.
     pub fn parse(input: &str) -> Result<Digest> {
-        let invalid = |why: String| Err(Error::Invalid(format!("'{}' is not a digest: {why}", printable(input))));
+        let invalid = |why: String| {
+            Err(Error::Invalid(format!(
+                "'{}' is not a digest: {why}",
+                printable(input)
+            )))
+        };
         let Some((algorithm, hex)) = input.split_once(':') else {
             return invalid("expected sha256:<64 hex digits>".into());
         };

@@ -115,7 +115,10 @@ mod tests {
             status(503).context("x").retry_after(),
             Some(Duration::from_secs(2))
         );
-        let mismatch = Error::DigestMismatch { what: "blob".into() }.context("copying");
+        let mismatch = Error::DigestMismatch {
+            what: "blob".into(),
+        }
+        .context("copying");
         assert!(mismatch.is_digest_mismatch());
         assert!(!mismatch.is_retryable());
         assert_eq!(

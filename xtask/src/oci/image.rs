@@ -61,12 +61,11 @@ pub async fn platform_images(
     if value.get("manifests").is_none() {
         return Ok(vec![image(source, root, root_digest, None).await?]);
     }
-    let index: ImageIndex = serde_json::from_slice(root)
-        .map_err(|e| {
-            Error::Refused(format!(
-                "index {root_digest} is not a valid image index: {e}"
-            ))
-        })?;
+    let index: ImageIndex = serde_json::from_slice(root).map_err(|e| {
+        Error::Refused(format!(
+            "index {root_digest} is not a valid image index: {e}"
+        ))
+    })?;
     let mut images = Vec::new();
     for child in index.manifests() {
         if is_attestation(child) {
@@ -118,16 +117,14 @@ async fn image(
     digest: &Digest,
     platform: Option<String>,
 ) -> Result<PlatformImage> {
-    let manifest: ImageManifest = serde_json::from_slice(bytes)
-        .map_err(|e| {
-            Error::Refused(format!(
-                "manifest {digest} is not a valid image manifest: {e}"
-            ))
-        })?;
+    let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| {
+        Error::Refused(format!(
+            "manifest {digest} is not a valid image manifest: {e}"
+        ))
+    })?;
     let config_digest = descriptor_digest(manifest.config())?;
     let config_bytes = source.config(&config_digest).await?;
-    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
-        .map_err(|e| {
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| {
         Error::Refused(format!(
             "config {config_digest} of {digest} is not an image config: {e}"
         ))

@@ -6,9 +6,9 @@
 use serde::Serialize;
 use std::fmt;
 
+use super::digest::printable;
 pub use super::digest::Digest;
 use super::error::{Error, Result};
-use super::digest::printable;
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -285,7 +285,9 @@ mod tests {
     fn only_well_formed_names_parse() {
         assert!(Repository::parse("org/img").is_ok());
         assert!(Repository::parse("a/b.c_d-e/f").is_ok());
-        for bad in ["", "Org/img", "org//img", "org/img/", "../x", "a/-b", "a/b-", "a b"] {
+        for bad in [
+            "", "Org/img", "org//img", "org/img/", "../x", "a/-b", "a/b-", "a b",
+        ] {
             assert!(Repository::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Tag::parse("v1.2.3").is_ok());
@@ -294,7 +296,10 @@ mod tests {
             assert!(Tag::parse(bad).is_err(), "{bad:?}");
         }
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert!(matches!(Reference::parse(&digest), Ok(Reference::Digest(_))));
+        assert!(matches!(
+            Reference::parse(&digest),
+            Ok(Reference::Digest(_))
+        ));
         assert!(matches!(Reference::parse("v1"), Ok(Reference::Tag(_))));
         assert!(Reference::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
         assert!(Reference::parse("sha256:../../x").is_err());
@@ -310,10 +315,20 @@ mod tests {
 
     #[test]
     fn loopback_is_an_address_not_a_prefix() {
-        for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.1.2.3"] {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["127.evil.example", "localhost.evil.example", "10.0.0.1:5000"] {
+        for host in [
+            "127.evil.example",
+            "localhost.evil.example",
+            "10.0.0.1:5000",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }

@@ -229,6 +229,24 @@ impl Client {
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.host)))
     }
 
+    /// A request without a body to `endpoint` of `repository`, with the access it needs.
+    async fn ask(
+        &self,
+        method: Method,
+        repository: &Repository,
+        endpoint: Endpoint<'_>,
+        access: Access,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response> {
+        let scopes = match access {
+            Access::Pull => repository.pull_scope(),
+            Access::Push => repository.push_scope(),
+        };
+        let url = self.url(repository, endpoint)?;
+        self.send(method, &url, &scopes, headers, None, Payload::Metadata)
+            .await
+    }
+
     /// An upload location the registry handed back, checked like a redirect: it may
     /// not step down to plain HTTP, and credentials follow it only on the same origin.
     fn upload_url(&self, location: &str, what: &str) -> Result<Url> {
@@ -248,13 +266,12 @@ impl Client {
         let what = format!("HEAD manifest {}/{repository}:{reference}", self.host);
         with_retry(&what, &self.stats, || async {
             let response = self
-                .send(
+                .ask(
                     Method::HEAD,
-                    &self.url(repository, Endpoint::Manifest(reference))?,
-                    &repository.pull_scope(),
+                    repository,
+                    Endpoint::Manifest(reference),
+                    Access::Pull,
                     accept_manifests(),
-                    None,
-                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
@@ -297,13 +314,12 @@ impl Client {
         let what = format!("GET manifest {}/{repository}:{reference}", self.host);
         with_retry(&what, &self.stats, || async {
             let response = self
-                .send(
+                .ask(
                     Method::GET,
-                    &self.url(repository, Endpoint::Manifest(reference))?,
-                    &repository.pull_scope(),
+                    repository,
+                    Endpoint::Manifest(reference),
+                    Access::Pull,
                     accept_manifests(),
-                    None,
-                    Payload::Metadata,
                 )
                 .await?;
             if !response.status().is_success() {
@@ -378,13 +394,12 @@ impl Client {
         let what = format!("HEAD blob {}/{repository}@{digest}", self.host);
         with_retry(&what, &self.stats, || async {
             let response = self
-                .send(
+                .ask(
                     Method::HEAD,
-                    &self.url(repository, Endpoint::Blob(digest))?,
-                    &repository.push_scope(),
+                    repository,
+                    Endpoint::Blob(digest),
+                    Access::Push,
                     HeaderMap::new(),
-                    None,
-                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
@@ -501,13 +516,12 @@ impl Client {
     pub(super) async fn start_upload(&self, repository: &Repository) -> Result<Url> {
         let what = format!("starting an upload to {}/{repository}", self.host);
         let response = self
-            .send(
+            .ask(
                 Method::POST,
-                &self.url(repository, Endpoint::Uploads)?,
-                &repository.push_scope(),
+                repository,
+                Endpoint::Uploads,
+                Access::Push,
                 HeaderMap::new(),
-                None,
-                Payload::Metadata,
             )
             .await?;
         self.next_location(response, &what).await
@@ -689,13 +703,12 @@ impl Client {
                 HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
             );
             let response = self
-                .send(
+                .ask(
                     Method::GET,
-                    &self.url(repository, Endpoint::Referrers(digest))?,
-                    &repository.pull_scope(),
+                    repository,
+                    Endpoint::Referrers(digest),
+                    Access::Pull,
                     headers,
-                    None,
-                    Payload::Metadata,
                 )
                 .await?;
             match response.status() {
@@ -714,6 +727,13 @@ impl Client {
         })
         .await
     }
+}
+
+/// What a request asks of a repository's access.
+#[derive(Clone, Copy)]
+enum Access {
+    Pull,
+    Push,
 }
 
 /// What a request addresses in a repository.

@@ -244,12 +244,7 @@ impl Transport {
 }
 
 /// An error from an HTTP status; `Error::is_retryable` says 429, 408 and 5xx are transient.
-pub fn status_failure(
-    what: String,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &str,
-) -> Error {
+pub fn status_failure(what: String, status: StatusCode, headers: &HeaderMap, body: &str) -> Error {
     let hint = if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         "; check the credentials in your Docker config (docker login)"
     } else {
