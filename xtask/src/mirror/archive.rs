@@ -24,7 +24,7 @@ use crate::naming::{is_registry_host, ImageRef};
 use crate::oci::blobs::{read_blob, upload_verified};
 use crate::oci::digest::printable;
 use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
-use crate::oci::{Digest, Reference, Registries, Registry, Repository, Tag};
+use crate::oci::{Digest, Error, Reference, Registries, Registry, Repository, Tag};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Set by containerd, nerdctl and `docker save` to the full reference.
@@ -261,12 +261,18 @@ async fn write_archive(
             // The same resumable, verifying reader as a copy.
             let mut verified = Box::pin(read_blob(registry, repository, digest, *size));
             while let Some(item) = verified.next().await {
-                let failed = item.as_ref().err().map(|e| e.to_string());
-                if sender.send(item).await.is_err() {
+                let chunk = match item {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        // The writer stops on any error; the caller is told this one.
+                        let _ = sender.send(Err(Error::Refused(error.to_string()))).await;
+                        return Err(
+                            anyhow::Error::new(error).context("the archive was not written")
+                        );
+                    }
+                };
+                if sender.send(Ok(chunk)).await.is_err() {
                     break;
-                }
-                if let Some(message) = failed {
-                    bail!("{message}; the archive was not written");
                 }
             }
         }
