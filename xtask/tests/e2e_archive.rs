@@ -273,7 +273,11 @@ const EMPTY_CONFIG: &[u8] = b"{}";
 
 /// A monolithic blob upload with curl; returns the digest.
 fn push_blob(registry: &Registry, repository: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
+    push_blob_as(registry, repository, data, sha256(data))
+}
+
+/// The same, naming the blob by `digest` (sha256 or sha512).
+fn push_blob_as(registry: &Registry, repository: &str, data: &[u8], digest: String) -> String {
     let headers = run(
         "curl",
         &[
@@ -358,6 +362,135 @@ fn artifact(config: &str, payload: (&str, usize), subject: Option<(&str, usize)>
         r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","artifactType":"application/vnd.example.test","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.example.test","digest":"{}","size":{}}}]{subject}}}"#,
         payload.0, payload.1
     )
+}
+
+fn sha512(bytes: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes)))
+}
+
+/// Every blob of a manifest, fetched by its own digest from `registry`.
+fn blobs_of(registry: &Registry, repository: &str, manifest: &serde_json::Value) -> Vec<Vec<u8>> {
+    let config = std::iter::once(&manifest["config"]);
+    let layers = manifest["layers"].as_array().into_iter().flatten();
+    config
+        .chain(layers)
+        .map(|descriptor| {
+            let digest = descriptor["digest"].as_str().unwrap();
+            let url = registry.url(&format!("/v2/{repository}/blobs/{digest}"));
+            std::process::Command::new("curl")
+                .args(["-sf", &url])
+                .output()
+                .unwrap()
+                .stdout
+        })
+        .collect()
+}
+
+/// An image whose config and layers are all named by sha512. distribution 2.8 stores a
+/// manifest only under its sha256 (a PUT by sha512 is DIGEST_INVALID), so the index and
+/// manifest are sha256; every blob is sha512.
+#[test]
+fn a_sha512_image_mirrors_saves_and_loads_with_identical_bytes() {
+    if !docker_available() {
+        return;
+    }
+    let (src, dst, fresh) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let repository = "sha512/app";
+    let layers: Vec<Vec<u8>> = vec![noise(512, 300_000), noise(1024, 2 << 20)];
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        layers
+            .iter()
+            .map(|l| format!("\"{}\"", sha512(l)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let config_digest = push_blob_as(
+        &src,
+        repository,
+        config.as_bytes(),
+        sha512(config.as_bytes()),
+    );
+    let layer_descriptors: Vec<String> = layers
+        .iter()
+        .map(|layer| {
+            let digest = push_blob_as(&src, repository, layer, sha512(layer));
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{digest}","size":{}}}"#, layer.len())
+        })
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+        config.len(),
+        layer_descriptors.join(",")
+    );
+    let manifest_digest = push_manifest(&src, repository, None, &manifest);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"{MANIFEST}","digest":"{manifest_digest}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        manifest.len()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), &index).unwrap();
+    run(
+        "curl",
+        &[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &src.url(&format!("/v2/{repository}/manifests/v1")),
+        ],
+    );
+    let original: Vec<Vec<u8>> = std::iter::once(config.into_bytes()).chain(layers).collect();
+    let manifest_text = manifest;
+    let manifest: serde_json::Value = serde_json::from_str(&manifest_text).unwrap();
+    assert_eq!(
+        blobs_of(&src, repository, &manifest),
+        original,
+        "the source serves every sha512 blob"
+    );
+    let same_everywhere = |registry: &Registry, path: &str| {
+        let raw = |reference: &str| {
+            skopeo_inspect("--raw", &format!("{}/{path}{reference}", registry.addr))
+        };
+        assert_eq!(raw(":v1"), index, "index at {}/{path}", registry.addr);
+        assert_eq!(raw(&format!("@{manifest_digest}")), manifest_text);
+        assert_eq!(
+            blobs_of(registry, path, &manifest),
+            original,
+            "blobs at {}/{path}",
+            registry.addr
+        );
+    };
+
+    // Registry to registry.
+    let source = format!("{}/{repository}:v1", src.addr);
+    let out = xtask(&[
+        "images",
+        "mirror",
+        "--image",
+        &source,
+        "--to",
+        &format!("{}/m", dst.addr),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    same_everywhere(&dst, &format!("m/{repository}"));
+
+    // Through a bundle: the blobs travel under blobs/sha512/.
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle.tar");
+    save(&bundle, &[&source]);
+    let listing = run("tar", &["-tf", bundle.to_str().unwrap()]);
+    let config_member = format!(
+        "blobs/sha512/{}",
+        config_digest.trim_start_matches("sha512:")
+    );
+    assert!(listing.lines().any(|l| l == config_member), "{listing}");
+    assert_eq!(listing.matches("blobs/sha512/").count(), 3, "{listing}");
+    loaded(&load(&bundle, &format!("{}/air", fresh.addr), &[]));
+    same_everywhere(&fresh, &format!("air/{repository}"));
 }
 
 #[test]

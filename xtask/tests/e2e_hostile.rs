@@ -83,7 +83,7 @@ fn assert_refused_and_nothing_written(
         "a hostile digest was followed: {stderr}"
     );
     assert!(
-        stderr.contains("is neither a tag nor a digest; refusing to put it in a URL"),
+        stderr.contains("is not a digest: sha256 needs 64 lower-case hex digits"),
         "{stderr}"
     );
     assert!(
