@@ -246,6 +246,52 @@ fn bad_references_and_flags_are_one_line() {
     }
 }
 
+/// With no registry listening, each command still names the local problem first.
+#[test]
+fn local_inputs_are_checked_before_any_registry_is_asked() {
+    let down = format!("127.0.0.1:{}", free_port());
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("no-such-bundle.tar");
+    let unwritable = work.path().join("no-such-dir/bundle.tar");
+    let image = format!("{down}/org/app:v1");
+    let to = format!("{down}/m");
+    for (args, prefix) in [
+        (
+            vec![
+                "images",
+                "mirror",
+                "load",
+                missing.to_str().unwrap(),
+                "--to",
+                &to,
+            ],
+            format!("{}: cannot open it", missing.display()),
+        ),
+        (
+            vec!["images", "retag", &image, ":-bad"],
+            format!("image reference '{down}/org/app:-bad': tag '-bad' is invalid"),
+        ),
+        (
+            vec![
+                "images",
+                "mirror",
+                "save",
+                "--image",
+                &image,
+                "--out",
+                unwritable.to_str().unwrap(),
+            ],
+            format!("cannot write the archive to {}", unwritable.display()),
+        ),
+    ] {
+        let err = assert_one_line_error(&xtask(&args), &prefix);
+        assert!(!err.contains("unreachable"), "{err}");
+    }
+    // With good local inputs the same command does reach for the registry.
+    let out = xtask(&["images", "retag", &image, "v2"]);
+    assert_one_line_error(&out, &format!("registry {down} is unreachable"));
+}
+
 #[test]
 fn hostile_registry_hosts_and_list_values_are_one_line_and_write_nothing() {
     let work = tempfile::tempdir().unwrap();
