@@ -13,6 +13,7 @@ use crate::cli::{BuildArgs, RenderArgs};
 use crate::plan::{validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET};
 use crate::project;
 use crate::render::{render_all, RenderOptions, Rendered};
+use crate::text::read_ca_pem;
 
 const DEFAULT_SOURCE_URL: &str = "https://github.com/kubeopencode/kubeopencode";
 
@@ -208,23 +209,6 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
 fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
     read_ca_pem("--ca-bundle", path)?;
     absolute(path)
-}
-
-/// The text of a PEM file of CA certificates given with `flag`, or one line saying why not.
-pub fn read_ca_pem(flag: &str, path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        anyhow!(
-            "{flag} {}: cannot read it ({e}); pass a PEM file of CA certificates",
-            path.display()
-        )
-    })?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        bail!(
-            "{flag} {}: no PEM certificate in it; pass a file with -----BEGIN CERTIFICATE----- blocks",
-            path.display()
-        );
-    }
-    Ok(text)
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String> {

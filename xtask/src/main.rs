@@ -13,6 +13,7 @@ mod project;
 mod render;
 mod report;
 mod size;
+mod text;
 mod tools;
 mod verify;
 

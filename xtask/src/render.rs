@@ -101,7 +101,7 @@ fn one_line(
                 ErrorKind::InvalidOperation,
                 format!(
                     "the value '{}' holds the control character {c:?}; a Dockerfile value must be one line",
-                    crate::oci::digest::printable(&text)
+                    crate::text::printable(&text)
                 ),
             ));
         }
@@ -293,7 +293,7 @@ fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, ContextEntry>> {
             .expect("walkdir stays under its root")
             .to_path_buf();
         let metadata_file =
-            relative == Path::new(MANIFEST) || relative == Path::new(crate::tools::LOCK);
+            relative == Path::new(MANIFEST) || relative == Path::new(crate::catalog::lock::LOCK);
         if metadata_file || relative.as_os_str().is_empty() {
             continue;
         }

@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use crate::catalog::{Catalog, Limits};
 use crate::cli::SizeArgs;
 use crate::naming::ImageRef;
-use crate::oci::digest::{printable, Digest};
+use crate::oci::digest::Digest;
 use crate::oci::image::{platform_images, resolve, ContentSource, PlatformImage, RegistrySource};
 use crate::oci::registry::{Registry, MAX_MANIFEST_BYTES};
 use crate::oci::Registries;
 use crate::report::{mib, table};
+use crate::text::printable;
 
 /// One image to measure.
 #[derive(Debug, Clone)]

@@ -11,26 +11,11 @@ use std::time::Duration;
 use crate::catalog::{Catalog, CommandCheck, FileCheck, MetadataCheck, Role, VerifySpec};
 use crate::cli::{RoleArg, VerifyArgs};
 use crate::docker::{self, Finished};
-use crate::oci::digest::printable;
 use crate::report::table;
+use crate::text::printable;
 
 /// The UID OpenShift's restricted SCC picks from a namespace range, always in group 0.
 pub const ARBITRARY_UID: &str = "1000620000:0";
-
-/// Convention checks by name; an image opts out of one with `verify.skip.<name>`.
-pub const CONVENTIONS: &[&str] = &[
-    "user",
-    "home",
-    "workdir",
-    "home-writable",
-    "workspace-writable",
-    "tools-mountable",
-    "opencode-from-tools",
-    "default-command",
-    "copies-to-tools",
-    "arbitrary-uid",
-    "restricted-profile",
-];
 
 /// The restricted profile: what `restricted` pod security and OpenShift's restricted SCC
 /// leave a container, with an `emptyDir` at /tmp.
@@ -827,19 +812,6 @@ fn permissions_text(kind: char, mode: u32) -> String {
     out
 }
 
-/// Validates an `ls -l` style permission string from `image.toml`.
-pub fn parse_permissions(text: &str) -> Result<()> {
-    let valid = text.len() == 10
-        && text.chars().enumerate().all(|(i, c)| match i {
-            0 => "-dl".contains(c),
-            _ => "-rwxsStT".contains(c),
-        });
-    if !valid {
-        bail!("permissions '{text}' is not of the form drwxr-xr-x (type, then rwx for owner, group, other)");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,9 +821,6 @@ mod tests {
         assert_eq!(permissions_text('d', 0o1777), "drwxrwxrwt");
         assert_eq!(permissions_text('-', 0o755), "-rwxr-xr-x");
         assert_eq!(permissions_text('-', 0o4644), "-rwSr--r--");
-        assert!(parse_permissions("drwxrwxrwx").is_ok());
-        assert!(parse_permissions("0777").is_err());
-        assert!(parse_permissions("qrwxrwxrwx").is_err());
     }
 
     #[test]

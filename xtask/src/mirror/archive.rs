@@ -21,11 +21,11 @@ use super::engine::{attached, is_foreign};
 use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::naming::{is_registry_host, ImageRef};
-use crate::oci::digest::printable;
 use crate::oci::registry::{
     is_tag, receiver_stream, verified_stream, Registry, MAX_MANIFEST_BYTES,
 };
 use crate::oci::{Digest, Registries};
+use crate::text::printable;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Set by containerd, nerdctl and `docker save` to the full reference.

@@ -118,7 +118,7 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // Checked before anything is copied.
     let mirror_ca = match &args.mirror_ca {
-        Some(path) => Some(crate::build::read_ca_pem("--mirror-ca", path)?),
+        Some(path) => Some(crate::text::read_ca_pem("--mirror-ca", path)?),
         None => None,
     };
     warn_about_subsets(&planned);

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use super::digest::printable;
 use super::transport::{failure_from, read_bounded, Failure, Stats, Transport, METADATA_DEADLINE};
+use crate::text::printable;
 
 /// A token answer larger than this is not a token.
 const MAX_TOKEN_BODY: u64 = 1 << 20;

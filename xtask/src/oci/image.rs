@@ -7,8 +7,9 @@ use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::digest::{printable, Digest};
+use super::digest::Digest;
 use super::registry::{Registry, MAX_MANIFEST_BYTES};
+use crate::text::printable;
 
 /// Where manifests and configs come from: a registry, or an OCI layout.
 pub trait ContentSource {

@@ -783,7 +783,7 @@ pub fn api_path(repository: &str, tail: &str) -> Result<String> {
     if !repository.split('/').all(component_ok) {
         return Err(anyhow!(
             "'{}' is not a repository name; refusing to put it in a URL",
-            super::digest::printable(repository)
+            crate::text::printable(repository)
         ));
     }
     let (kind, value) = tail.split_once('/').unwrap_or((tail, ""));
@@ -796,7 +796,7 @@ pub fn api_path(repository: &str, tail: &str) -> Result<String> {
     if !valid {
         return Err(anyhow!(
             "'{}' is neither a tag nor a digest; refusing to put it in a URL",
-            super::digest::printable(value)
+            crate::text::printable(value)
         ));
     }
     Ok(format!("{repository}/{tail}"))

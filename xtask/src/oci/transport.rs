@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::digest::printable;
+use crate::text::printable;
 
 const MAX_ATTEMPTS: u32 = 7;
 const MAX_REDIRECTS: usize = 5;
