@@ -14,6 +14,7 @@ use crate::plan::{validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECR
 use crate::project;
 use crate::render::{render_all, RenderOptions, Rendered};
 use crate::text::read_ca_pem;
+use crate::{size, verify};
 
 const DEFAULT_SOURCE_URL: &str = "https://github.com/kubeopencode/kubeopencode";
 
@@ -110,7 +111,8 @@ pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// `images size` and `images verify` on the images just built, from where they went.
+/// `images size` and `images verify` on the images just built, from where they went,
+/// through the same checks those commands run.
 fn check(
     catalog: &Catalog,
     plan: &BuildPlan,
@@ -119,30 +121,22 @@ fn check(
 ) -> Result<()> {
     let names: Vec<String> = plan.requested().map(|t| t.name.clone()).collect();
     let source = match output {
-        Output::Push => crate::size::Source::Registry,
-        _ => crate::size::Source::Engine,
+        Output::Push => size::Source::Registry,
+        _ => size::Source::Engine,
     };
-    let options = crate::size::Options {
-        uncompressed: true,
-        layers: 3,
-        insecure: Vec::new(),
-        timeout: None,
-    };
-    let targets = crate::size::catalog_targets(catalog, &names, publish)?;
-    let sizes = crate::size::measure(&targets, source, &options)?;
+    let options = size::Options::default();
+    let layers = options.layers;
+    let sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?.run()?;
     // Tables to stderr: stdout stays the build's own result (`--json` included).
-    eprint!("{}", crate::size::text(&sizes, options.layers));
-    crate::size::step_summary(&sizes)?;
-    let subjects = crate::verify::catalog_subjects(catalog, &names, publish)?;
-    let tools_image = crate::verify::catalog_init_image(catalog, publish)?;
-    let engine = crate::verify::Engine {
+    sizes.print(&mut std::io::stderr(), false, layers)?;
+    let engine = verify::Engine {
         platform: None,
         local: output != Output::Push,
     };
-    let outcomes = crate::verify::verify(&subjects, tools_image.as_deref(), &engine)?;
-    eprint!("{}", crate::verify::text(&outcomes));
-    crate::size::finish(&sizes)?;
-    crate::verify::finish(&outcomes)
+    let outcomes = verify::Check::for_catalog(catalog, &names, publish, engine)?.run()?;
+    outcomes.print(&mut std::io::stderr(), false)?;
+    sizes.verdict()?;
+    outcomes.verdict()
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

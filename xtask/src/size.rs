@@ -87,27 +87,72 @@ pub struct LayerReport {
 }
 
 pub fn run(root: &Path, args: &SizeArgs) -> Result<()> {
-    let targets = targets(root, args)?;
     let source = if args.local {
         Source::Engine
     } else {
         Source::Registry
     };
-    let options = Options {
-        uncompressed: !args.compressed_only,
-        layers: args.layers,
-        insecure: args.registry.insecure.clone(),
-        timeout: args.registry.timeout.map(Into::into),
+    let check = Check {
+        targets: targets(root, args)?,
+        source,
+        options: Options {
+            uncompressed: !args.compressed_only,
+            layers: args.layers,
+            insecure: args.registry.insecure.clone(),
+            timeout: args.registry.timeout.map(Into::into),
+        },
     };
-    let report = measure(&targets, source, &options)?;
-    print(&report, args.json, args.layers)?;
-    finish(&report)
+    let report = check.run()?;
+    report.print(&mut std::io::stdout(), args.json, args.layers)?;
+    report.verdict()
 }
 
-/// The exit status: non-zero when any image is over its budget.
-pub fn finish(report: &Report) -> Result<()> {
-    if report.over_budget > 0 {
-        let over: Vec<String> = report
+/// What to measure and how. `images size` builds it from its flags, `build --check`
+/// from the images it built; both then print the report and take its verdict.
+pub struct Check {
+    pub targets: Vec<Target>,
+    pub source: Source,
+    pub options: Options,
+}
+
+impl Check {
+    /// The catalog images named (all when none), as published under `publish`.
+    pub fn for_catalog(
+        catalog: &Catalog,
+        names: &[String],
+        publish: &crate::naming::Publish,
+        source: Source,
+        options: Options,
+    ) -> Result<Check> {
+        Ok(Check {
+            targets: catalog_targets(catalog, names, publish)?,
+            source,
+            options,
+        })
+    }
+
+    pub fn run(&self) -> Result<Report> {
+        measure(&self.targets, self.source, &self.options)
+    }
+}
+
+impl Report {
+    /// The table (or JSON) to `out`, and the Markdown table to `$GITHUB_STEP_SUMMARY`.
+    pub fn print(&self, out: &mut dyn Write, json: bool, layers: usize) -> Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(self)?)?;
+        } else {
+            write!(out, "{}", text(self, layers))?;
+        }
+        step_summary(self)
+    }
+
+    /// The exit status: an error when any image is over its budget.
+    pub fn verdict(&self) -> Result<()> {
+        if self.over_budget == 0 {
+            return Ok(());
+        }
+        let over: Vec<String> = self
             .images
             .iter()
             .flat_map(|i| {
@@ -123,7 +168,6 @@ pub fn finish(report: &Report) -> Result<()> {
             over.join(", ")
         );
     }
-    Ok(())
 }
 
 fn targets(root: &Path, args: &SizeArgs) -> Result<Vec<Target>> {
@@ -147,8 +191,7 @@ fn targets(root: &Path, args: &SizeArgs) -> Result<Vec<Target>> {
     catalog_targets(&catalog, &args.images, &args.publish.publish())
 }
 
-/// The catalog images named (all when none), as published under `publish`.
-pub fn catalog_targets(
+fn catalog_targets(
     catalog: &Catalog,
     names: &[String],
     publish: &crate::naming::Publish,
@@ -167,13 +210,26 @@ pub fn catalog_targets(
 }
 
 pub struct Options {
+    /// Also measure uncompressed sizes, which costs a download of every layer.
     pub uncompressed: bool,
     pub layers: usize,
     pub insecure: Vec<String>,
     pub timeout: Option<std::time::Duration>,
 }
 
-pub fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
+/// The flags' defaults.
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            uncompressed: true,
+            layers: 3,
+            insecure: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
+fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
     crate::oci::block_on_within(options.timeout, async {
         let registries = Registries::new(options.insecure.clone());
         let sizes = LayerSizes::default();
@@ -643,17 +699,8 @@ fn image_report(
     }
 }
 
-pub fn print(report: &Report, json: bool, layers: usize) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", text(report, layers));
-    }
-    step_summary(report)
-}
-
 /// Appends the Markdown table to `$GITHUB_STEP_SUMMARY`, when a workflow set it.
-pub fn step_summary(report: &Report) -> Result<()> {
+fn step_summary(report: &Report) -> Result<()> {
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -725,7 +772,7 @@ fn headroom_text(p: &PlatformReport) -> String {
     }
 }
 
-pub fn text(report: &Report, layers: usize) -> String {
+fn text(report: &Report, layers: usize) -> String {
     let mut out = table(&HEADER, &rows(report));
     out.push_str("(compressed / uncompressed; sizes in MiB = 2^20 bytes)\n");
     if layers == 0 {
@@ -887,7 +934,8 @@ mod tests {
             markdown.contains("| opencode | linux/arm64 | 70.0 MiB |"),
             "{markdown}"
         );
-        assert!(finish(&sample_report())
+        assert!(sample_report()
+            .verdict()
             .unwrap_err()
             .to_string()
             .contains("opencode (linux/arm64)"));

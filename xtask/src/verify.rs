@@ -75,16 +75,88 @@ pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
         Some(reference) => Some(reference.clone()),
         None => catalog_init_image(&catalog, &publish)?,
     };
-    let engine = Engine {
-        platform: args.platform.clone(),
-        local: args.local,
+    let check = Check {
+        subjects,
+        tools_image,
+        engine: Engine {
+            platform: args.platform.clone(),
+            local: args.local,
+        },
     };
-    let outcomes = verify(&subjects, tools_image.as_deref(), &engine)?;
-    print(&outcomes, args.json)?;
-    finish(&outcomes)
+    let report = check.run()?;
+    report.print(&mut std::io::stdout(), args.json)?;
+    report.verdict()
 }
 
-pub fn catalog_subjects(
+/// What to check and where. `images verify` builds it from its flags, `build --check`
+/// from the images it built; both then print the report and take its verdict.
+pub struct Check {
+    pub subjects: Vec<Subject>,
+    /// The init image for the two-container check.
+    pub tools_image: Option<String>,
+    pub engine: Engine,
+}
+
+impl Check {
+    /// The catalog images named (all when none) and the catalog's init image, as
+    /// published under `publish`.
+    pub fn for_catalog(
+        catalog: &Catalog,
+        names: &[String],
+        publish: &crate::naming::Publish,
+        engine: Engine,
+    ) -> Result<Check> {
+        Ok(Check {
+            subjects: catalog_subjects(catalog, names, publish)?,
+            tools_image: catalog_init_image(catalog, publish)?,
+            engine,
+        })
+    }
+
+    pub fn run(&self) -> Result<Report> {
+        let outcomes = verify(&self.subjects, self.tools_image.as_deref(), &self.engine)?;
+        Ok(Report { outcomes })
+    }
+}
+
+/// Every check's outcome; as JSON, the list itself.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    pub fn print(&self, out: &mut dyn std::io::Write, json: bool) -> Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&self.outcomes)?)?;
+        } else {
+            write!(out, "{}", text(&self.outcomes))?;
+        }
+        Ok(())
+    }
+
+    /// The exit status: an error naming the first failed check, when any failed.
+    pub fn verdict(&self) -> Result<()> {
+        let outcomes = &self.outcomes;
+        let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let first = failed[0];
+        bail!(
+            "{} of {} checks failed; first: {}: {} as {}: {}",
+            failed.len(),
+            outcomes.len(),
+            first.image,
+            first.check,
+            first.user.as_deref().unwrap_or("-"),
+            first.detail
+        );
+    }
+}
+
+fn catalog_subjects(
     catalog: &Catalog,
     names: &[String],
     publish: &crate::naming::Publish,
@@ -104,7 +176,7 @@ pub fn catalog_subjects(
 }
 
 /// The catalog's init image under the naming flags, for the two-container check.
-pub fn catalog_init_image(
+fn catalog_init_image(
     catalog: &Catalog,
     publish: &crate::naming::Publish,
 ) -> Result<Option<String>> {
@@ -124,7 +196,7 @@ pub struct Engine {
     pub local: bool,
 }
 
-pub fn verify(
+fn verify(
     subjects: &[Subject],
     tools_image: Option<&str>,
     engine: &Engine,
@@ -144,33 +216,7 @@ pub fn verify(
     Ok(outcomes)
 }
 
-pub fn finish(outcomes: &[Outcome]) -> Result<()> {
-    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    let first = failed[0];
-    bail!(
-        "{} of {} checks failed; first: {}: {} as {}: {}",
-        failed.len(),
-        outcomes.len(),
-        first.image,
-        first.check,
-        first.user.as_deref().unwrap_or("-"),
-        first.detail
-    );
-}
-
-pub fn print(outcomes: &[Outcome], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(outcomes)?);
-    } else {
-        print!("{}", text(outcomes));
-    }
-    Ok(())
-}
-
-pub fn text(outcomes: &[Outcome]) -> String {
+fn text(outcomes: &[Outcome]) -> String {
     let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
