@@ -48,67 +48,71 @@ fn prepare<'a>(catalog: &'a Catalog, args: &RenderArgs) -> Result<Prepared<'a>> 
     })
 }
 
-pub fn run_render(root: &Path, args: &RenderArgs) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let prepared = prepare(&catalog, args)?;
-    for r in &prepared.rendered {
-        println!(
-            "{}",
-            prepared.out.join(&r.name).join("Dockerfile").display()
-        );
+impl RenderArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let prepared = prepare(&catalog, &self)?;
+        for r in &prepared.rendered {
+            println!(
+                "{}",
+                prepared.out.join(&r.name).join("Dockerfile").display()
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let inputs = plan_inputs(root, args)?;
-    let prepared = prepare(&catalog, &args.render)?;
-    let plan = BuildPlan::new(
-        &prepared.images,
-        &prepared.rendered,
-        &args.render.images,
-        &prepared.out,
-        &inputs,
-    )?;
-    let bake_path = prepared.out.join("bake.json");
-    let metadata_path = prepared.out.join("metadata.json");
-    let bake = serde_json::to_string_pretty(&plan.bake_file())?;
-    fs::write(&bake_path, format!("{bake}\n"))
-        .with_context(|| format!("writing {}", bake_path.display()))?;
-    let docker_args = plan.bake_args(&bake_path, &metadata_path);
+impl BuildArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let inputs = plan_inputs(root, &self)?;
+        let prepared = prepare(&catalog, &self.render)?;
+        let plan = BuildPlan::new(
+            &prepared.images,
+            &prepared.rendered,
+            &self.render.images,
+            &prepared.out,
+            &inputs,
+        )?;
+        let bake_path = prepared.out.join("bake.json");
+        let metadata_path = prepared.out.join("metadata.json");
+        let bake = serde_json::to_string_pretty(&plan.bake_file())?;
+        fs::write(&bake_path, format!("{bake}\n"))
+            .with_context(|| format!("writing {}", bake_path.display()))?;
+        let docker_args = plan.bake_args(&bake_path, &metadata_path);
 
-    if args.dry_run {
-        print_plan(&plan, &docker_args, args.json)?;
-        return Ok(());
-    }
-    if args.check && inputs.output == Output::Cache {
-        bail!("--check measures and runs what was built: add --push or --load");
-    }
+        if self.dry_run {
+            print_plan(&plan, &docker_args, self.json)?;
+            return Ok(());
+        }
+        if self.check && inputs.output == Output::Cache {
+            bail!("--check measures and runs what was built: add --push or --load");
+        }
 
-    let sh = Shell::new()?;
-    preflight(&sh, &plan)?;
-    let _ = fs::remove_file(&metadata_path);
-    eprintln!(
-        "==> building {} ({} target(s) in the bake file {})",
-        plan.requested()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        plan.targets.len(),
-        bake_path.display()
-    );
-    cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
-        anyhow!(
-            "docker buildx bake failed; the build log above names the failing step \
-             (re-run with --progress plain for the full log)"
-        )
-    })?;
-    report(&plan, &metadata_path, args.json)?;
-    if args.check {
-        check(&catalog, &plan, inputs.output, &inputs.publish)?;
+        let sh = Shell::new()?;
+        preflight(&sh, &plan)?;
+        let _ = fs::remove_file(&metadata_path);
+        eprintln!(
+            "==> building {} ({} target(s) in the bake file {})",
+            plan.requested()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.targets.len(),
+            bake_path.display()
+        );
+        cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
+            anyhow!(
+                "docker buildx bake failed; the build log above names the failing step \
+                 (re-run with --progress plain for the full log)"
+            )
+        })?;
+        report(&plan, &metadata_path, self.json)?;
+        if self.check {
+            check(&catalog, &plan, inputs.output, &inputs.publish)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `images size` and `images verify` on the images just built, from where they went,

@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::path::Path;
 
 use crate::catalog::{Catalog, SizeBudget};
+use crate::cli::ListArgs;
 use crate::report::table;
 
 #[derive(Serialize)]
@@ -18,45 +19,47 @@ struct Entry<'a> {
     size: Option<&'a SizeBudget>,
 }
 
-pub fn run(root: &Path, json: bool) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let entries: Vec<Entry> = catalog
-        .build_order(&[])?
-        .into_iter()
-        .map(|image| Entry {
-            name: &image.name,
-            description: &image.spec.description,
-            source: image.source_label(),
-            parent: image.spec.parent.as_deref(),
-            platforms: &image.spec.platforms,
-            bases: image.bases.values().map(ToString::to_string).collect(),
-            size: image.spec.size.as_ref(),
-        })
-        .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
+impl ListArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let entries: Vec<Entry> = catalog
+            .build_order(&[])?
+            .into_iter()
+            .map(|image| Entry {
+                name: &image.name,
+                description: &image.spec.description,
+                source: image.source_label(),
+                parent: image.spec.parent.as_deref(),
+                platforms: &image.spec.platforms,
+                bases: image.bases.values().map(ToString::to_string).collect(),
+                size: image.spec.size.as_ref(),
+            })
+            .collect();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&entries)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.to_string(),
+                    e.parent.unwrap_or("-").to_string(),
+                    e.platforms.join(","),
+                    budget(e.size),
+                    e.description.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
+                &rows
+            )
+        );
+        Ok(())
     }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            vec![
-                e.name.to_string(),
-                e.parent.unwrap_or("-").to_string(),
-                e.platforms.join(","),
-                budget(e.size),
-                e.description.to_string(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
-            &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
-            &rows
-        )
-    );
-    Ok(())
 }
 
 fn budget(size: Option<&SizeBudget>) -> String {

@@ -86,25 +86,27 @@ pub struct LayerReport {
     pub created_by: Option<String>,
 }
 
-pub fn run(root: &Path, args: &SizeArgs) -> Result<()> {
-    let source = if args.local {
-        Source::Engine
-    } else {
-        Source::Registry
-    };
-    let check = Check {
-        targets: targets(root, args)?,
-        source,
-        options: Options {
-            uncompressed: !args.compressed_only,
-            layers: args.layers,
-            insecure: args.registry.insecure.clone(),
-            timeout: args.registry.timeout.map(Into::into),
-        },
-    };
-    let report = check.run()?;
-    report.print(&mut std::io::stdout(), args.json, args.layers)?;
-    report.verdict()
+impl SizeArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let source = if self.local {
+            Source::Engine
+        } else {
+            Source::Registry
+        };
+        let check = Check {
+            targets: targets(root, &self)?,
+            source,
+            options: Options {
+                uncompressed: !self.compressed_only,
+                layers: self.layers,
+                insecure: self.registry.insecure.clone(),
+                timeout: self.registry.timeout.map(Into::into),
+            },
+        };
+        let report = check.run()?;
+        report.print(&mut std::io::stdout(), self.json, self.layers)?;
+        report.verdict()
+    }
 }
 
 /// What to measure and how. `images size` builds it from its flags, `build --check`

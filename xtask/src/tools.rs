@@ -50,39 +50,41 @@ pub fn artifacts(catalog: &Catalog, names: &[String]) -> Result<Vec<Artifact>> {
     Ok(out)
 }
 
-pub fn run(root: &Path, args: &ToolsArgs) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let artifacts = artifacts(&catalog, &args.images)?;
-    if let Some(dir) = &args.fetch {
-        return fetch(&artifacts, dir, args.from.as_deref());
+impl ToolsArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let artifacts = artifacts(&catalog, &self.images)?;
+        if let Some(dir) = &self.fetch {
+            return fetch(&artifacts, dir, self.from.as_deref());
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&artifacts)?);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = artifacts
+            .iter()
+            .map(|a| {
+                let check = match (&a.sha256, &a.signature_url) {
+                    (sum, _) if !sum.is_empty() => format!("sha256:{}", &sum[..12]),
+                    (_, Some(_)) => "signature".into(),
+                    _ => "MISSING".into(),
+                };
+                vec![
+                    a.image.clone(),
+                    a.tool.clone(),
+                    a.version.clone(),
+                    a.arch.clone(),
+                    check,
+                    a.url.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["IMAGE", "TOOL", "VERSION", "ARCH", "CHECK", "URL"], &rows)
+        );
+        Ok(())
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&artifacts)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = artifacts
-        .iter()
-        .map(|a| {
-            let check = match (&a.sha256, &a.signature_url) {
-                (sum, _) if !sum.is_empty() => format!("sha256:{}", &sum[..12]),
-                (_, Some(_)) => "signature".into(),
-                _ => "MISSING".into(),
-            };
-            vec![
-                a.image.clone(),
-                a.tool.clone(),
-                a.version.clone(),
-                a.arch.clone(),
-                check,
-                a.url.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(&["IMAGE", "TOOL", "VERSION", "ARCH", "CHECK", "URL"], &rows)
-    );
-    Ok(())
 }
 
 /// Where `url` lives under an artifact mirror: `<host>/<path>`, exactly what

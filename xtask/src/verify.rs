@@ -50,42 +50,44 @@ pub struct Outcome {
     pub detail: String,
 }
 
-pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
-    // One catalog load serves the subjects and the init image of the two-container check.
-    let catalog = Catalog::load(root)?;
-    let publish = args.publish.publish();
-    let subjects = match &args.reference {
-        Some(reference) => {
-            crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
-            let role = match args.role {
-                RoleArg::Executor => Role::Executor,
-                RoleArg::Init => Role::Init,
-                RoleArg::Other => Role::Other,
-            };
-            vec![Subject {
-                name: reference.clone(),
-                reference: reference.clone(),
-                role,
-                spec: VerifySpec::default(),
-            }]
-        }
-        None => catalog_subjects(&catalog, &args.images, &publish)?,
-    };
-    let tools_image = match &args.tools_image {
-        Some(reference) => Some(reference.clone()),
-        None => catalog_init_image(&catalog, &publish)?,
-    };
-    let check = Check {
-        subjects,
-        tools_image,
-        engine: Engine {
-            platform: args.platform.clone(),
-            local: args.local,
-        },
-    };
-    let report = check.run()?;
-    report.print(&mut std::io::stdout(), args.json)?;
-    report.verdict()
+impl VerifyArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        // One catalog load serves the subjects and the init image of the two-container check.
+        let catalog = Catalog::load(root)?;
+        let publish = self.publish.publish();
+        let subjects = match &self.reference {
+            Some(reference) => {
+                crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
+                let role = match self.role {
+                    RoleArg::Executor => Role::Executor,
+                    RoleArg::Init => Role::Init,
+                    RoleArg::Other => Role::Other,
+                };
+                vec![Subject {
+                    name: reference.clone(),
+                    reference: reference.clone(),
+                    role,
+                    spec: VerifySpec::default(),
+                }]
+            }
+            None => catalog_subjects(&catalog, &self.images, &publish)?,
+        };
+        let tools_image = match &self.tools_image {
+            Some(reference) => Some(reference.clone()),
+            None => catalog_init_image(&catalog, &publish)?,
+        };
+        let check = Check {
+            subjects,
+            tools_image,
+            engine: Engine {
+                platform: self.platform.clone(),
+                local: self.local,
+            },
+        };
+        let report = check.run()?;
+        report.print(&mut std::io::stdout(), self.json)?;
+        report.verdict()
+    }
 }
 
 /// What to check and where. `images verify` builds it from its flags, `build --check`
