@@ -246,16 +246,22 @@ fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Repo
             };
             images.push(measured);
         }
+        Ok(Report::of(images))
+    })
+}
+
+impl Report {
+    fn of(images: Vec<ImageReport>) -> Report {
         let over_budget = images
             .iter()
             .flat_map(|i| &i.platforms)
             .filter(|p| p.verdict == Verdict::Over)
             .count();
-        Ok(Report {
+        Report {
             images,
             over_budget,
-        })
-    })
+        }
+    }
 }
 
 /// Uncompressed sizes by layer digest, so a layer shared by several images (a parent's)
@@ -475,13 +481,23 @@ async fn measure_in_engine(
 ) -> Result<ImageReport> {
     let reference = target.reference.to_string();
     let layout = tokio::task::spawn_blocking(move || read_docker_save(&reference)).await??;
+    measure_layout(target, &layout, sizes, options).await
+}
+
+/// An image from the OCI layout `docker save` wrote, every blob already measured.
+async fn measure_layout(
+    target: &Target,
+    layout: &SavedLayout,
+    sizes: &LayerSizes,
+    options: &Options,
+) -> Result<ImageReport> {
     for (digest, measured) in &layout.measured {
         if let Some(uncompressed) = measured.uncompressed {
             sizes.insert(digest.clone(), uncompressed);
         }
     }
     let root = layout.root()?;
-    let images = platform_images(&layout, &root.0, &root.1).await?;
+    let images = platform_images(layout, &root.0, &root.1).await?;
     for image in &images {
         for layer in &image.layers {
             let measured = layout
@@ -835,6 +851,7 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SizeBudget;
     use flate2::write::GzEncoder;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -921,9 +938,160 @@ mod tests {
         }
     }
 
+    /// Blobs of an OCI layout, each added by its real bytes.
+    #[derive(Default)]
+    struct Blobs(Vec<(Digest, Vec<u8>)>);
+
+    impl Blobs {
+        fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> serde_json::Value {
+            let digest = Digest::of_sha256(&bytes);
+            let descriptor = serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.as_str(),
+                "size": bytes.len(),
+            });
+            self.0.push((digest, bytes));
+            descriptor
+        }
+
+        /// One platform's image: its layers with the history steps that made them, and
+        /// an empty-layer step between, as BuildKit writes for ENV.
+        fn image(&mut self, arch: &str, layers: Vec<(Vec<u8>, &str)>) -> serde_json::Value {
+            let mut history =
+                vec![serde_json::json!({ "created_by": "ENV HOME=/tmp", "empty_layer": true })];
+            let mut descriptors = Vec::new();
+            for (bytes, step) in layers {
+                let gzip = bytes.starts_with(&[0x1f, 0x8b]);
+                let media_type = if gzip {
+                    "application/vnd.oci.image.layer.v1.tar+gzip"
+                } else {
+                    "application/vnd.oci.image.layer.v1.tar"
+                };
+                descriptors.push(self.add(media_type, bytes));
+                history.push(serde_json::json!({ "created_by": step }));
+            }
+            let config = serde_json::json!({
+                "architecture": arch,
+                "os": "linux",
+                "rootfs": { "type": "layers", "diff_ids": [] },
+                "history": history,
+            });
+            let config = self.add(
+                "application/vnd.oci.image.config.v1+json",
+                config.to_string().into_bytes(),
+            );
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": descriptors,
+            });
+            let mut descriptor = self.add(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.to_string().into_bytes(),
+            );
+            descriptor["platform"] = serde_json::json!({ "architecture": arch, "os": "linux" });
+            descriptor
+        }
+    }
+
+    /// What `docker save` writes for a two-platform image with an attestation: gzip and
+    /// plain layers, one shared by both platforms.
+    fn saved_layout() -> Vec<u8> {
+        let mut blobs = Blobs::default();
+        let shared = b"a plain tar layer ".repeat(1000);
+        let amd64 = blobs.image(
+            "amd64",
+            vec![
+                (
+                    gzip(&vec![0u8; 3 << 20]),
+                    "RUN |1 A=1 /bin/sh -c apt-get install -y curl # buildkit",
+                ),
+                (
+                    gzip(&b"config files ".repeat(500)),
+                    "COPY /etc/app /etc/app # buildkit",
+                ),
+                (shared.clone(), "COPY /out/opencode /opencode # buildkit"),
+            ],
+        );
+        let arm64 = blobs.image(
+            "arm64",
+            vec![
+                (
+                    gzip(&vec![1u8; 5 << 20]),
+                    "RUN /bin/sh -c apt-get install -y curl",
+                ),
+                (shared, "COPY /out/opencode /opencode # buildkit"),
+            ],
+        );
+        let attestation = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of_sha256(b"not in the layout").as_str(),
+            "size": 17,
+            "platform": { "architecture": "unknown", "os": "unknown" },
+            "annotations": { "vnd.docker.reference.type": "attestation-manifest" },
+        });
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [amd64, arm64, attestation],
+        });
+        let index = blobs.add(
+            "application/vnd.oci.image.index.v1+json",
+            index.to_string().into_bytes(),
+        );
+        let top = serde_json::json!({ "schemaVersion": 2, "manifests": [index] });
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut append = |path: String, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, bytes).unwrap();
+        };
+        append("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+        append("index.json".into(), top.to_string().as_bytes());
+        for (digest, bytes) in &blobs.0 {
+            append(format!("blobs/sha256/{}", digest.hex()), bytes);
+        }
+        tar.into_inner().unwrap()
+    }
+
     #[test]
     fn json_report_shape() {
-        insta::assert_json_snapshot!(sample_report());
+        let layout = read_layout_tar(&saved_layout()[..]).unwrap();
+        let budget = SizeBudget {
+            max_compressed_mib: Some(1),
+            max_uncompressed_mib: Some(4),
+            platforms: [(
+                "linux/amd64".to_string(),
+                Limits {
+                    max_compressed_mib: Some(2),
+                    max_uncompressed_mib: None,
+                },
+            )]
+            .into(),
+        };
+        let target = Target {
+            name: "opencode".into(),
+            reference: ImageRef::parse(
+                "registry.example.com/kubeopencode/kubeopencode-agent-opencode:v1.2.3",
+            )
+            .unwrap(),
+            budget: Some(budget),
+        };
+        let options = Options {
+            layers: 2,
+            ..Options::default()
+        };
+        let sizes = LayerSizes::default();
+        let image = crate::oci::block_on(measure_layout(&target, &layout, &sizes, &options))
+            .unwrap()
+            .unwrap();
+        let report = Report::of(vec![image]);
+        // arm64 unpacks to over the 4 MiB image-wide limit; amd64 has its own compressed one.
+        assert_eq!(report.over_budget, 1);
+        insta::assert_json_snapshot!(report);
     }
 
     #[test]
