@@ -390,12 +390,10 @@ impl BenchMirrorArgs {
             .enable_all()
             .build()?;
         let source = LocalRegistry::start(&work)?;
-        let (images, big_size) = runtime.block_on(async {
+        let (images, big_size, big_digest) = runtime.block_on(async {
             let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
-            build_corpus(&registry, self.images, self.big_layer_mib).await
-        })?;
-        let big_digest = runtime.block_on(async {
-            let registry = Registry::connect(&source.addr, &[], Arc::new(Stats::default())).await?;
+            let (images, big_size) =
+                build_corpus(&registry, self.images, self.big_layer_mib).await?;
             let (index, _) = registry.get_manifest("corpus/big", "v1").await?;
             let index: serde_json::Value = serde_json::from_slice(&index)?;
             let child = index["manifests"][0]["digest"]
@@ -404,12 +402,11 @@ impl BenchMirrorArgs {
                 .to_string();
             let (manifest, _) = registry.get_manifest("corpus/big", &child).await?;
             let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
-            Ok::<_, anyhow::Error>(
-                manifest["layers"][0]["digest"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
+            let big_digest = manifest["layers"][0]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok::<_, anyhow::Error>((images, big_size, big_digest))
         })?;
 
         if let Ok(seconds) = std::env::var("XTASK_BENCH_HOLD") {
@@ -429,42 +426,14 @@ impl BenchMirrorArgs {
         for round in 0..self.rounds {
             eprintln!("round {} of {}", round + 1, self.rounds);
             // Fresh destinations every time: mounts from an earlier copy would flatter us.
-            let dst = LocalRegistry::start(&work)?;
-            let (full, _) = ours(
-                root,
-                Launch::Cargo,
-                &source.addr,
-                &dst.addr,
-                &images,
-                self.jobs,
-            )?;
-            let (noop, _) = ours(
-                root,
-                Launch::Cargo,
-                &source.addr,
-                &dst.addr,
-                &images,
-                self.jobs,
-            )?;
-            drop(dst);
-            let dst = LocalRegistry::start(&work)?;
-            let (full_binary, _) = ours(
-                root,
-                Launch::Binary,
-                &source.addr,
-                &dst.addr,
-                &images,
-                self.jobs,
-            )?;
-            let (noop_binary, _) = ours(
-                root,
-                Launch::Binary,
-                &source.addr,
-                &dst.addr,
-                &images,
-                self.jobs,
-            )?;
-            drop(dst);
+            let full_then_noop = |launch: Launch| -> Result<(Duration, Duration)> {
+                let dst = LocalRegistry::start(&work)?;
+                let (full, _) = ours(root, launch, &source.addr, &dst.addr, &images, self.jobs)?;
+                let (noop, _) = ours(root, launch, &source.addr, &dst.addr, &images, self.jobs)?;
+                Ok((full, noop))
+            };
+            let (full, noop) = full_then_noop(Launch::Cargo)?;
+            let (full_binary, noop_binary) = full_then_noop(Launch::Binary)?;
             let skopeo_dst = LocalRegistry::start(&work)?;
             let (skopeo_full, skopeo_rss) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
             let (skopeo_noop, _) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
@@ -495,30 +464,26 @@ impl BenchMirrorArgs {
             drop(rss_dst);
             rss = (rss.0.max(our_rss), rss.1.max(skopeo_rss));
             let n = images.len();
-            rows.push(Row {
-                what: format!("full mirror, {n} images (cargo xtask)"),
-                ours: full,
-                baseline: skopeo_full,
-                baseline_name: "skopeo",
-            });
-            rows.push(Row {
-                what: format!("full mirror, {n} images (binary)"),
-                ours: full_binary,
-                baseline: skopeo_full,
-                baseline_name: "skopeo",
-            });
-            rows.push(Row {
-                what: "no-op re-mirror (cargo xtask)".into(),
-                ours: noop,
-                baseline: skopeo_noop,
-                baseline_name: "skopeo",
-            });
-            rows.push(Row {
-                what: "no-op re-mirror (binary)".into(),
-                ours: noop_binary,
-                baseline: skopeo_noop,
-                baseline_name: "skopeo",
-            });
+            let runs = [
+                ("cargo xtask", full, noop),
+                ("binary", full_binary, noop_binary),
+            ];
+            for (launch, full, _) in runs {
+                rows.push(Row {
+                    what: format!("full mirror, {n} images ({launch})"),
+                    ours: full,
+                    baseline: skopeo_full,
+                    baseline_name: "skopeo",
+                });
+            }
+            for (launch, _, noop) in runs {
+                rows.push(Row {
+                    what: format!("no-op re-mirror ({launch})"),
+                    ours: noop,
+                    baseline: skopeo_noop,
+                    baseline_name: "skopeo",
+                });
+            }
             rows.push(Row {
                 what: format!(
                     "{} layer alone (cargo xtask)",

@@ -372,26 +372,19 @@ fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
             output: t.output,
         })
         .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&built)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = built
-        .iter()
-        .map(|b| {
+    crate::report::print_list(
+        json,
+        &built,
+        &["IMAGE", "DIGEST", "PLATFORMS", "TAGS"],
+        |b| {
             vec![
                 b.image.clone(),
                 b.digest.clone().unwrap_or_else(|| "-".into()),
                 b.platforms.join(","),
                 b.tags.join(" "),
             ]
-        })
-        .collect();
-    print!(
-        "{}",
-        crate::report::table(&["IMAGE", "DIGEST", "PLATFORMS", "TAGS"], &rows)
-    );
-    Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

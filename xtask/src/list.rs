@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::catalog::{Catalog, SizeBudget};
 use crate::cli::ListArgs;
-use crate::report::table;
+use crate::report::print_list;
 
 #[derive(Serialize)]
 struct Entry<'a> {
@@ -35,13 +35,11 @@ impl ListArgs {
                 size: image.spec.size.as_ref(),
             })
             .collect();
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&entries)?);
-            return Ok(());
-        }
-        let rows: Vec<Vec<String>> = entries
-            .iter()
-            .map(|e| {
+        print_list(
+            self.json,
+            &entries,
+            &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
+            |e| {
                 vec![
                     e.name.to_string(),
                     e.parent.unwrap_or("-").to_string(),
@@ -49,16 +47,8 @@ impl ListArgs {
                     budget(e.size),
                     e.description.to_string(),
                 ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(
-                &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
-                &rows
-            )
-        );
-        Ok(())
+            },
+        )
     }
 }
 

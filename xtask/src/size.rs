@@ -198,17 +198,15 @@ fn catalog_targets(
     names: &[String],
     publish: &crate::naming::Publish,
 ) -> Result<Vec<Target>> {
-    catalog
-        .select(names)?
+    let published = catalog.published(names, publish)?;
+    Ok(published
         .into_iter()
-        .map(|image| {
-            Ok(Target {
-                name: image.name.clone(),
-                reference: publish.refs(&image.name)?.remove(0),
-                budget: image.spec.size.clone(),
-            })
+        .map(|(image, reference)| Target {
+            name: image.name.clone(),
+            reference,
+            budget: image.spec.size.clone(),
         })
-        .collect()
+        .collect())
 }
 
 pub struct Options {

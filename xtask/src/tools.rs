@@ -11,7 +11,7 @@ use crate::catalog::lock::{ARCHES, LOCK};
 use crate::catalog::Catalog;
 use crate::cli::ToolsArgs;
 use crate::oci::digest::Digest;
-use crate::report::table;
+use crate::report::print_list;
 use crate::text::printable;
 
 /// One row of `images tools`.
@@ -57,13 +57,11 @@ impl ToolsArgs {
         if let Some(dir) = &self.fetch {
             return fetch(&artifacts, dir, self.from.as_deref());
         }
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&artifacts)?);
-            return Ok(());
-        }
-        let rows: Vec<Vec<String>> = artifacts
-            .iter()
-            .map(|a| {
+        print_list(
+            self.json,
+            &artifacts,
+            &["IMAGE", "TOOL", "VERSION", "ARCH", "CHECK", "URL"],
+            |a| {
                 let check = match (&a.sha256, &a.signature_url) {
                     (sum, _) if !sum.is_empty() => format!("sha256:{}", &sum[..12]),
                     (_, Some(_)) => "signature".into(),
@@ -77,13 +75,8 @@ impl ToolsArgs {
                     check,
                     a.url.clone(),
                 ]
-            })
-            .collect();
-        print!(
-            "{}",
-            table(&["IMAGE", "TOOL", "VERSION", "ARCH", "CHECK", "URL"], &rows)
-        );
-        Ok(())
+            },
+        )
     }
 }
 

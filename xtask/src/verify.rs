@@ -163,18 +163,16 @@ fn catalog_subjects(
     names: &[String],
     publish: &crate::naming::Publish,
 ) -> Result<Vec<Subject>> {
-    catalog
-        .select(names)?
+    let published = catalog.published(names, publish)?;
+    Ok(published
         .into_iter()
-        .map(|image| {
-            Ok(Subject {
-                name: image.name.clone(),
-                reference: publish.refs(&image.name)?.remove(0).to_string(),
-                role: image.spec.role,
-                spec: image.spec.verify.clone(),
-            })
+        .map(|(image, reference)| Subject {
+            name: image.name.clone(),
+            reference: reference.to_string(),
+            role: image.spec.role,
+            spec: image.spec.verify.clone(),
         })
-        .collect()
+        .collect())
 }
 
 /// The catalog's init image under the naming flags, for the two-container check.
@@ -186,7 +184,7 @@ fn catalog_init_image(
         .images
         .values()
         .find(|image| image.spec.role == Role::Init);
-    init.map(|image| Ok(publish.refs(&image.name)?.remove(0).to_string()))
+    init.map(|image| Ok(publish.reference(&image.name)?.to_string()))
         .transpose()
 }
 

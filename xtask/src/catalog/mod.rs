@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub mod conventions;
 pub mod lock;
 
-use crate::naming::ImageRef;
+use crate::naming::{ImageRef, Publish};
 use crate::text::toml_error;
 use conventions::{parse_permissions, CONVENTIONS};
 use lock::{load_lock, ToolsLock, LOCK};
@@ -240,6 +240,18 @@ impl Catalog {
             return Ok(self.images.values().collect());
         }
         names.iter().map(|name| self.get(name)).collect()
+    }
+
+    /// The images named (all when none), each with the reference it is published under.
+    pub fn published(
+        &self,
+        names: &[String],
+        publish: &Publish,
+    ) -> Result<Vec<(&Image, ImageRef)>> {
+        self.select(names)?
+            .into_iter()
+            .map(|image| Ok((image, publish.reference(&image.name)?)))
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {
