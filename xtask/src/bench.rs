@@ -371,171 +371,138 @@ struct Row {
     baseline_name: &'static str,
 }
 
-pub fn run(root: &Path, args: &BenchMirrorArgs) -> Result<()> {
-    for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
-        if Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            bail!("the benchmark needs {tool}; run .ci/provision (Debian) to install it");
+impl BenchMirrorArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
+            if Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+            {
+                bail!("the benchmark needs {tool}; run .ci/provision (Debian) to install it");
+            }
         }
-    }
-    let work: PathBuf = root.join("target/bench");
-    std::fs::create_dir_all(&work)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let source = LocalRegistry::start(&work)?;
-    let source_host = Registry::parse(&source.addr)?;
-    let (images, big_size) = runtime.block_on(async {
-        let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
-        build_corpus(&registry, args.images, args.big_layer_mib).await
-    })?;
-    let big_digest = runtime.block_on(async {
-        let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
-        let big = Repository::parse("corpus/big")?;
-        let (index, _) = registry
-            .get_manifest(&big, &Reference::parse("v1")?)
-            .await?;
-        let index: serde_json::Value = serde_json::from_slice(&index)?;
-        let child = index["manifests"][0]["digest"]
-            .as_str()
-            .ok_or_else(|| anyhow!("corpus/big has no child"))?;
-        let (manifest, _) = registry
-            .get_manifest(&big, &Reference::parse(child)?)
-            .await?;
-        let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
-        Ok::<_, anyhow::Error>(
-            manifest["layers"][0]["digest"]
+        let work: PathBuf = root.join("target/bench");
+        std::fs::create_dir_all(&work)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let source = LocalRegistry::start(&work)?;
+        let source_host = Registry::parse(&source.addr)?;
+        let (images, big_size, big_digest) = runtime.block_on(async {
+            let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
+            let (images, big_size) =
+                build_corpus(&registry, self.images, self.big_layer_mib).await?;
+            let big = Repository::parse("corpus/big")?;
+            let (index, _) = registry
+                .get_manifest(&big, &Reference::parse("v1")?)
+                .await?;
+            let index: serde_json::Value = serde_json::from_slice(&index)?;
+            let child = index["manifests"][0]["digest"]
+                .as_str()
+                .ok_or_else(|| anyhow!("corpus/big has no child"))?;
+            let (manifest, _) = registry
+                .get_manifest(&big, &Reference::parse(child)?)
+                .await?;
+            let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+            let big_digest = manifest["layers"][0]["digest"]
                 .as_str()
                 .unwrap_or_default()
-                .to_string(),
-        )
-    })?;
+                .to_string();
+            Ok::<_, anyhow::Error>((images, big_size, big_digest))
+        })?;
 
-    if let Ok(seconds) = std::env::var("XTASK_BENCH_HOLD") {
-        eprintln!(
-            "source registry with the corpus at {} for {seconds}s",
-            source.addr
-        );
-        std::thread::sleep(Duration::from_secs(seconds.parse().unwrap_or(60)));
+        if let Ok(seconds) = std::env::var("XTASK_BENCH_HOLD") {
+            eprintln!(
+                "source registry with the corpus at {} for {seconds}s",
+                source.addr
+            );
+            std::thread::sleep(Duration::from_secs(seconds.parse().unwrap_or(60)));
+        }
+        let mut rows = Vec::new();
+        let mut rss = (0u64, 0u64);
+        let all: Vec<String> = images
+            .iter()
+            .cloned()
+            .chain(["corpus/big".to_string()])
+            .collect();
+        for round in 0..self.rounds {
+            eprintln!("round {} of {}", round + 1, self.rounds);
+            // Fresh destinations every time: mounts from an earlier copy would flatter us.
+            let full_then_noop = |launch: Launch| -> Result<(Duration, Duration)> {
+                let dst = LocalRegistry::start(&work)?;
+                let (full, _) = ours(root, launch, &source.addr, &dst.addr, &images, self.jobs)?;
+                let (noop, _) = ours(root, launch, &source.addr, &dst.addr, &images, self.jobs)?;
+                Ok((full, noop))
+            };
+            let (full, noop) = full_then_noop(Launch::Cargo)?;
+            let (full_binary, noop_binary) = full_then_noop(Launch::Binary)?;
+            let skopeo_dst = LocalRegistry::start(&work)?;
+            let (skopeo_full, skopeo_rss) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
+            let (skopeo_noop, _) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
+            drop(skopeo_dst);
+            let big_dst = LocalRegistry::start(&work)?;
+            let (big, _) = ours(
+                root,
+                Launch::Cargo,
+                &source.addr,
+                &big_dst.addr,
+                &["corpus/big".to_string()],
+                self.jobs,
+            )?;
+            drop(big_dst);
+            let raw_dst = LocalRegistry::start(&work)?;
+            let raw = raw_copy(&source.addr, &raw_dst.addr, &big_digest, big_size)?;
+            drop(raw_dst);
+            // The tool's own peak memory, over everything at once including the big layer.
+            let rss_dst = LocalRegistry::start(&work)?;
+            let (_, our_rss) = ours(
+                root,
+                Launch::Binary,
+                &source.addr,
+                &rss_dst.addr,
+                &all,
+                self.jobs,
+            )?;
+            drop(rss_dst);
+            rss = (rss.0.max(our_rss), rss.1.max(skopeo_rss));
+            let n = images.len();
+            let runs = [
+                ("cargo xtask", full, noop),
+                ("binary", full_binary, noop_binary),
+            ];
+            for (launch, full, _) in runs {
+                rows.push(Row {
+                    what: format!("full mirror, {n} images ({launch})"),
+                    ours: full,
+                    baseline: skopeo_full,
+                    baseline_name: "skopeo",
+                });
+            }
+            for (launch, _, noop) in runs {
+                rows.push(Row {
+                    what: format!("no-op re-mirror ({launch})"),
+                    ours: noop,
+                    baseline: skopeo_noop,
+                    baseline_name: "skopeo",
+                });
+            }
+            rows.push(Row {
+                what: format!(
+                    "{} layer alone (cargo xtask)",
+                    crate::mirror::human_bytes(big_size)
+                ),
+                ours: big,
+                baseline: raw,
+                baseline_name: "curl GET|PUT",
+            });
+        }
+        println!("{}", render(&rows, rss));
+        Ok(())
     }
-    let mut rows = Vec::new();
-    let mut rss = (0u64, 0u64);
-    let all: Vec<String> = images
-        .iter()
-        .cloned()
-        .chain(["corpus/big".to_string()])
-        .collect();
-    for round in 0..args.rounds {
-        eprintln!("round {} of {}", round + 1, args.rounds);
-        // Fresh destinations every time: mounts from an earlier copy would flatter us.
-        let dst = LocalRegistry::start(&work)?;
-        let (full, _) = ours(
-            root,
-            Launch::Cargo,
-            &source.addr,
-            &dst.addr,
-            &images,
-            args.jobs,
-        )?;
-        let (noop, _) = ours(
-            root,
-            Launch::Cargo,
-            &source.addr,
-            &dst.addr,
-            &images,
-            args.jobs,
-        )?;
-        drop(dst);
-        let dst = LocalRegistry::start(&work)?;
-        let (full_binary, _) = ours(
-            root,
-            Launch::Binary,
-            &source.addr,
-            &dst.addr,
-            &images,
-            args.jobs,
-        )?;
-        let (noop_binary, _) = ours(
-            root,
-            Launch::Binary,
-            &source.addr,
-            &dst.addr,
-            &images,
-            args.jobs,
-        )?;
-        drop(dst);
-        let skopeo_dst = LocalRegistry::start(&work)?;
-        let (skopeo_full, skopeo_rss) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
-        let (skopeo_noop, _) = skopeo(&source.addr, &skopeo_dst.addr, &images)?;
-        drop(skopeo_dst);
-        let big_dst = LocalRegistry::start(&work)?;
-        let (big, _) = ours(
-            root,
-            Launch::Cargo,
-            &source.addr,
-            &big_dst.addr,
-            &["corpus/big".to_string()],
-            args.jobs,
-        )?;
-        drop(big_dst);
-        let raw_dst = LocalRegistry::start(&work)?;
-        let raw = raw_copy(&source.addr, &raw_dst.addr, &big_digest, big_size)?;
-        drop(raw_dst);
-        // The tool's own peak memory, over everything at once including the big layer.
-        let rss_dst = LocalRegistry::start(&work)?;
-        let (_, our_rss) = ours(
-            root,
-            Launch::Binary,
-            &source.addr,
-            &rss_dst.addr,
-            &all,
-            args.jobs,
-        )?;
-        drop(rss_dst);
-        rss = (rss.0.max(our_rss), rss.1.max(skopeo_rss));
-        let n = images.len();
-        rows.push(Row {
-            what: format!("full mirror, {n} images (cargo xtask)"),
-            ours: full,
-            baseline: skopeo_full,
-            baseline_name: "skopeo",
-        });
-        rows.push(Row {
-            what: format!("full mirror, {n} images (binary)"),
-            ours: full_binary,
-            baseline: skopeo_full,
-            baseline_name: "skopeo",
-        });
-        rows.push(Row {
-            what: "no-op re-mirror (cargo xtask)".into(),
-            ours: noop,
-            baseline: skopeo_noop,
-            baseline_name: "skopeo",
-        });
-        rows.push(Row {
-            what: "no-op re-mirror (binary)".into(),
-            ours: noop_binary,
-            baseline: skopeo_noop,
-            baseline_name: "skopeo",
-        });
-        rows.push(Row {
-            what: format!(
-                "{} layer alone (cargo xtask)",
-                crate::mirror::human_bytes(big_size)
-            ),
-            ours: big,
-            baseline: raw,
-            baseline_name: "curl GET|PUT",
-        });
-    }
-    println!("{}", render(&rows, rss));
-    Ok(())
 }
 
 fn render(rows: &[Row], rss: (u64, u64)) -> String {

@@ -13,6 +13,8 @@ use crate::cli::{BuildArgs, RenderArgs};
 use crate::plan::{validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET};
 use crate::project;
 use crate::render::{render_all, RenderOptions, Rendered};
+use crate::text::read_ca_pem;
+use crate::{size, verify};
 
 const DEFAULT_SOURCE_URL: &str = "https://github.com/kubeopencode/kubeopencode";
 
@@ -46,70 +48,75 @@ fn prepare<'a>(catalog: &'a Catalog, args: &RenderArgs) -> Result<Prepared<'a>> 
     })
 }
 
-pub fn run_render(root: &Path, args: &RenderArgs) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let prepared = prepare(&catalog, args)?;
-    for r in &prepared.rendered {
-        println!(
-            "{}",
-            prepared.out.join(&r.name).join("Dockerfile").display()
+impl RenderArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let prepared = prepare(&catalog, &self)?;
+        for r in &prepared.rendered {
+            println!(
+                "{}",
+                prepared.out.join(&r.name).join("Dockerfile").display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl BuildArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let inputs = plan_inputs(root, &self)?;
+        let prepared = prepare(&catalog, &self.render)?;
+        let plan = BuildPlan::new(
+            &prepared.images,
+            &prepared.rendered,
+            &self.render.images,
+            &prepared.out,
+            &inputs,
+        )?;
+        let bake_path = prepared.out.join("bake.json");
+        let metadata_path = prepared.out.join("metadata.json");
+        let bake = serde_json::to_string_pretty(&plan.bake_file())?;
+        fs::write(&bake_path, format!("{bake}\n"))
+            .with_context(|| format!("writing {}", bake_path.display()))?;
+        let docker_args = plan.bake_args(&bake_path, &metadata_path);
+
+        if self.dry_run {
+            print_plan(&plan, &docker_args, self.json)?;
+            return Ok(());
+        }
+        if self.check && inputs.output == Output::Cache {
+            bail!("--check measures and runs what was built: add --push or --load");
+        }
+
+        let sh = Shell::new()?;
+        preflight(&sh, &plan)?;
+        let _ = fs::remove_file(&metadata_path);
+        eprintln!(
+            "==> building {} ({} target(s) in the bake file {})",
+            plan.requested()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.targets.len(),
+            bake_path.display()
         );
+        cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
+            anyhow!(
+                "docker buildx bake failed; the build log above names the failing step \
+                 (re-run with --progress plain for the full log)"
+            )
+        })?;
+        report(&plan, &metadata_path, self.json)?;
+        if self.check {
+            check(&catalog, &plan, inputs.output, &inputs.publish)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-pub fn run_build(root: &Path, args: &BuildArgs) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let inputs = plan_inputs(root, args)?;
-    let prepared = prepare(&catalog, &args.render)?;
-    let plan = BuildPlan::new(
-        &prepared.images,
-        &prepared.rendered,
-        &args.render.images,
-        &prepared.out,
-        &inputs,
-    )?;
-    let bake_path = prepared.out.join("bake.json");
-    let metadata_path = prepared.out.join("metadata.json");
-    let bake = serde_json::to_string_pretty(&plan.bake_file())?;
-    fs::write(&bake_path, format!("{bake}\n"))
-        .with_context(|| format!("writing {}", bake_path.display()))?;
-    let docker_args = plan.bake_args(&bake_path, &metadata_path);
-
-    if args.dry_run {
-        print_plan(&plan, &docker_args, args.json)?;
-        return Ok(());
-    }
-    if args.check && inputs.output == Output::Cache {
-        bail!("--check measures and runs what was built: add --push or --load");
-    }
-
-    let sh = Shell::new()?;
-    preflight(&sh, &plan)?;
-    let _ = fs::remove_file(&metadata_path);
-    eprintln!(
-        "==> building {} ({} target(s) in the bake file {})",
-        plan.requested()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        plan.targets.len(),
-        bake_path.display()
-    );
-    cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
-        anyhow!(
-            "docker buildx bake failed; the build log above names the failing step \
-             (re-run with --progress plain for the full log)"
-        )
-    })?;
-    report(&plan, &metadata_path, args.json)?;
-    if args.check {
-        check(&catalog, &plan, inputs.output, &inputs.publish)?;
-    }
-    Ok(())
-}
-
-/// `images size` and `images verify` on the images just built, from where they went.
+/// `images size` and `images verify` on the images just built, from where they went,
+/// through the same checks those commands run.
 fn check(
     catalog: &Catalog,
     plan: &BuildPlan,
@@ -118,30 +125,22 @@ fn check(
 ) -> Result<()> {
     let names: Vec<String> = plan.requested().map(|t| t.name.clone()).collect();
     let source = match output {
-        Output::Push => crate::size::Source::Registry,
-        _ => crate::size::Source::Engine,
+        Output::Push => size::Source::Registry,
+        _ => size::Source::Engine,
     };
-    let options = crate::size::Options {
-        uncompressed: true,
-        layers: 3,
-        insecure: Vec::new(),
-        timeout: None,
-    };
-    let targets = crate::size::catalog_targets(catalog, &names, publish)?;
-    let sizes = crate::size::measure(&targets, source, &options)?;
+    let options = size::Options::default();
+    let layers = options.layers;
+    let sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?.run()?;
     // Tables to stderr: stdout stays the build's own result (`--json` included).
-    eprint!("{}", crate::size::text(&sizes, options.layers));
-    crate::size::step_summary(&sizes)?;
-    let subjects = crate::verify::catalog_subjects(catalog, &names, publish)?;
-    let tools_image = crate::verify::catalog_init_image(catalog, publish)?;
-    let engine = crate::verify::Engine {
+    sizes.print(&mut std::io::stderr(), false, layers)?;
+    let engine = verify::Engine {
         platform: None,
         local: output != Output::Push,
     };
-    let outcomes = crate::verify::verify(&subjects, tools_image.as_deref(), &engine)?;
-    eprint!("{}", crate::verify::text(&outcomes));
-    crate::size::finish(&sizes)?;
-    crate::verify::finish(&outcomes)
+    let outcomes = verify::Check::for_catalog(catalog, &names, publish, engine)?.run()?;
+    outcomes.print(&mut std::io::stderr(), false)?;
+    sizes.verdict()?;
+    outcomes.verdict()
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -208,23 +207,6 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
 fn check_ca_bundle(path: &Path) -> Result<PathBuf> {
     read_ca_pem("--ca-bundle", path)?;
     absolute(path)
-}
-
-/// The text of a PEM file of CA certificates given with `flag`, or one line saying why not.
-pub fn read_ca_pem(flag: &str, path: &Path) -> Result<String> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        anyhow!(
-            "{flag} {}: cannot read it ({e}); pass a PEM file of CA certificates",
-            path.display()
-        )
-    })?;
-    if !text.contains("-----BEGIN CERTIFICATE-----") {
-        bail!(
-            "{flag} {}: no PEM certificate in it; pass a file with -----BEGIN CERTIFICATE----- blocks",
-            path.display()
-        );
-    }
-    Ok(text)
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String> {
@@ -390,26 +372,19 @@ fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
             output: t.output,
         })
         .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&built)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = built
-        .iter()
-        .map(|b| {
+    crate::report::print_list(
+        json,
+        &built,
+        &["IMAGE", "DIGEST", "PLATFORMS", "TAGS"],
+        |b| {
             vec![
                 b.image.clone(),
                 b.digest.clone().unwrap_or_else(|| "-".into()),
                 b.platforms.join(","),
                 b.tags.join(" "),
             ]
-        })
-        .collect();
-    print!(
-        "{}",
-        crate::report::table(&["IMAGE", "DIGEST", "PLATFORMS", "TAGS"], &rows)
-    );
-    Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

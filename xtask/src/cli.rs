@@ -178,8 +178,9 @@ pub struct PublishArgs {
     /// Organisation (path) under the registry.
     #[arg(long, env = "IMG_ORG", default_value = "kubeopencode")]
     pub org: String,
-    /// Image tag; a semantic version like v1.2.3 for releases.
-    #[arg(long, env = "VERSION", default_value = "latest")]
+    /// Image tag; a semantic version like v1.2.3 for releases. Not read from $VERSION,
+    /// which CI systems set for their own purposes; the Makefiles pass it explicitly.
+    #[arg(long, default_value = "latest")]
     pub version: String,
     /// Also tag X.Y.Z, X.Y, X and latest (needs --version vX.Y.Z; skipped for pre-releases).
     #[arg(long)]

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::oci::digest::printable;
+use crate::text::printable;
 
 /// Fails with one line unless a daemon answers.
 pub fn require_daemon() -> Result<()> {

@@ -5,7 +5,8 @@ use serde::Serialize;
 use std::path::Path;
 
 use crate::catalog::{Catalog, SizeBudget};
-use crate::report::table;
+use crate::cli::ListArgs;
+use crate::report::print_list;
 
 #[derive(Serialize)]
 struct Entry<'a> {
@@ -18,45 +19,37 @@ struct Entry<'a> {
     size: Option<&'a SizeBudget>,
 }
 
-pub fn run(root: &Path, json: bool) -> Result<()> {
-    let catalog = Catalog::load(root)?;
-    let entries: Vec<Entry> = catalog
-        .build_order(&[])?
-        .into_iter()
-        .map(|image| Entry {
-            name: &image.name,
-            description: &image.spec.description,
-            source: image.source_label(),
-            parent: image.spec.parent.as_deref(),
-            platforms: &image.spec.platforms,
-            bases: image.bases.values().map(ToString::to_string).collect(),
-            size: image.spec.size.as_ref(),
-        })
-        .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            vec![
-                e.name.to_string(),
-                e.parent.unwrap_or("-").to_string(),
-                e.platforms.join(","),
-                budget(e.size),
-                e.description.to_string(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(
+impl ListArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let catalog = Catalog::load(root)?;
+        let entries: Vec<Entry> = catalog
+            .build_order(&[])?
+            .into_iter()
+            .map(|image| Entry {
+                name: &image.name,
+                description: &image.spec.description,
+                source: image.source_label(),
+                parent: image.spec.parent.as_deref(),
+                platforms: &image.spec.platforms,
+                bases: image.bases.values().map(ToString::to_string).collect(),
+                size: image.spec.size.as_ref(),
+            })
+            .collect();
+        print_list(
+            self.json,
+            &entries,
             &["NAME", "PARENT", "PLATFORMS", "BUDGET", "DESCRIPTION"],
-            &rows
+            |e| {
+                vec![
+                    e.name.to_string(),
+                    e.parent.unwrap_or("-").to_string(),
+                    e.platforms.join(","),
+                    budget(e.size),
+                    e.description.to_string(),
+                ]
+            },
         )
-    );
-    Ok(())
+    }
 }
 
 fn budget(size: Option<&SizeBudget>) -> String {

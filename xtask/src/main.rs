@@ -13,6 +13,7 @@ mod project;
 mod render;
 mod report;
 mod size;
+mod text;
 mod tools;
 mod verify;
 
@@ -21,24 +22,21 @@ use cli::{BenchCommand, Cli, Command, ImagesCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let root = cli
-        .project_dir
-        .clone()
-        .unwrap_or_else(project::project_root);
-    let result = match &cli.command {
-        Command::Images(images) => match images.as_ref() {
-            ImagesCommand::List(args) => list::run(&root, args.json),
-            ImagesCommand::Render(args) => build::run_render(&root, args),
-            ImagesCommand::Build(args) => build::run_build(&root, args),
-            ImagesCommand::Mirror(args) => mirror::run(&root, args),
-            ImagesCommand::Retag(args) => mirror::retag::run(args),
-            ImagesCommand::Size(args) => size::run(&root, args),
-            ImagesCommand::Verify(args) => verify::run(&root, args),
-            ImagesCommand::Tools(args) => tools::run(&root, args),
-            ImagesCommand::New(args) => new::run(&root, args),
+    let root = cli.project_dir.unwrap_or_else(project::project_root);
+    let result = match cli.command {
+        Command::Images(images) => match *images {
+            ImagesCommand::List(args) => args.run(&root),
+            ImagesCommand::Render(args) => args.run(&root),
+            ImagesCommand::Build(args) => args.run(&root),
+            ImagesCommand::Mirror(args) => args.run(&root),
+            ImagesCommand::Retag(args) => args.run(&root),
+            ImagesCommand::Size(args) => args.run(&root),
+            ImagesCommand::Verify(args) => args.run(&root),
+            ImagesCommand::Tools(args) => args.run(&root),
+            ImagesCommand::New(args) => args.run(&root),
         },
-        Command::Bench(bench) => match bench.as_ref() {
-            BenchCommand::Mirror(args) => bench::run(&root, args),
+        Command::Bench(bench) => match *bench {
+            BenchCommand::Mirror(args) => args.run(&root),
         },
     };
     match result {

@@ -188,6 +188,11 @@ impl Publish {
             .map(|tag| ImageRef::parse(&format!("{repository}:{tag}")))
             .collect()
     }
+
+    /// The one reference `image` is known by: under `--version`, the first of `refs`.
+    pub fn reference(&self, image: &str) -> Result<ImageRef> {
+        Ok(self.refs(image)?.remove(0))
+    }
 }
 
 #[cfg(test)]

@@ -8,60 +8,62 @@ use std::path::Path;
 use crate::catalog::{is_valid_image_name, Catalog, AGENTS_DIR, MANIFEST};
 use crate::cli::{NewArgs, NewFrom};
 
-pub fn run(root: &Path, args: &NewArgs) -> Result<()> {
-    let name = &args.name;
-    if !is_valid_image_name(name) {
-        bail!(
-            "'{name}' is not a valid image name: use lower-case letters, digits and '-', \
-             starting with a letter and not ending with '-' (it becomes kubeopencode-agent-{name})"
+impl NewArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let name = &self.name;
+        if !is_valid_image_name(name) {
+            bail!(
+                "'{name}' is not a valid image name: use lower-case letters, digits and '-', \
+                 starting with a letter and not ending with '-' (it becomes kubeopencode-agent-{name})"
+            );
+        }
+        let catalog = Catalog::load(root)?;
+        let agents = root.join(AGENTS_DIR);
+        let dir = agents.join(name);
+        if dir.exists() || catalog.images.contains_key(name) {
+            bail!("{AGENTS_DIR}/{name}/ already exists; pick another name (nothing was changed)");
+        }
+        let files = match self.from {
+            NewFrom::Devbox | NewFrom::Attach => {
+                let parent = match self.from {
+                    NewFrom::Devbox => "devbox",
+                    _ => "attach",
+                };
+                let image = catalog.get(parent)?;
+                on_parent(name, parent, &image.spec.platforms)
+            }
+            NewFrom::Scratch => from_scratch(name),
+        };
+        // Written beside the catalog, then renamed in: never a half-written folder.
+        let staging = agents.join(format!(".{name}.new-{}", std::process::id()));
+        let result = (|| -> Result<()> {
+            fs::create_dir_all(&staging)?;
+            for (file, text) in &files {
+                fs::write(staging.join(file), text)?;
+            }
+            fs::rename(&staging, &dir)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e).with_context(|| format!("writing {AGENTS_DIR}/{name}/"));
+        }
+        // The scaffold must load like any other image; if it does not, take it back out.
+        if let Err(e) = Catalog::load(root) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(anyhow!(
+                "the scaffold did not load, so it was removed: {e:#}"
+            ));
+        }
+        println!(
+            "created {AGENTS_DIR}/{name}/ ({})",
+            files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
         );
-    }
-    let catalog = Catalog::load(root)?;
-    let agents = root.join(AGENTS_DIR);
-    let dir = agents.join(name);
-    if dir.exists() || catalog.images.contains_key(name) {
-        bail!("{AGENTS_DIR}/{name}/ already exists; pick another name (nothing was changed)");
-    }
-    let files = match args.from {
-        NewFrom::Devbox | NewFrom::Attach => {
-            let parent = match args.from {
-                NewFrom::Devbox => "devbox",
-                _ => "attach",
-            };
-            let image = catalog.get(parent)?;
-            on_parent(name, parent, &image.spec.platforms)
-        }
-        NewFrom::Scratch => from_scratch(name),
-    };
-    // Written beside the catalog, then renamed in: never a half-written folder.
-    let staging = agents.join(format!(".{name}.new-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        fs::create_dir_all(&staging)?;
-        for (file, text) in &files {
-            fs::write(staging.join(file), text)?;
-        }
-        fs::rename(&staging, &dir)?;
+        println!(
+            "next: cargo xtask images build {name} --load && cargo xtask images verify {name} --local"
+        );
         Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e).with_context(|| format!("writing {AGENTS_DIR}/{name}/"));
     }
-    // The scaffold must load like any other image; if it does not, take it back out.
-    if let Err(e) = Catalog::load(root) {
-        let _ = fs::remove_dir_all(&dir);
-        return Err(anyhow!(
-            "the scaffold did not load, so it was removed: {e:#}"
-        ));
-    }
-    println!(
-        "created {AGENTS_DIR}/{name}/ ({})",
-        files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
-    );
-    println!(
-        "next: cargo xtask images build {name} --load && cargo xtask images verify {name} --local"
-    );
-    Ok(())
 }
 
 const BUDGET_HINT: &str =

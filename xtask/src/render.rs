@@ -101,7 +101,7 @@ fn one_line(
                 ErrorKind::InvalidOperation,
                 format!(
                     "the value '{}' holds the control character {c:?}; a Dockerfile value must be one line",
-                    crate::oci::digest::printable(&text)
+                    crate::text::printable(&text)
                 ),
             ));
         }
@@ -132,7 +132,7 @@ fn render_image(
     // (`{{ parent }}`); a plain Dockerfile by the stable name `parent` (`FROM parent`),
     // which never changes with --registry, --org or --version.
     let parent_context = match (&image.spec.parent, &image.spec.template) {
-        (Some(parent), Some(_)) => Some(options.publish.refs(parent)?.remove(0).context_key()),
+        (Some(parent), Some(_)) => Some(options.publish.reference(parent)?.context_key()),
         (Some(_), None) => Some(PARENT_CONTEXT.to_string()),
         (None, _) => None,
     };
@@ -293,7 +293,7 @@ fn context_files(image: &Image) -> Result<BTreeMap<PathBuf, ContextEntry>> {
             .expect("walkdir stays under its root")
             .to_path_buf();
         let metadata_file =
-            relative == Path::new(MANIFEST) || relative == Path::new(crate::tools::LOCK);
+            relative == Path::new(MANIFEST) || relative == Path::new(crate::catalog::lock::LOCK);
         if metadata_file || relative.as_os_str().is_empty() {
             continue;
         }
@@ -439,18 +439,19 @@ mod tests {
             .contains("FROM docker.io/library/debian:bookworm-slim\n"));
     }
 
+    /// Renders image `a` of `dir` with `template` as its template, and returns the error.
+    fn template_error(dir: &Path, template: &str) -> String {
+        fs::write(dir.join("dockerfiles/plain.Dockerfile.j2"), template).unwrap();
+        format!("{:#}", render_one(dir, "a", &options(None)).unwrap_err())
+    }
+
     #[test]
     fn a_value_with_a_newline_never_reaches_the_dockerfile() {
         let dir = project(&[("a", &spec(None))]);
-        fs::write(
-            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+        let err = template_error(
+            dir.path(),
             "{% macro two() %}FROM scratch\nLABEL a=1\n{% endmacro %}{{ two() }}\
              {% set v = \"x\\nRUN evil\" %}LABEL v={{ v }}\n",
-        )
-        .unwrap();
-        let err = format!(
-            "{:#}",
-            render_one(dir.path(), "a", &options(None)).unwrap_err()
         );
         assert!(
             err.contains("must be one line") && !err.contains('\n'),
@@ -461,15 +462,7 @@ mod tests {
     #[test]
     fn template_errors_are_one_line_with_location() {
         let dir = project(&[("a", &spec(None))]);
-        fs::write(
-            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
-            "FROM scratch\nRUN echo {{ vars.missing }}\n",
-        )
-        .unwrap();
-        let err = format!(
-            "{:#}",
-            render_one(dir.path(), "a", &options(None)).unwrap_err()
-        );
+        let err = template_error(dir.path(), "FROM scratch\nRUN echo {{ vars.missing }}\n");
         assert!(!err.contains('\n'), "{err}");
         assert!(
             err.starts_with("dockerfiles/plain.Dockerfile.j2:2: undefined value"),
@@ -477,25 +470,12 @@ mod tests {
         );
         assert!(err.contains("`RUN echo {{ vars.missing }}`"), "{err}");
 
-        fs::write(
-            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
-            "{% if %}\n",
-        )
-        .unwrap();
-        let err = format!(
-            "{:#}",
-            render_one(dir.path(), "a", &options(None)).unwrap_err()
-        );
+        let err = template_error(dir.path(), "{% if %}\n");
         assert!(err.contains("syntax error"), "{err}");
 
-        fs::write(
-            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
+        let err = template_error(
+            dir.path(),
             "{{ fail('opencode_source must be npm or github') }}\n",
-        )
-        .unwrap();
-        let err = format!(
-            "{:#}",
-            render_one(dir.path(), "a", &options(None)).unwrap_err()
         );
         assert!(
             err.contains("opencode_source must be npm or github"),
@@ -506,14 +486,7 @@ mod tests {
     #[test]
     fn syntax_directive_is_refused() {
         let dir = project(&[("a", &spec(None))]);
-        fs::write(
-            dir.path().join("dockerfiles/plain.Dockerfile.j2"),
-            "# syntax=docker/dockerfile:1\nFROM scratch\n",
-        )
-        .unwrap();
-        let err = render_one(dir.path(), "a", &options(None))
-            .unwrap_err()
-            .to_string();
+        let err = template_error(dir.path(), "# syntax=docker/dockerfile:1\nFROM scratch\n");
         assert!(err.contains("`# syntax=` directive"), "{err}");
     }
 
@@ -617,15 +590,20 @@ mod tests {
         assert!(!link_stays_inside(Path::new("c"), Path::new("../x")));
     }
 
-    #[test]
-    fn dind_renders_with_dockers_own_packages() {
+    /// The project's devbox-dind, rendered with `vars.docker_packages` set.
+    fn render_dind(docker_packages: &str) -> Result<Vec<Rendered>> {
         let mut catalog = Catalog::load(&crate::project::project_root()).unwrap();
         let dind = catalog.images.get_mut("devbox-dind").unwrap();
         dind.spec
             .vars
-            .insert("docker_packages".into(), "docker-ce".into());
+            .insert("docker_packages".into(), docker_packages.into());
         let dind = catalog.images["devbox-dind"].clone();
-        let rendered = render_all(&catalog, &[&dind], &options(None)).unwrap();
+        render_all(&catalog, &[&dind], &options(None))
+    }
+
+    #[test]
+    fn dind_renders_with_dockers_own_packages() {
+        let rendered = render_dind("docker-ce").unwrap();
         let dockerfile = &rendered[0].dockerfile;
         assert!(
             dockerfile.contains("docker-ce docker-ce-cli containerd.io"),
@@ -634,16 +612,7 @@ mod tests {
         assert!(dockerfile.contains("9DC858229FC7DD38854AE2D88D81803C0EBFCD88"));
         assert!(!dockerfile.contains("docker.io iptables"));
 
-        let mut catalog = Catalog::load(&crate::project::project_root()).unwrap();
-        let dind = catalog.images.get_mut("devbox-dind").unwrap();
-        dind.spec
-            .vars
-            .insert("docker_packages".into(), "podman".into());
-        let dind = catalog.images["devbox-dind"].clone();
-        let err = format!(
-            "{:#}",
-            render_all(&catalog, &[&dind], &options(None)).unwrap_err()
-        );
+        let err = format!("{:#}", render_dind("podman").unwrap_err());
         assert!(err.contains("must be \"debian\" or \"docker-ce\""), "{err}");
     }
 }

@@ -1,4 +1,24 @@
-//! Output for people: aligned tables.
+//! Output for people (aligned tables) and for pipelines (JSON).
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// `items` to stdout as pretty JSON with `json`, else as a table of `row(item)` under
+/// `header`: the output of every command that lists things.
+pub fn print_list<T: Serialize>(
+    json: bool,
+    items: &[T],
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        print!("{}", table(header, &rows));
+    }
+    Ok(())
+}
 
 /// A plain-text table with a header row, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -18,11 +18,12 @@ use crate::catalog::{Catalog, Limits};
 use crate::cli::SizeArgs;
 use crate::naming::ImageRef;
 use crate::oci::blobs::Verifier;
-use crate::oci::digest::{printable, Digest};
+use crate::oci::digest::Digest;
 use crate::oci::image::{platform_images, ContentSource, PlatformImage, RegistrySource};
 use crate::oci::registry::{Client, MAX_MANIFEST_BYTES};
 use crate::oci::{Registries, Repository};
 use crate::report::{mib, table};
+use crate::text::printable;
 
 /// One image to measure.
 #[derive(Debug, Clone)]
@@ -86,28 +87,75 @@ pub struct LayerReport {
     pub created_by: Option<String>,
 }
 
-pub fn run(root: &Path, args: &SizeArgs) -> Result<()> {
-    let targets = targets(root, args)?;
-    let source = if args.local {
-        Source::Engine
-    } else {
-        Source::Registry
-    };
-    let options = Options {
-        uncompressed: !args.compressed_only,
-        layers: args.layers,
-        insecure: args.registry.insecure.clone(),
-        timeout: args.registry.timeout.map(Into::into),
-    };
-    let report = measure(&targets, source, &options)?;
-    print(&report, args.json, args.layers)?;
-    finish(&report)
+impl SizeArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let source = if self.local {
+            Source::Engine
+        } else {
+            Source::Registry
+        };
+        let check = Check {
+            targets: targets(root, &self)?,
+            source,
+            options: Options {
+                uncompressed: !self.compressed_only,
+                layers: self.layers,
+                insecure: self.registry.insecure.clone(),
+                timeout: self.registry.timeout.map(Into::into),
+            },
+        };
+        let report = check.run()?;
+        report.print(&mut std::io::stdout(), self.json, self.layers)?;
+        report.verdict()
+    }
 }
 
-/// The exit status: non-zero when any image is over its budget.
-pub fn finish(report: &Report) -> Result<()> {
-    if report.over_budget > 0 {
-        let over: Vec<String> = report
+/// What to measure and how. `images size` builds it from its flags, `build --check`
+/// from the images it built; both then print the report and take its verdict.
+pub struct Check {
+    pub targets: Vec<Target>,
+    pub source: Source,
+    pub options: Options,
+}
+
+impl Check {
+    /// The catalog images named (all when none), as published under `publish`.
+    pub fn for_catalog(
+        catalog: &Catalog,
+        names: &[String],
+        publish: &crate::naming::Publish,
+        source: Source,
+        options: Options,
+    ) -> Result<Check> {
+        Ok(Check {
+            targets: catalog_targets(catalog, names, publish)?,
+            source,
+            options,
+        })
+    }
+
+    pub fn run(&self) -> Result<Report> {
+        measure(&self.targets, self.source, &self.options)
+    }
+}
+
+impl Report {
+    /// The table (or JSON) to `out`, and the Markdown table to `$GITHUB_STEP_SUMMARY`.
+    pub fn print(&self, out: &mut dyn Write, json: bool, layers: usize) -> Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(self)?)?;
+        } else {
+            write!(out, "{}", text(self, layers))?;
+        }
+        step_summary(self)
+    }
+
+    /// The exit status: an error when any image is over its budget.
+    pub fn verdict(&self) -> Result<()> {
+        if self.over_budget == 0 {
+            return Ok(());
+        }
+        let over: Vec<String> = self
             .images
             .iter()
             .flat_map(|i| {
@@ -123,7 +171,6 @@ pub fn finish(report: &Report) -> Result<()> {
             over.join(", ")
         );
     }
-    Ok(())
 }
 
 fn targets(root: &Path, args: &SizeArgs) -> Result<Vec<Target>> {
@@ -147,33 +194,43 @@ fn targets(root: &Path, args: &SizeArgs) -> Result<Vec<Target>> {
     catalog_targets(&catalog, &args.images, &args.publish.publish())
 }
 
-/// The catalog images named (all when none), as published under `publish`.
-pub fn catalog_targets(
+fn catalog_targets(
     catalog: &Catalog,
     names: &[String],
     publish: &crate::naming::Publish,
 ) -> Result<Vec<Target>> {
-    catalog
-        .select(names)?
+    let published = catalog.published(names, publish)?;
+    Ok(published
         .into_iter()
-        .map(|image| {
-            Ok(Target {
-                name: image.name.clone(),
-                reference: publish.refs(&image.name)?.remove(0),
-                budget: image.spec.size.clone(),
-            })
+        .map(|(image, reference)| Target {
+            name: image.name.clone(),
+            reference,
+            budget: image.spec.size.clone(),
         })
-        .collect()
+        .collect())
 }
 
 pub struct Options {
+    /// Also measure uncompressed sizes, which costs a download of every layer.
     pub uncompressed: bool,
     pub layers: usize,
     pub insecure: Vec<String>,
     pub timeout: Option<std::time::Duration>,
 }
 
-pub fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
+/// The flags' defaults.
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            uncompressed: true,
+            layers: 3,
+            insecure: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
+fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
     crate::oci::block_on_within(options.timeout, async {
         let registries = Registries::new(options.insecure.clone());
         let sizes = LayerSizes::default();
@@ -188,16 +245,22 @@ pub fn measure(targets: &[Target], source: Source, options: &Options) -> Result<
             };
             images.push(measured);
         }
+        Ok(Report::of(images))
+    })
+}
+
+impl Report {
+    fn of(images: Vec<ImageReport>) -> Report {
         let over_budget = images
             .iter()
             .flat_map(|i| &i.platforms)
             .filter(|p| p.verdict == Verdict::Over)
             .count();
-        Ok(Report {
+        Report {
             images,
             over_budget,
-        })
-    })
+        }
+    }
 }
 
 /// Uncompressed sizes by layer digest, so a layer shared by several images (a parent's)
@@ -413,13 +476,23 @@ async fn measure_in_engine(
 ) -> Result<ImageReport> {
     let reference = target.reference.to_string();
     let layout = tokio::task::spawn_blocking(move || read_docker_save(&reference)).await??;
+    measure_layout(target, &layout, sizes, options).await
+}
+
+/// An image from the OCI layout `docker save` wrote, every blob already measured.
+async fn measure_layout(
+    target: &Target,
+    layout: &SavedLayout,
+    sizes: &LayerSizes,
+    options: &Options,
+) -> Result<ImageReport> {
     for (digest, measured) in &layout.measured {
         if let Some(uncompressed) = measured.uncompressed {
             sizes.insert(digest.clone(), uncompressed);
         }
     }
     let root = layout.root()?;
-    let images = platform_images(&layout, &root.0, &root.1).await?;
+    let images = platform_images(layout, &root.0, &root.1).await?;
     for image in &images {
         for layer in &image.layers {
             let measured = layout
@@ -639,17 +712,8 @@ fn image_report(
     }
 }
 
-pub fn print(report: &Report, json: bool, layers: usize) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", text(report, layers));
-    }
-    step_summary(report)
-}
-
 /// Appends the Markdown table to `$GITHUB_STEP_SUMMARY`, when a workflow set it.
-pub fn step_summary(report: &Report) -> Result<()> {
+fn step_summary(report: &Report) -> Result<()> {
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -721,7 +785,7 @@ fn headroom_text(p: &PlatformReport) -> String {
     }
 }
 
-pub fn text(report: &Report, layers: usize) -> String {
+fn text(report: &Report, layers: usize) -> String {
     let mut out = table(&HEADER, &rows(report));
     out.push_str("(compressed / uncompressed; sizes in MiB = 2^20 bytes)\n");
     if layers == 0 {
@@ -782,6 +846,7 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::SizeBudget;
     use flate2::write::GzEncoder;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -870,9 +935,160 @@ mod tests {
         }
     }
 
+    /// Blobs of an OCI layout, each added by its real bytes.
+    #[derive(Default)]
+    struct Blobs(Vec<(Digest, Vec<u8>)>);
+
+    impl Blobs {
+        fn add(&mut self, media_type: &str, bytes: Vec<u8>) -> serde_json::Value {
+            let digest = Digest::of_sha256(&bytes);
+            let descriptor = serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.as_str(),
+                "size": bytes.len(),
+            });
+            self.0.push((digest, bytes));
+            descriptor
+        }
+
+        /// One platform's image: its layers with the history steps that made them, and
+        /// an empty-layer step between, as BuildKit writes for ENV.
+        fn image(&mut self, arch: &str, layers: Vec<(Vec<u8>, &str)>) -> serde_json::Value {
+            let mut history =
+                vec![serde_json::json!({ "created_by": "ENV HOME=/tmp", "empty_layer": true })];
+            let mut descriptors = Vec::new();
+            for (bytes, step) in layers {
+                let gzip = bytes.starts_with(&[0x1f, 0x8b]);
+                let media_type = if gzip {
+                    "application/vnd.oci.image.layer.v1.tar+gzip"
+                } else {
+                    "application/vnd.oci.image.layer.v1.tar"
+                };
+                descriptors.push(self.add(media_type, bytes));
+                history.push(serde_json::json!({ "created_by": step }));
+            }
+            let config = serde_json::json!({
+                "architecture": arch,
+                "os": "linux",
+                "rootfs": { "type": "layers", "diff_ids": [] },
+                "history": history,
+            });
+            let config = self.add(
+                "application/vnd.oci.image.config.v1+json",
+                config.to_string().into_bytes(),
+            );
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": descriptors,
+            });
+            let mut descriptor = self.add(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.to_string().into_bytes(),
+            );
+            descriptor["platform"] = serde_json::json!({ "architecture": arch, "os": "linux" });
+            descriptor
+        }
+    }
+
+    /// What `docker save` writes for a two-platform image with an attestation: gzip and
+    /// plain layers, one shared by both platforms.
+    fn saved_layout() -> Vec<u8> {
+        let mut blobs = Blobs::default();
+        let shared = b"a plain tar layer ".repeat(1000);
+        let amd64 = blobs.image(
+            "amd64",
+            vec![
+                (
+                    gzip(&vec![0u8; 3 << 20]),
+                    "RUN |1 A=1 /bin/sh -c apt-get install -y curl # buildkit",
+                ),
+                (
+                    gzip(&b"config files ".repeat(500)),
+                    "COPY /etc/app /etc/app # buildkit",
+                ),
+                (shared.clone(), "COPY /out/opencode /opencode # buildkit"),
+            ],
+        );
+        let arm64 = blobs.image(
+            "arm64",
+            vec![
+                (
+                    gzip(&vec![1u8; 5 << 20]),
+                    "RUN /bin/sh -c apt-get install -y curl",
+                ),
+                (shared, "COPY /out/opencode /opencode # buildkit"),
+            ],
+        );
+        let attestation = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of_sha256(b"not in the layout").as_str(),
+            "size": 17,
+            "platform": { "architecture": "unknown", "os": "unknown" },
+            "annotations": { "vnd.docker.reference.type": "attestation-manifest" },
+        });
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [amd64, arm64, attestation],
+        });
+        let index = blobs.add(
+            "application/vnd.oci.image.index.v1+json",
+            index.to_string().into_bytes(),
+        );
+        let top = serde_json::json!({ "schemaVersion": 2, "manifests": [index] });
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut append = |path: String, bytes: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, bytes).unwrap();
+        };
+        append("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+        append("index.json".into(), top.to_string().as_bytes());
+        for (digest, bytes) in &blobs.0 {
+            append(format!("blobs/sha256/{}", digest.hex()), bytes);
+        }
+        tar.into_inner().unwrap()
+    }
+
     #[test]
     fn json_report_shape() {
-        insta::assert_json_snapshot!(sample_report());
+        let layout = read_layout_tar(&saved_layout()[..]).unwrap();
+        let budget = SizeBudget {
+            max_compressed_mib: Some(1),
+            max_uncompressed_mib: Some(4),
+            platforms: [(
+                "linux/amd64".to_string(),
+                Limits {
+                    max_compressed_mib: Some(2),
+                    max_uncompressed_mib: None,
+                },
+            )]
+            .into(),
+        };
+        let target = Target {
+            name: "opencode".into(),
+            reference: ImageRef::parse(
+                "registry.example.com/kubeopencode/kubeopencode-agent-opencode:v1.2.3",
+            )
+            .unwrap(),
+            budget: Some(budget),
+        };
+        let options = Options {
+            layers: 2,
+            ..Options::default()
+        };
+        let sizes = LayerSizes::default();
+        let image = crate::oci::block_on(measure_layout(&target, &layout, &sizes, &options))
+            .unwrap()
+            .unwrap();
+        let report = Report::of(vec![image]);
+        // arm64 unpacks to over the 4 MiB image-wide limit; amd64 has its own compressed one.
+        assert_eq!(report.over_budget, 1);
+        insta::assert_json_snapshot!(report);
     }
 
     #[test]
@@ -885,7 +1101,8 @@ mod tests {
             markdown.contains("| opencode | linux/arm64 | 70.0 MiB |"),
             "{markdown}"
         );
-        assert!(finish(&sample_report())
+        assert!(sample_report()
+            .verdict()
             .unwrap_err()
             .to_string()
             .contains("opencode (linux/arm64)"));

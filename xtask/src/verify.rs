@@ -11,26 +11,11 @@ use std::time::Duration;
 use crate::catalog::{Catalog, CommandCheck, FileCheck, MetadataCheck, Role, VerifySpec};
 use crate::cli::{RoleArg, VerifyArgs};
 use crate::docker::{self, Finished};
-use crate::oci::digest::printable;
 use crate::report::table;
+use crate::text::printable;
 
 /// The UID OpenShift's restricted SCC picks from a namespace range, always in group 0.
 pub const ARBITRARY_UID: &str = "1000620000:0";
-
-/// Convention checks by name; an image opts out of one with `verify.skip.<name>`.
-pub const CONVENTIONS: &[&str] = &[
-    "user",
-    "home",
-    "workdir",
-    "home-writable",
-    "workspace-writable",
-    "tools-mountable",
-    "opencode-from-tools",
-    "default-command",
-    "copies-to-tools",
-    "arbitrary-uid",
-    "restricted-profile",
-];
 
 /// The restricted profile: what `restricted` pod security and OpenShift's restricted SCC
 /// leave a container, with an `emptyDir` at /tmp.
@@ -65,61 +50,133 @@ pub struct Outcome {
     pub detail: String,
 }
 
-pub fn run(root: &Path, args: &VerifyArgs) -> Result<()> {
-    // One catalog load serves the subjects and the init image of the two-container check.
-    let catalog = Catalog::load(root)?;
-    let publish = args.publish.publish();
-    let subjects = match &args.reference {
-        Some(reference) => {
-            crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
-            let role = match args.role {
-                RoleArg::Executor => Role::Executor,
-                RoleArg::Init => Role::Init,
-                RoleArg::Other => Role::Other,
-            };
-            vec![Subject {
-                name: reference.clone(),
-                reference: reference.clone(),
-                role,
-                spec: VerifySpec::default(),
-            }]
-        }
-        None => catalog_subjects(&catalog, &args.images, &publish)?,
-    };
-    let tools_image = match &args.tools_image {
-        Some(reference) => Some(reference.clone()),
-        None => catalog_init_image(&catalog, &publish)?,
-    };
-    let engine = Engine {
-        platform: args.platform.clone(),
-        local: args.local,
-    };
-    let outcomes = verify(&subjects, tools_image.as_deref(), &engine)?;
-    print(&outcomes, args.json)?;
-    finish(&outcomes)
+impl VerifyArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        // One catalog load serves the subjects and the init image of the two-container check.
+        let catalog = Catalog::load(root)?;
+        let publish = self.publish.publish();
+        let subjects = match &self.reference {
+            Some(reference) => {
+                crate::naming::ImageRef::parse(reference).map_err(|e| anyhow!("--ref: {e}"))?;
+                let role = match self.role {
+                    RoleArg::Executor => Role::Executor,
+                    RoleArg::Init => Role::Init,
+                    RoleArg::Other => Role::Other,
+                };
+                vec![Subject {
+                    name: reference.clone(),
+                    reference: reference.clone(),
+                    role,
+                    spec: VerifySpec::default(),
+                }]
+            }
+            None => catalog_subjects(&catalog, &self.images, &publish)?,
+        };
+        let tools_image = match &self.tools_image {
+            Some(reference) => Some(reference.clone()),
+            None => catalog_init_image(&catalog, &publish)?,
+        };
+        let check = Check {
+            subjects,
+            tools_image,
+            engine: Engine {
+                platform: self.platform.clone(),
+                local: self.local,
+            },
+        };
+        let report = check.run()?;
+        report.print(&mut std::io::stdout(), self.json)?;
+        report.verdict()
+    }
 }
 
-pub fn catalog_subjects(
+/// What to check and where. `images verify` builds it from its flags, `build --check`
+/// from the images it built; both then print the report and take its verdict.
+pub struct Check {
+    pub subjects: Vec<Subject>,
+    /// The init image for the two-container check.
+    pub tools_image: Option<String>,
+    pub engine: Engine,
+}
+
+impl Check {
+    /// The catalog images named (all when none) and the catalog's init image, as
+    /// published under `publish`.
+    pub fn for_catalog(
+        catalog: &Catalog,
+        names: &[String],
+        publish: &crate::naming::Publish,
+        engine: Engine,
+    ) -> Result<Check> {
+        Ok(Check {
+            subjects: catalog_subjects(catalog, names, publish)?,
+            tools_image: catalog_init_image(catalog, publish)?,
+            engine,
+        })
+    }
+
+    pub fn run(&self) -> Result<Report> {
+        let outcomes = verify(&self.subjects, self.tools_image.as_deref(), &self.engine)?;
+        Ok(Report { outcomes })
+    }
+}
+
+/// Every check's outcome; as JSON, the list itself.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    pub fn print(&self, out: &mut dyn std::io::Write, json: bool) -> Result<()> {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&self.outcomes)?)?;
+        } else {
+            write!(out, "{}", text(&self.outcomes))?;
+        }
+        Ok(())
+    }
+
+    /// The exit status: an error naming the first failed check, when any failed.
+    pub fn verdict(&self) -> Result<()> {
+        let outcomes = &self.outcomes;
+        let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let first = failed[0];
+        bail!(
+            "{} of {} checks failed; first: {}: {} as {}: {}",
+            failed.len(),
+            outcomes.len(),
+            first.image,
+            first.check,
+            first.user.as_deref().unwrap_or("-"),
+            first.detail
+        );
+    }
+}
+
+fn catalog_subjects(
     catalog: &Catalog,
     names: &[String],
     publish: &crate::naming::Publish,
 ) -> Result<Vec<Subject>> {
-    catalog
-        .select(names)?
+    let published = catalog.published(names, publish)?;
+    Ok(published
         .into_iter()
-        .map(|image| {
-            Ok(Subject {
-                name: image.name.clone(),
-                reference: publish.refs(&image.name)?.remove(0).to_string(),
-                role: image.spec.role,
-                spec: image.spec.verify.clone(),
-            })
+        .map(|(image, reference)| Subject {
+            name: image.name.clone(),
+            reference: reference.to_string(),
+            role: image.spec.role,
+            spec: image.spec.verify.clone(),
         })
-        .collect()
+        .collect())
 }
 
 /// The catalog's init image under the naming flags, for the two-container check.
-pub fn catalog_init_image(
+fn catalog_init_image(
     catalog: &Catalog,
     publish: &crate::naming::Publish,
 ) -> Result<Option<String>> {
@@ -127,7 +184,7 @@ pub fn catalog_init_image(
         .images
         .values()
         .find(|image| image.spec.role == Role::Init);
-    init.map(|image| Ok(publish.refs(&image.name)?.remove(0).to_string()))
+    init.map(|image| Ok(publish.reference(&image.name)?.to_string()))
         .transpose()
 }
 
@@ -139,7 +196,7 @@ pub struct Engine {
     pub local: bool,
 }
 
-pub fn verify(
+fn verify(
     subjects: &[Subject],
     tools_image: Option<&str>,
     engine: &Engine,
@@ -159,33 +216,7 @@ pub fn verify(
     Ok(outcomes)
 }
 
-pub fn finish(outcomes: &[Outcome]) -> Result<()> {
-    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    let first = failed[0];
-    bail!(
-        "{} of {} checks failed; first: {}: {} as {}: {}",
-        failed.len(),
-        outcomes.len(),
-        first.image,
-        first.check,
-        first.user.as_deref().unwrap_or("-"),
-        first.detail
-    );
-}
-
-pub fn print(outcomes: &[Outcome], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(outcomes)?);
-    } else {
-        print!("{}", text(outcomes));
-    }
-    Ok(())
-}
-
-pub fn text(outcomes: &[Outcome]) -> String {
+fn text(outcomes: &[Outcome]) -> String {
     let rows: Vec<Vec<String>> = outcomes
         .iter()
         .map(|o| {
@@ -827,19 +858,6 @@ fn permissions_text(kind: char, mode: u32) -> String {
     out
 }
 
-/// Validates an `ls -l` style permission string from `image.toml`.
-pub fn parse_permissions(text: &str) -> Result<()> {
-    let valid = text.len() == 10
-        && text.chars().enumerate().all(|(i, c)| match i {
-            0 => "-dl".contains(c),
-            _ => "-rwxsStT".contains(c),
-        });
-    if !valid {
-        bail!("permissions '{text}' is not of the form drwxr-xr-x (type, then rwx for owner, group, other)");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,9 +867,6 @@ mod tests {
         assert_eq!(permissions_text('d', 0o1777), "drwxrwxrwt");
         assert_eq!(permissions_text('-', 0o755), "-rwxr-xr-x");
         assert_eq!(permissions_text('-', 0o4644), "-rwSr--r--");
-        assert!(parse_permissions("drwxrwxrwx").is_ok());
-        assert!(parse_permissions("0777").is_err());
-        assert!(parse_permissions("qrwxrwxrwx").is_err());
     }
 
     #[test]

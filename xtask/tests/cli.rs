@@ -142,6 +142,39 @@ fn dry_run_prints_the_plan_for_every_image_without_touching_docker() {
 }
 
 #[test]
+fn version_in_the_environment_is_not_the_tag() {
+    // VERSION is a common CI variable: only --version (or make's VERSION=) sets the tag.
+    let dir = tempfile::tempdir().unwrap();
+    let output = xtask_in(
+        &project_root(),
+        &[
+            "images",
+            "build",
+            "attach",
+            "--dry-run",
+            "--json",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("VERSION", "v9.9.9")],
+    );
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!stdout.contains("v9.9.9"), "{stdout}");
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let attach = document["plan"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "attach")
+        .unwrap();
+    assert!(
+        attach["tags"][0].as_str().unwrap().ends_with(":latest"),
+        "{attach}"
+    );
+}
+
+#[test]
 fn malformed_image_toml_is_one_line() {
     let dir = project_copy();
     let manifest = dir.path().join("agents/attach/image.toml");

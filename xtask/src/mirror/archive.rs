@@ -22,9 +22,9 @@ use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::naming::{is_registry_host, ImageRef};
 use crate::oci::blobs::{read_blob, upload_verified};
-use crate::oci::digest::printable;
 use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Error, Reference, Registries, Registry, Repository, Tag};
+use crate::text::printable;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Set by containerd, nerdctl and `docker save` to the full reference.

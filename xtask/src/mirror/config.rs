@@ -1,11 +1,12 @@
 //! What the cluster consumes after a mirror: a mapping, an agentkube env file,
 //! containerd `hosts.toml` files, OpenShift mirror sets, and Helm values.
 //!
-//! Every string that lands in TOML or YAML is written quoted and escaped; keys are
-//! names checked when the list is loaded, and quoted here as well should one slip by.
+//! YAML is written by serde_yaml_ng, TOML strings quoted and escaped by the toml crate,
+//! with a "generated" comment prepended; keys are names checked when the list is loaded.
 
 use anyhow::{anyhow, Context, Result};
 use regex::Regex;
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
@@ -316,23 +317,49 @@ fn openshift(
         );
     }
     for (name, entries) in sets {
-        let _ = write!(
-            out,
-            "---\napiVersion: config.openshift.io/v1\nkind: {api_kind}\nmetadata:\n  name: {name}\nspec:\n  {list_key}:\n"
-        );
-        for (source, mirror) in entries {
-            let _ = write!(
-                out,
-                "  - source: {}\n    mirrors:\n    - {}\n",
-                yaml_str(&source),
-                yaml_str(&mirror)
-            );
-            if never_contact_source {
-                out.push_str("    mirrorSourcePolicy: NeverContactSource\n");
-            }
-        }
+        let mirrors = entries
+            .into_iter()
+            .map(|(source, mirror)| RepositoryMirror {
+                source,
+                mirrors: vec![mirror],
+                mirror_source_policy: never_contact_source.then_some("NeverContactSource"),
+            })
+            .collect();
+        let set = MirrorSet {
+            api_version: "config.openshift.io/v1",
+            kind: api_kind,
+            metadata: Metadata { name },
+            spec: BTreeMap::from([(list_key, mirrors)]),
+        };
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&set)?);
     }
     Ok(out)
+}
+
+/// An ImageDigestMirrorSet or ImageTagMirrorSet (config.openshift.io/v1).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MirrorSet {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata,
+    /// `imageDigestMirrors` or `imageTagMirrors`.
+    spec: BTreeMap<&'static str, Vec<RepositoryMirror>>,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    name: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RepositoryMirror {
+    source: String,
+    mirrors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mirror_source_policy: Option<&'static str>,
 }
 
 /// Values for the KubeOpenCode chart, plus the Agent fields for the agent images.
@@ -372,7 +399,10 @@ fn helm_values(mirrored: &[(&Planned, &str)]) -> Result<String> {
         out.push_str("# Agent images are set per Agent resource, not in the chart:\n");
         out.push_str(&agent_lines);
     }
-    yaml(&serde_json::Value::Object(values), 0, &mut out);
+    // An empty map stays an empty file of comments, as Helm reads it.
+    if !values.is_empty() {
+        out.push_str(&serde_yaml_ng::to_string(&values)?);
+    }
     Ok(out)
 }
 
@@ -397,34 +427,12 @@ fn set_path(
     Ok(())
 }
 
-/// Block-style YAML for nested maps of strings, which is all the values file needs.
-fn yaml(value: &serde_json::Value, indent: usize, out: &mut String) {
-    if let serde_json::Value::Object(map) = value {
-        for (key, child) in map {
-            let pad = "  ".repeat(indent);
-            let key = yaml_key(key);
-            match child {
-                serde_json::Value::Object(_) => {
-                    let _ = writeln!(out, "{pad}{key}:");
-                    yaml(child, indent + 1, out);
-                }
-                serde_json::Value::String(s) => {
-                    let _ = writeln!(out, "{pad}{key}: {}", yaml_str(s));
-                }
-                other => {
-                    let _ = writeln!(out, "{pad}{key}: {other}");
-                }
-            }
-        }
-    }
-}
-
 /// A double-quoted YAML scalar: JSON's escaping is YAML's, so no value adds a key.
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 
-/// A name as a plain key; anything else quoted.
+/// A name as a plain key; anything else quoted, so a comment stays one line.
 fn yaml_key(key: &str) -> String {
     let plain = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && key

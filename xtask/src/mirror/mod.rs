@@ -19,19 +19,21 @@ use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
 use engine::{CopyJob, Engine, Outcome};
 use lists::Entry;
 
-pub fn run(root: &Path, args: &MirrorArgs) -> Result<()> {
-    let timeout = match &args.action {
-        Some(MirrorAction::Save(save)) => save.registry.timeout,
-        Some(MirrorAction::Load(load)) => load.registry.timeout,
-        None => args.copy.registry.timeout,
-    };
-    crate::oci::block_on_within(timeout.map(Into::into), async {
-        match &args.action {
-            Some(MirrorAction::Save(save)) => archive::save(root, save).await,
-            Some(MirrorAction::Load(load)) => archive::load(load).await,
-            None => copy(root, &args.copy).await,
-        }
-    })
+impl MirrorArgs {
+    pub fn run(self, root: &Path) -> Result<()> {
+        let timeout = match &self.action {
+            Some(MirrorAction::Save(save)) => save.registry.timeout,
+            Some(MirrorAction::Load(load)) => load.registry.timeout,
+            None => self.copy.registry.timeout,
+        };
+        crate::oci::block_on_within(timeout.map(Into::into), async {
+            match &self.action {
+                Some(MirrorAction::Save(save)) => archive::save(root, save).await,
+                Some(MirrorAction::Load(load)) => archive::load(load).await,
+                None => copy(root, &self.copy).await,
+            }
+        })
+    }
 }
 
 /// One planned copy, as printed by --dry-run and written to the mapping file.
@@ -118,7 +120,7 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // Checked before anything is copied.
     let mirror_ca = match &args.mirror_ca {
-        Some(path) => Some(crate::build::read_ca_pem("--mirror-ca", path)?),
+        Some(path) => Some(crate::text::read_ca_pem("--mirror-ca", path)?),
         None => None,
     };
     warn_about_subsets(&planned);

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::RetagArgs;
@@ -10,8 +11,10 @@ use crate::naming::ImageRef;
 use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Registries, Repository, Tag};
 
-pub fn run(args: &RetagArgs) -> Result<()> {
-    crate::oci::block_on_within(args.registry.timeout.map(Into::into), retag(args))
+impl RetagArgs {
+    pub fn run(self, _root: &Path) -> Result<()> {
+        crate::oci::block_on_within(self.registry.timeout.map(Into::into), retag(&self))
+    }
 }
 
 /// A target is a full reference, or just a tag for the source's repository.

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use super::digest::printable;
 use super::error::{Error, Result};
 use super::transport::{failure_from, read_bounded, Stats, Transport, METADATA_DEADLINE};
+use crate::text::printable;
 
 /// A token answer larger than this is not a token.
 const MAX_TOKEN_BODY: u64 = 1 << 20;

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use super::error::{Error, Result};
 
+use crate::text::printable;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
@@ -121,22 +123,6 @@ impl From<Digest> for String {
     fn from(digest: Digest) -> String {
         digest.0
     }
-}
-
-/// Untrusted text made safe to print: control characters escaped, length capped.
-pub fn printable(input: &str) -> String {
-    let mut out = String::new();
-    for c in input.chars().take(100) {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    if input.chars().count() > 100 {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

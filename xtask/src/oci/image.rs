@@ -6,10 +6,10 @@ use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 
-use super::digest::printable;
 use super::error::{Error, Result};
 use super::name::{Digest, Reference, Repository};
 use super::registry::{Client, MAX_MANIFEST_BYTES};
+use crate::text::printable;
 
 /// Where manifests and configs come from: a registry, or an OCI layout.
 pub trait ContentSource {

@@ -6,9 +6,9 @@
 use serde::Serialize;
 use std::fmt;
 
-use super::digest::printable;
 pub use super::digest::Digest;
 use super::error::{Error, Result};
+use crate::text::printable;
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {

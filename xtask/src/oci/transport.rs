@@ -11,9 +11,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::digest::printable;
 use super::error::{Error, Result};
 use super::name::is_loopback;
+use crate::text::printable;
 
 const MAX_ATTEMPTS: u32 = 7;
 const MAX_REDIRECTS: usize = 5;

@@ -6,7 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::naming::ImageRef;
+pub mod conventions;
+pub mod lock;
+
+use crate::naming::{ImageRef, Publish};
+use crate::text::toml_error;
+use conventions::{parse_permissions, CONVENTIONS};
+use lock::{load_lock, ToolsLock, LOCK};
 
 pub const MANIFEST: &str = "image.toml";
 pub const AGENTS_DIR: &str = "agents";
@@ -170,7 +176,7 @@ pub struct Image {
     pub spec: ImageSpec,
     pub bases: BTreeMap<String, ImageRef>,
     /// The image's tools lock (`tools.toml`), when it has one.
-    pub tools: Option<crate::tools::ToolsLock>,
+    pub tools: Option<ToolsLock>,
 }
 
 impl Image {
@@ -234,6 +240,18 @@ impl Catalog {
             return Ok(self.images.values().collect());
         }
         names.iter().map(|name| self.get(name)).collect()
+    }
+
+    /// The images named (all when none), each with the reference it is published under.
+    pub fn published(
+        &self,
+        names: &[String],
+        publish: &Publish,
+    ) -> Result<Vec<(&Image, ImageRef)>> {
+        self.select(names)?
+            .into_iter()
+            .map(|image| Ok((image, publish.reference(&image.name)?)))
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -338,8 +356,7 @@ fn load_image(root: &Path, dir: &Path) -> Result<Image> {
                 .map_err(|e| anyhow!("{label}: bases.{role}: {e}"))
         })
         .collect::<Result<_>>()?;
-    let tools =
-        crate::tools::load_lock(dir, &format!("{AGENTS_DIR}/{name}/{}", crate::tools::LOCK))?;
+    let tools = load_lock(dir, &format!("{AGENTS_DIR}/{name}/{LOCK}"))?;
     Ok(Image {
         name,
         dir: dir.to_path_buf(),
@@ -347,18 +364,6 @@ fn load_image(root: &Path, dir: &Path) -> Result<Image> {
         bases,
         tools,
     })
-}
-
-/// One line: `file:line: message`, without the multi-line snippet toml prints.
-pub fn toml_error(label: &str, text: &str, error: &toml::de::Error) -> anyhow::Error {
-    let line = error
-        .span()
-        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let message = error.message().replace('\n', " ");
-    match line {
-        Some(line) => anyhow!("{label}:{line}: {message}"),
-        None => anyhow!("{label}: {message}"),
-    }
 }
 
 pub fn is_valid_image_name(name: &str) -> bool {
@@ -456,10 +461,10 @@ fn validate_spec(root: &Path, name: &str, label: &str, spec: &ImageSpec) -> Resu
 
 fn validate_verify(label: &str, verify: &VerifySpec) -> Result<()> {
     for (check, reason) in &verify.skip {
-        if !crate::verify::CONVENTIONS.contains(&check.as_str()) {
+        if !CONVENTIONS.contains(&check.as_str()) {
             bail!(
                 "{label}: verify.skip.{check}: no such convention check; the names are {}",
-                crate::verify::CONVENTIONS.join(", ")
+                CONVENTIONS.join(", ")
             );
         }
         if reason.trim().is_empty() {
@@ -492,7 +497,7 @@ fn validate_verify(label: &str, verify: &VerifySpec) -> Result<()> {
             );
         }
         if let Some(permissions) = &file.permissions {
-            crate::verify::parse_permissions(permissions)
+            parse_permissions(permissions)
                 .map_err(|e| anyhow!("{label}: verify.files '{}': {e}", file.path))?;
         }
     }

@@ -1,0 +1,45 @@
+//! The operator's conventions as data: the names of the checks `images verify` runs and
+//! an image may skip, and the permission format `verify.files` uses. The catalog
+//! validates `image.toml` against them; `verify` runs them.
+
+use anyhow::{bail, Result};
+
+/// Convention checks by name; an image opts out of one with `verify.skip.<name>`.
+pub const CONVENTIONS: &[&str] = &[
+    "user",
+    "home",
+    "workdir",
+    "home-writable",
+    "workspace-writable",
+    "tools-mountable",
+    "opencode-from-tools",
+    "default-command",
+    "copies-to-tools",
+    "arbitrary-uid",
+    "restricted-profile",
+];
+
+/// Validates an `ls -l` style permission string from `image.toml`.
+pub fn parse_permissions(text: &str) -> Result<()> {
+    let valid = text.len() == 10
+        && text.chars().enumerate().all(|(i, c)| match i {
+            0 => "-dl".contains(c),
+            _ => "-rwxsStT".contains(c),
+        });
+    if !valid {
+        bail!("permissions '{text}' is not of the form drwxr-xr-x (type, then rwx for owner, group, other)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_are_written_like_ls() {
+        assert!(parse_permissions("drwxrwxrwx").is_ok());
+        assert!(parse_permissions("0777").is_err());
+        assert!(parse_permissions("qrwxrwxrwx").is_err());
+    }
+}
