@@ -1,11 +1,9 @@
 //! The command line as a user meets it, without a Docker daemon: plans, listings, and
 //! one clear line for every kind of bad input.
 
-mod support;
-
+use crate::support::*;
 use std::fs;
 use std::path::Path;
-use support::*;
 
 fn catalog_names() -> Vec<String> {
     let out = xtask(&["images", "list", "--json"]);
