@@ -10,14 +10,7 @@ const OPENCODE_VERSION: &str = "1.18.14";
 
 #[test]
 fn air_gapped_multi_arch_build_of_opencode_and_attach() {
-    if !require(&[
-        Need::Docker,
-        Need::Registry,
-        Need::Skopeo,
-        Need::Debootstrap,
-    ]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo, Debootstrap,);
     let registry = Registry::start();
     let prefix = format!("{}/mirror", registry.addr);
     push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));

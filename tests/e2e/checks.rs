@@ -166,9 +166,7 @@ fn failed<'a>(outcomes: &'a serde_json::Value, check: &str) -> Vec<&'a serde_jso
 
 #[test]
 fn checks_fail_on_broken_images_and_pass_once_fixed() {
-    if !require(&[Need::Docker, Need::Registry]) {
-        return;
-    }
+    need!(Docker, Registry);
     let registry = Registry::start();
     let broken = project(true);
     let version = format!("checks-{}", std::process::id());
@@ -306,9 +304,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
 
 #[test]
 fn size_of_a_multi_platform_index_needs_no_daemon() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let registry = Registry::start();
     let project = tempfile::tempdir().unwrap();
     fs::create_dir_all(project.path().join("dockerfiles")).unwrap();

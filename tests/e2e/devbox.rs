@@ -287,9 +287,7 @@ fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
 
 #[test]
 fn devbox_family_builds_offline_and_works() {
-    if !require(&[Need::Docker, Need::Registry, Need::Debootstrap]) {
-        return;
-    }
+    need!(Docker, Registry, Debootstrap);
     let production_lock =
         fs::read_to_string(project_root().join("agents/devbox/tools.toml")).unwrap();
     let registry = Registry::start();

@@ -104,9 +104,7 @@ fn assert_refused_and_nothing_written(
 
 #[test]
 fn an_index_child_cannot_walk_out_of_the_url_path() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     let index = format!(
         r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{{"mediaType":"{MANIFEST}","digest":"{}","size":2,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
         escaping_digest()
@@ -131,9 +129,7 @@ fn an_index_child_cannot_walk_out_of_the_url_path() {
 
 #[test]
 fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     // A valid image, pinned by digest, whose referrers list names the hostile "digest".
     let (manifest, manifest_digest, config) = tiny_image();
     let referrers = format!(
@@ -230,9 +226,7 @@ fn output_text(out: &std::process::Output) -> String {
 
 #[test]
 fn credentials_never_follow_an_upload_location_to_another_origin() {
-    if !require(&[Need::OtherAddress]) {
-        return;
-    }
+    need!(OtherAddress);
     let elsewhere = Scripted::start(&other_host(), Box::new(|_| Reply::new(404)));
     let upload_to = format!(
         "http://{}/upload?_state=SESSION-STATE-SECRET",
@@ -291,9 +285,7 @@ fn credentials_never_follow_an_upload_location_to_another_origin() {
 
 #[test]
 fn credentials_never_follow_a_token_realm_out_of_the_registry_domain() {
-    if !require(&[Need::Registry, Need::OtherAddress]) {
-        return;
-    }
+    need!(Registry, OtherAddress);
     let realm = Scripted::start(
         &other_host(),
         Box::new(|_| {
@@ -389,9 +381,7 @@ impl Drop for TlsServer {
 
 #[test]
 fn a_redirect_from_a_relaxed_registry_gets_verified_tls() {
-    if !require(&[Need::Registry, Need::OtherAddress]) {
-        return;
-    }
+    need!(Registry, OtherAddress);
     // The loopback registry may skip verification; the CDN it redirects to may not.
     let cdn = TlsServer::start(&other_host());
     let (_, _, config) = tiny_image();
@@ -425,9 +415,7 @@ fn a_redirect_from_a_relaxed_registry_gets_verified_tls() {
 
 #[test]
 fn oversized_answers_are_refused_unread() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     const HUGE: u64 = 256 << 20;
     let (_, manifest_digest, _) = tiny_image();
     let hostile = Scripted::start(
@@ -505,9 +493,7 @@ fn oversized_answers_are_refused_unread() {
 
 #[test]
 fn a_drip_fed_manifest_cannot_hold_the_run_past_its_timeout() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     let (manifest, _, _) = tiny_image();
     let source = Scripted::start(
         "127.0.0.1",
@@ -548,9 +534,7 @@ fn a_drip_fed_manifest_cannot_hold_the_run_past_its_timeout() {
 
 #[test]
 fn errors_carry_no_presigned_urls_or_terminal_control_characters() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     let closed = free_port();
     let (_, _, config) = tiny_image();
     let blob_path = format!("/v2/evil/img/blobs/{}", digest(&config));
@@ -607,9 +591,7 @@ fn errors_carry_no_presigned_urls_or_terminal_control_characters() {
 
 #[test]
 fn sha512_pins_and_blobs_with_other_content_are_refused() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     use sha2::Sha512;
     let (manifest, _, _) = tiny_image();
     // The pin names other bytes; the source serves the tiny image under it anyway.
@@ -675,9 +657,7 @@ fn sha512_pins_and_blobs_with_other_content_are_refused() {
 
 #[test]
 fn a_cut_body_from_a_source_that_ignores_range_is_read_again() {
-    if !require(&[Need::Registry]) {
-        return;
-    }
+    need!(Registry);
     let (_, _, config) = tiny_image();
     let half = config.len() / 2;
     let blob_path = format!("/v2/evil/img/blobs/{}", digest(&config));

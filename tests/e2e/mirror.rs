@@ -60,9 +60,7 @@ fn normalise(text: &str, replacements: &[(&str, &str)]) -> String {
 
 #[test]
 fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let (src_proxy, dst_proxy) = (Proxy::counting(&src.addr), Proxy::counting(&dst.addr));
     let work = tempfile::tempdir().unwrap();
@@ -200,9 +198,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     // First try of every blob GET drops mid-body; of every manifest GET, a 500; of the
     // tag HEAD, a 429 that asks for a one-second pause.
@@ -262,9 +258,7 @@ fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
 
 #[test]
 fn a_corrupt_source_blob_is_refused_and_named() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let bad = big_layer(&src.addr, "fixture/app");
     let needle = bad.clone();
@@ -308,9 +302,7 @@ fn a_corrupt_source_blob_is_refused_and_named() {
 
 #[test]
 fn a_killed_run_resumes_without_recopying_finished_blobs() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let slow = Proxy::start(
         &src.addr,
@@ -406,9 +398,7 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
 
 #[test]
 fn retag_adds_tags_without_moving_layers() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let registry = Registry::plain();
     seed(&registry.addr, &["fixture/app"]);
     let proxy = Proxy::counting(&registry.addr);
@@ -441,9 +431,7 @@ fn retag_adds_tags_without_moving_layers() {
 
 #[test]
 fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let signature_tag = sign_with_a_tag(&src.addr);
     let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
@@ -489,9 +477,7 @@ fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
 
 #[test]
 fn dry_run_writes_nothing_and_bad_input_is_one_line() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let proxy = Proxy::counting(&dst.addr);
     let plan = mirror(&[
@@ -552,9 +538,7 @@ fn dry_run_writes_nothing_and_bad_input_is_one_line() {
 
 #[test]
 fn credentials_come_from_the_docker_config_and_never_show() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (user, password) = ("mirror-bot", "s3cret-never-printed-42");
     let src = Registry::with_login(user, password);
     let dst = Registry::plain();
@@ -670,9 +654,7 @@ fn bad_network(upstream: &str, share: usize, cut_blobs: bool) -> Proxy {
 
 #[test]
 fn a_bad_network_on_both_sides_still_gives_identical_digests() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let src_proxy = bad_network(&src.addr, 35, true);
     let dst_proxy = bad_network(&dst.addr, 35, false);
@@ -764,9 +746,7 @@ fn a_bad_network_on_both_sides_still_gives_identical_digests() {
 
 #[test]
 fn a_signature_that_failed_to_copy_is_copied_by_the_next_run() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let signature_tag = sign_with_a_tag(&src.addr);
     // Every push of the signature tag fails, as a flaky network would for a while.
@@ -836,9 +816,7 @@ fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn a_failed_image_leaves_the_cluster_configuration_as_it_was() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (src, dst) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("cluster");
@@ -917,9 +895,7 @@ fn ctr_pull(containerd: &Containerd, extra: &[&str], reference: &str) -> Result<
 
 #[test]
 fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo, Need::Containerd]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo, Containerd);
     let (src, _) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let tls = Registry::start();
     let (app_digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
@@ -1021,9 +997,7 @@ fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
 
 #[test]
 fn a_plain_http_mirror_with_keep_host_is_written_as_such() {
-    if !require(&[Need::Docker, Need::Registry, Need::Skopeo, Need::Containerd]) {
-        return;
-    }
+    need!(Docker, Registry, Skopeo, Containerd);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let work = tempfile::tempdir().unwrap();
     let list = list_file(

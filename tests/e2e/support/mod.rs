@@ -9,7 +9,7 @@
 //! the nested build does not wait on the `cargo test` that started it, and a warm
 //! `cargo xtask` build makes it a no-op.
 //!
-//! What else a test needs it names first: `if !require(&[Need::Registry]) { return; }`.
+//! What else a test needs it names first: `need!(Registry, Skopeo);`.
 //! Where something is missing the test is skipped with one line, except under
 //! `CI=true`, where CI must run every test for real and a missing need fails it.
 
@@ -67,7 +67,31 @@ pub fn xtask_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Not the variables cargo set for this test binary (CARGO_PKG_NAME=tests, ...):
+        // build scripts that read them (ring's) would see them change and run again, and
+        // rebuild reqwest and xtask, on every switch between this and a plain cargo build.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_by_cargo = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&key.as_ref());
+            if set_by_cargo {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let output = command
             .args([
                 "build",
                 "-p",
@@ -164,6 +188,17 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Returns from the test unless everything named is here (see `require`):
+/// `need!(Docker, Registry);` as a test's first line.
+macro_rules! need {
+    ($($need:ident),+ $(,)?) => {
+        if !$crate::support::require(&[$($crate::support::Need::$need),+]) {
+            return;
+        }
+    };
+}
+pub(crate) use need;
+
 /// True when everything in `needs` is here. Otherwise the test is skipped with one line,
 /// or, under CI=true, fails: CI must run the end-to-end path for real.
 pub fn require(needs: &[Need]) -> bool {
@@ -180,14 +215,16 @@ pub fn require(needs: &[Need]) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but {test} cannot run: {missing} (run .ci/provision first)");
     }
-    eprintln!("SKIPPED {test}: {missing} (run .ci/provision to install it)");
+    // Straight to stderr, past the test harness's capture, so the line is seen.
+    let line = format!("SKIPPED {test}: {missing} (.ci/provision sets it up)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     false
 }
 
 /// This machine's first address that is not loopback: neither relaxed as loopback is
 /// nor the origin of a registry on 127.0.0.1.
 pub fn other_host() -> String {
-    non_loopback_address().expect("require(&[Need::OtherAddress]) first")
+    non_loopback_address().expect("need!(OtherAddress) first")
 }
 
 fn non_loopback_address() -> Option<String> {
