@@ -528,8 +528,8 @@ mod tests {
         by_digest.helm = vec!["ui.image".into()];
         let planned = plan_of(vec![tagged, by_digest], "mirror.example/m", false);
         let files = render_all(&planned, &Options::default());
-        let values: serde_yaml::Value =
-            serde_yaml::from_str(&files["helm/kubeopencode-values.yaml"]).unwrap();
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&files["helm/kubeopencode-values.yaml"]).unwrap();
         for key in ["controller", "server"] {
             let image = &values[key]["image"];
             assert_eq!(
@@ -597,11 +597,15 @@ mod tests {
     }
 
     /// Every document against the ImageDigestMirrorSet/ImageTagMirrorSet CRD schema.
-    fn assert_valid_mirror_sets(text: &str, kind: &str, list_key: &str) -> Vec<serde_yaml::Value> {
+    fn assert_valid_mirror_sets(
+        text: &str,
+        kind: &str,
+        list_key: &str,
+    ) -> Vec<serde_yaml_ng::Value> {
         let object_name =
             Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
                 .unwrap();
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
+        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
         for doc in &docs {
@@ -721,8 +725,8 @@ mod tests {
         e.override_var = Some("AGENTKUBE_IMAGE_X".into());
         let planned = plan_of(vec![e], "mirror.example/m", false);
         let files = render_all(&planned, &Options::default());
-        let values: serde_yaml::Value =
-            serde_yaml::from_str(&files["helm/kubeopencode-values.yaml"]).unwrap();
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&files["helm/kubeopencode-values.yaml"]).unwrap();
         let keys: BTreeSet<&str> = values
             .as_mapping()
             .unwrap()

@@ -1,16 +1,14 @@
 //! The mirror against real distribution registries on loopback, with a buildx-built
 //! multi-arch index that carries provenance attestations, checked with skopeo.
 
-mod support;
-
+use crate::support::fixture::*;
+use crate::support::proxy::{Action, Proxy};
+use crate::support::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::fixture::*;
-use support::proxy::{Action, Proxy};
-use support::*;
 
 fn list_file(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("list.toml");
@@ -62,9 +60,8 @@ fn normalise(text: &str, replacements: &[(&str, &str)]) -> String {
 
 #[test]
 fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let (src_proxy, dst_proxy) = (Proxy::counting(&src.addr), Proxy::counting(&dst.addr));
     let work = tempfile::tempdir().unwrap();
     let list = list_file(
@@ -149,7 +146,7 @@ fn mirror_preserves_digests_and_a_rerun_is_a_no_op() {
             assert_eq!(mirror_host["override_path"].as_bool(), Some(true), "{name}");
         }
         if name.ends_with(".yaml") {
-            let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&content)
+            let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&content)
                 .map(|d| {
                     serde::Deserialize::deserialize(d)
                         .unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
@@ -201,9 +198,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     // First try of every blob GET drops mid-body; of every manifest GET, a 500; of the
     // tag HEAD, a 429 that asks for a one-second pause.
     let src_proxy = Proxy::start(
@@ -262,9 +258,8 @@ fn faults_are_retried_and_a_tag_only_ever_points_at_a_complete_image() {
 
 #[test]
 fn a_corrupt_source_blob_is_refused_and_named() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let bad = big_layer(&src.addr, "fixture/app");
     let needle = bad.clone();
     let src_proxy = Proxy::start(
@@ -307,9 +302,8 @@ fn a_corrupt_source_blob_is_refused_and_named() {
 
 #[test]
 fn a_killed_run_resumes_without_recopying_finished_blobs() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let slow = Proxy::start(
         &src.addr,
         Box::new(|method, path, _| {
@@ -323,14 +317,14 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
     let dst_proxy = Proxy::counting(&dst.addr);
     let prefix = format!("{}/m", dst_proxy.addr);
     let source = format!("{}/fixture/app:v1", slow.addr);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let mut child = Command::new(xtask_binary())
         .args(["images", "mirror", "--to", &prefix, "--image", &source])
         .env("XTASK_PROJECT_DIR", project_root())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let finished_upload = |r: &support::proxy::Logged| {
+    let finished_upload = |r: &crate::support::proxy::Logged| {
         r.method == "PUT" && r.path.contains("digest=") && r.status == 201
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -404,9 +398,7 @@ fn a_killed_run_resumes_without_recopying_finished_blobs() {
 
 #[test]
 fn retag_adds_tags_without_moving_layers() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let registry = Registry::plain();
     seed(&registry.addr, &["fixture/app"]);
     let proxy = Proxy::counting(&registry.addr);
@@ -439,9 +431,8 @@ fn retag_adds_tags_without_moving_layers() {
 
 #[test]
 fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let signature_tag = sign_with_a_tag(&src.addr);
     let (digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
     let copied = summary(&mirror(&[
@@ -486,9 +477,8 @@ fn signatures_beside_an_image_come_along_and_a_platform_subset_is_loud() {
 
 #[test]
 fn dry_run_writes_nothing_and_bad_input_is_one_line() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let proxy = Proxy::counting(&dst.addr);
     let plan = mirror(&[
         "--to",
@@ -548,9 +538,7 @@ fn dry_run_writes_nothing_and_bad_input_is_one_line() {
 
 #[test]
 fn credentials_come_from_the_docker_config_and_never_show() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let (user, password) = ("mirror-bot", "s3cret-never-printed-42");
     let src = Registry::with_login(user, password);
     let dst = Registry::plain();
@@ -666,9 +654,8 @@ fn bad_network(upstream: &str, share: usize, cut_blobs: bool) -> Proxy {
 
 #[test]
 fn a_bad_network_on_both_sides_still_gives_identical_digests() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let src_proxy = bad_network(&src.addr, 35, true);
     let dst_proxy = bad_network(&dst.addr, 35, false);
     let result = summary(&mirror(&[
@@ -759,9 +746,8 @@ fn a_bad_network_on_both_sides_still_gives_identical_digests() {
 
 #[test]
 fn a_signature_that_failed_to_copy_is_copied_by_the_next_run() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let signature_tag = sign_with_a_tag(&src.addr);
     // Every push of the signature tag fails, as a flaky network would for a while.
     let tag = signature_tag.clone();
@@ -830,9 +816,8 @@ fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn a_failed_image_leaves_the_cluster_configuration_as_it_was() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("cluster");
     let list = list_file(
@@ -910,9 +895,8 @@ fn ctr_pull(containerd: &Containerd, extra: &[&str], reference: &str) -> Result<
 
 #[test]
 fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
-    let Some((src, _)) = source_and_destination(&["fixture/app", "fixture/tools"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo, Containerd);
+    let (src, _) = source_and_destination(&["fixture/app", "fixture/tools"]);
     let tls = Registry::start();
     let (app_digest, _) = raw_digest(&format!("{}/fixture/app:v1", src.addr));
     let (tools_digest, _) = raw_digest(&format!("{}/fixture/tools:v1", src.addr));
@@ -989,7 +973,7 @@ fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
     assert!(err.contains("x509") || err.contains("certificate"), "{err}");
 
     // The Helm values as the chart renders them (`repository:tag`) pull the mirrored digests.
-    let values: serde_yaml::Value = serde_yaml::from_str(
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &fs::read_to_string(config.join("helm/kubeopencode-values.yaml")).unwrap(),
     )
     .unwrap();
@@ -1013,9 +997,8 @@ fn containerd_pulls_by_source_reference_through_the_generated_hosts_toml() {
 
 #[test]
 fn a_plain_http_mirror_with_keep_host_is_written_as_such() {
-    let Some((src, dst)) = source_and_destination(&["fixture/app"]) else {
-        return;
-    };
+    need!(Docker, Registry, Skopeo, Containerd);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
     let work = tempfile::tempdir().unwrap();
     let list = list_file(
         work.path(),
@@ -1064,9 +1047,10 @@ fn a_plain_http_mirror_with_keep_host_is_written_as_such() {
         (None, None)
     );
     for file in ["image-digest-mirror-set.yaml", "image-tag-mirror-set.yaml"] {
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(&fs::read_to_string(config.join("openshift").join(file)).unwrap())
-                .unwrap();
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            &fs::read_to_string(config.join("openshift").join(file)).unwrap(),
+        )
+        .unwrap();
         let list = yaml["spec"].as_mapping().unwrap().values().next().unwrap();
         assert_eq!(
             list[0]["mirrorSourcePolicy"], "NeverContactSource",

@@ -1,6 +1,17 @@
 //! Real things for end-to-end tests: the xtask binary, a distribution registry on
 //! loopback, a Debian base image made offline, and the machine's own package mirrors.
-#![allow(dead_code)]
+//!
+//! The binary: `CARGO_BIN_EXE_xtask` exists only for xtask's own tests, so this crate
+//! asks cargo for it, once per run: `$CARGO build -p xtask --bin xtask
+//! --message-format=json` in the same target directory and dev profile that
+//! `cargo xtask` uses, taking the path from the `compiler-artifact` message. Cargo holds
+//! the target directory's lock while it compiles, not while the tests it built run, so
+//! the nested build does not wait on the `cargo test` that started it, and a warm
+//! `cargo xtask` build makes it a no-op.
+//!
+//! What else a test needs it names first: `need!(Registry, Skopeo);`.
+//! Where something is missing the test is skipped with one line, except under
+//! `CI=true`, where CI must run every test for real and a missing need fails it.
 
 pub mod artifacts;
 pub mod fixture;
@@ -11,6 +22,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub fn project_root() -> PathBuf {
@@ -42,12 +54,186 @@ pub fn xtask(args: &[&str]) -> Output {
 }
 
 pub fn xtask_in(project: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut command = Command::new(xtask_binary());
     command.args(args).env("XTASK_PROJECT_DIR", project);
     for (key, value) in env {
         command.env(key, value);
     }
     command.output().expect("running the xtask binary")
+}
+
+/// The xtask executable, built on first use (see the module comment).
+pub fn xtask_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        // Not the variables cargo set for this test binary (CARGO_PKG_NAME=tests, ...):
+        // build scripts that read them (ring's) would see them change and run again, and
+        // rebuild reqwest and xtask, on every switch between this and a plain cargo build.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_by_cargo = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+                || [
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&key.as_ref());
+            if set_by_cargo {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let output = command
+            .args([
+                "build",
+                "-p",
+                "xtask",
+                "--bin",
+                "xtask",
+                "--message-format=json",
+            ])
+            .arg("--manifest-path")
+            .arg(project_root().join("Cargo.toml"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo to build the xtask binary");
+        assert!(output.status.success(), "cargo build -p xtask failed");
+        text(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| {
+                message["reason"] == "compiler-artifact" && message["target"]["name"] == "xtask"
+            })
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no xtask executable")
+    })
+}
+
+/// What a test needs besides the xtask binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A Docker daemon that answers `docker info`.
+    Docker,
+    /// The `docker-registry` binary (the CNCF distribution registry).
+    Registry,
+    Skopeo,
+    /// `containerd` and `ctr`, and the root to run them.
+    Containerd,
+    Debootstrap,
+    /// An address of this machine that is not loopback (see `other_host`).
+    OtherAddress,
+}
+
+impl Need {
+    const ALL: [Need; 6] = [
+        Need::Docker,
+        Need::Registry,
+        Need::Skopeo,
+        Need::Containerd,
+        Need::Debootstrap,
+        Need::OtherAddress,
+    ];
+
+    fn present(self) -> bool {
+        static PRESENT: [OnceLock<bool>; Need::ALL.len()] =
+            [const { OnceLock::new() }; Need::ALL.len()];
+        *PRESENT[self as usize].get_or_init(|| match self {
+            Need::Docker => succeeds("docker", &["info", "--format", "{{.ServerVersion}}"]),
+            Need::Registry => succeeds("docker-registry", &["--version"]),
+            Need::Skopeo => succeeds("skopeo", &["--version"]),
+            Need::Containerd => {
+                succeeds("containerd", &["--version"])
+                    && succeeds("ctr", &["--version"])
+                    && text(
+                        &Command::new("id")
+                            .arg("-u")
+                            .output()
+                            .map(|o| o.stdout)
+                            .unwrap_or_default(),
+                    )
+                    .trim()
+                        == "0"
+            }
+            Need::Debootstrap => succeeds("debootstrap", &["--version"]),
+            Need::OtherAddress => non_loopback_address().is_some(),
+        })
+    }
+
+    fn missing(self) -> &'static str {
+        match self {
+            Need::Docker => "no Docker daemon answers `docker info`",
+            Need::Registry => "no `docker-registry` binary",
+            Need::Skopeo => "no `skopeo` binary",
+            Need::Containerd => "no `containerd` and `ctr`, or not root",
+            Need::Debootstrap => "no `debootstrap` binary",
+            Need::OtherAddress => "no address other than loopback (`hostname -I`)",
+        }
+    }
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Returns from the test unless everything named is here (see `require`):
+/// `need!(Docker, Registry);` as a test's first line.
+macro_rules! need {
+    ($($need:ident),+ $(,)?) => {
+        if !$crate::support::require(&[$($crate::support::Need::$need),+]) {
+            return;
+        }
+    };
+}
+pub(crate) use need;
+
+/// True when everything in `needs` is here. Otherwise the test is skipped with one line,
+/// or, under CI=true, fails: CI must run the end-to-end path for real.
+pub fn require(needs: &[Need]) -> bool {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|need| !need.present())
+        .map(|need| need.missing())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("test").to_string();
+    let missing = missing.join(", ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {test} cannot run: {missing} (run .ci/provision first)");
+    }
+    // Straight to stderr, past the test harness's capture, so the line is seen.
+    let line = format!("SKIPPED {test}: {missing} (.ci/provision sets it up)\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    false
+}
+
+/// This machine's first address that is not loopback: neither relaxed as loopback is
+/// nor the origin of a registry on 127.0.0.1.
+pub fn other_host() -> String {
+    non_loopback_address().expect("need!(OtherAddress) first")
+}
+
+fn non_loopback_address() -> Option<String> {
+    let output = Command::new("hostname").arg("-I").output().ok()?;
+    text(&output.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback())
+        .map(|a| a.to_string())
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -68,24 +254,6 @@ pub fn run(program: &str, args: &[&str]) -> String {
         text(&output.stderr)
     );
     text(&output.stdout)
-}
-
-/// True when a Docker daemon answers. Under CI=true a missing daemon fails the test,
-/// because CI must run the end-to-end path for real.
-pub fn docker_available() -> bool {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true but no Docker daemon answers `docker info`: run .ci/provision first");
-        }
-        eprintln!("SKIPPED: no Docker daemon (run .ci/provision to start one)");
-    }
-    ok
 }
 
 /// A self-signed certificate for the IP address `ip`, written to `cert` and `key`.
@@ -215,6 +383,46 @@ impl Registry {
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// Every repository with its tags, walked through `/v2/_catalog` and each
+    /// `/v2/<repository>/tags/list` (one page of up to 1000: the most distribution
+    /// allows): all that a client can see was written. The registry
+    /// lists a repository once it holds a blob, tagged or not, and answers its tag list
+    /// with 404 (NAME_UNKNOWN) while it has no tag.
+    pub fn catalog(&self) -> Vec<(String, Vec<String>)> {
+        let get = |path: &str| -> serde_json::Value {
+            let body = run("curl", &["-sk", &self.url(path)]);
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+        };
+        let strings = |value: &serde_json::Value| -> Vec<String> {
+            let items = value.as_array().into_iter().flatten();
+            items.map(|v| v.as_str().unwrap().to_string()).collect()
+        };
+        let catalog = get("/v2/_catalog?n=1000");
+        assert!(catalog["repositories"].is_array(), "{catalog}");
+        strings(&catalog["repositories"])
+            .into_iter()
+            .map(|repository| {
+                let tags = strings(&get(&format!("/v2/{repository}/tags/list"))["tags"]);
+                (repository, tags)
+            })
+            .collect()
+    }
+
+    /// Every `repository:tag`.
+    pub fn tags(&self) -> Vec<String> {
+        let catalog = self.catalog().into_iter();
+        catalog
+            .flat_map(|(repository, tags)| {
+                tags.into_iter().map(move |t| format!("{repository}:{t}"))
+            })
+            .collect()
+    }
+
+    /// Asserts that nothing at all was written: no repository, so no blob and no tag.
+    pub fn assert_empty(&self, what: &str) {
+        assert_eq!(self.catalog(), Vec::new(), "{what}");
     }
 }
 

@@ -1,12 +1,10 @@
 //! `images size` and `images verify` can fail: small images built for the purpose, in a
 //! throwaway project, each broken in one way, then fixed. Real dockerd, real registry.
 
-mod support;
-
+use crate::support::*;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use support::*;
 
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &["sh", "cat", "cp", "chmod", "mv", "mkdir", "rm", "ls"];
@@ -168,9 +166,7 @@ fn failed<'a>(outcomes: &'a serde_json::Value, check: &str) -> Vec<&'a serde_jso
 
 #[test]
 fn checks_fail_on_broken_images_and_pass_once_fixed() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry);
     let registry = Registry::start();
     let broken = project(true);
     let version = format!("checks-{}", std::process::id());
@@ -308,9 +304,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
 
 #[test]
 fn size_of_a_multi_platform_index_needs_no_daemon() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry, Skopeo);
     let registry = Registry::start();
     let project = tempfile::tempdir().unwrap();
     fs::create_dir_all(project.path().join("dockerfiles")).unwrap();

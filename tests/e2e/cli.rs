@@ -1,11 +1,9 @@
 //! The command line as a user meets it, without a Docker daemon: plans, listings, and
 //! one clear line for every kind of bad input.
 
-mod support;
-
+use crate::support::*;
 use std::fs;
 use std::path::Path;
-use support::*;
 
 fn catalog_names() -> Vec<String> {
     let out = xtask(&["images", "list", "--json"]);
@@ -183,10 +181,21 @@ fn malformed_image_toml_is_one_line() {
     let output = xtask_in(dir.path(), &["images", "list"], &[]);
     let err = assert_one_line_error(&output, "agents/attach/image.toml:");
     assert!(err.contains("unknown field `parrent`"), "{err}");
+    assert_exactly_one_line(&err);
 
     fs::write(&manifest, "description = [\n").unwrap();
     let output = xtask_in(dir.path(), &["images", "build", "--dry-run"], &[]);
-    assert_one_line_error(&output, "agents/attach/image.toml:");
+    let err = assert_one_line_error(&output, "agents/attach/image.toml:");
+    assert_exactly_one_line(&err);
+}
+
+/// The whole of `stderr` is one line and its newline: toml's multi-line parse errors
+/// (a caret under the source line) are flattened, with no carriage return or blank line.
+fn assert_exactly_one_line(stderr: &str) {
+    assert!(
+        stderr.ends_with('\n') && stderr.matches('\n').count() == 1 && !stderr.contains('\r'),
+        "not exactly one line: {stderr:?}"
+    );
 }
 
 #[test]

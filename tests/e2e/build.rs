@@ -1,20 +1,16 @@
 //! End to end, on a real dockerd and a real registry: the air-gapped build of opencode
 //! and attach, multi-arch, then the images doing their jobs.
 
-mod support;
-
+use crate::support::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::Duration;
-use support::*;
 
 const OPENCODE_VERSION: &str = "1.18.14";
 
 #[test]
 fn air_gapped_multi_arch_build_of_opencode_and_attach() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry, Skopeo, Debootstrap,);
     let registry = Registry::start();
     let prefix = format!("{}/mirror", registry.addr);
     push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));

@@ -5,13 +5,11 @@
 //! registries have one: Go and gh from Debian, Node.js, npm and corepack from npm), with
 //! their checksums put into a copy of the project; the production lock is untouched.
 
-mod support;
-
+use crate::support::artifacts::ArtifactServer;
+use crate::support::*;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use support::artifacts::ArtifactServer;
-use support::*;
 
 const IMAGES: [&str; 7] = [
     "devbox",
@@ -289,9 +287,7 @@ fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
 
 #[test]
 fn devbox_family_builds_offline_and_works() {
-    if !docker_available() {
-        return;
-    }
+    need!(Docker, Registry, Debootstrap);
     let production_lock =
         fs::read_to_string(project_root().join("agents/devbox/tools.toml")).unwrap();
     let registry = Registry::start();

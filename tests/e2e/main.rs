@@ -1,0 +1,11 @@
+//! The end-to-end tests: one binary, a module per area, and one `support` module. Each
+//! test runs the real xtask binary and says what else it needs (`support::require`).
+
+mod archive;
+mod build;
+mod checks;
+mod cli;
+mod devbox;
+mod hostile;
+mod mirror;
+mod support;
