@@ -70,14 +70,12 @@ fn mirror(
     xtask_in(&project_root(), &args, &env)
 }
 
-/// Refused before any request with the hostile path. What the destination may hold is
-/// `allowed`: repositories with blobs and no tag (the valid image a hostile referrer
-/// hangs on is copied before its referrers are read).
+/// Refused before any request with the hostile path, and nothing at the destination:
+/// what hangs on an image is read before any of it is written.
 fn assert_refused_and_nothing_written(
     out: &std::process::Output,
     hostile: &Scripted,
     destination: &Registry,
-    allowed: &[&str],
 ) {
     let stderr = text(&out.stderr);
     assert!(
@@ -93,13 +91,7 @@ fn assert_refused_and_nothing_written(
         "a request carried the hostile path: {:?}",
         hostile.requests()
     );
-    let written = destination.catalog();
-    assert!(
-        written
-            .iter()
-            .all(|(repository, tags)| allowed.contains(&repository.as_str()) && tags.is_empty()),
-        "something was written: {written:?}"
-    );
+    destination.assert_empty("something was written");
 }
 
 #[test]
@@ -124,7 +116,7 @@ fn an_index_child_cannot_walk_out_of_the_url_path() {
         &[],
         None,
     );
-    assert_refused_and_nothing_written(&out, &hostile, &destination, &[]);
+    assert_refused_and_nothing_written(&out, &hostile, &destination);
 }
 
 #[test]
@@ -157,7 +149,7 @@ fn a_referrer_of_a_pinned_image_cannot_walk_out_of_the_url_path() {
         &[],
         None,
     );
-    assert_refused_and_nothing_written(&out, &hostile, &destination, &["m/evil/img"]);
+    assert_refused_and_nothing_written(&out, &hostile, &destination);
     assert!(
         asked_for(&hostile, &format!("referrers/{manifest_digest}")),
         "the referrers were never read, so the test proved nothing: {:?}",

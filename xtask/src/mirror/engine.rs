@@ -132,6 +132,9 @@ impl Engine {
             registry: self.registries.get(&job.destination.registry).await?,
             repository: &job.destination.repository,
         };
+        // What hangs on the image is read first: a hostile referrer is refused before
+        // anything is written.
+        let attachments = attached(&src.registry, src.repository, &source_digest).await?;
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
@@ -152,7 +155,7 @@ impl Engine {
         }
         // Signatures before the tag: the tag is what the no-op check trusts, so it must
         // only appear once everything that belongs with it is in place.
-        self.copy_attached(&src, &dst, &source_digest).await?;
+        self.copy_attached(&src, &dst, attachments).await?;
         dst.registry
             .put_manifest(dst.repository, &tag, &bytes, &media_type)
             .await?;
@@ -250,8 +253,13 @@ impl Engine {
     }
 
     /// Copies what `attached` finds beside the image: tags by tag, referrers by digest.
-    async fn copy_attached(&self, src: &Side<'_>, dst: &Side<'_>, digest: &Digest) -> Result<()> {
-        for (tag, found) in attached(&src.registry, src.repository, digest).await? {
+    async fn copy_attached(
+        &self,
+        src: &Side<'_>,
+        dst: &Side<'_>,
+        attachments: Vec<(Option<Tag>, Digest)>,
+    ) -> Result<()> {
+        for (tag, found) in attachments {
             match tag {
                 Some(tag) => {
                     let (bytes, media_type) = self.copy_children(src, dst, &found, None).await?;
@@ -374,10 +382,11 @@ pub async fn attached(
 ) -> Result<Vec<(Option<Tag>, Digest)>> {
     let mut found = Vec::new();
     for suffix in ["sig", "att", "sbom"] {
-        let tag = Tag::parse(&format!(
-            "{}.{suffix}",
-            digest.as_str().replacen(':', "-", 1)
-        ))?;
+        // A sha512 digest makes a name longer than any tag may be: no such tag can exist.
+        let name = format!("{}.{suffix}", digest.as_str().replacen(':', "-", 1));
+        let Ok(tag) = Tag::parse(&name) else {
+            continue;
+        };
         let reference = Reference::Tag(tag.clone());
         if let Some(described) = registry.head_manifest(repository, &reference).await? {
             found.push((Some(tag), described.digest));
