@@ -146,12 +146,9 @@ fn validate_tool(dir: &Path, name: &str, tool: &Tool) -> Result<()> {
     Ok(())
 }
 
-/// 64 lower-case hex digits, as a published sha256 is written.
+/// 64 lower-case hex digits, as a published sha256 is written: the digest rule itself.
 fn is_sha256_hex(sum: &str) -> bool {
-    sum.len() == 64
-        && sum
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::oci::Digest::parse(&format!("sha256:{sum}")).is_ok()
 }
 
 /// An `https://host/path` with nothing a shell or a Dockerfile would read specially.

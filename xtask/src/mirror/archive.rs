@@ -344,9 +344,9 @@ impl Naming {
         let to = self.to.trim_end_matches('/');
         let mut placed = match (&self.repository, name) {
             (Some(repository), _) => {
-                let tag = match name {
-                    Some(n) if Tag::parse(n).is_ok() => Some(Tag::parse(n)?),
-                    Some(n) => {
+                let tag = match name.map(|n| (n, Tag::parse(n))) {
+                    Some((_, Ok(tag))) => Some(tag),
+                    Some((n, Err(_))) => {
                         ImageRef::parse(n)
                             .map_err(|_| anyhow!("'{}' is not an image name", printable(n)))?
                             .tag
