@@ -75,6 +75,7 @@ impl Needs {
         if let Some(problem) = engine() {
             bail!("{problem}");
         }
+        let engine_done = started.elapsed();
         // The builder's platforms come from a subprocess; the network checks run meanwhile.
         let mut inspect = Command::new("docker");
         inspect.args(["buildx", "inspect"]);
@@ -84,10 +85,23 @@ impl Needs {
             .stderr(Stdio::null())
             .spawn()?;
         let mut problems = crate::oci::block_on(self.network())?;
+        let network_done = started.elapsed();
         let output = inspect.wait_with_output()?;
+        // Asked only now, off the path of a healthy run: is the plugin there at all?
+        if !output.status.success() && !answers(&["buildx", "version"]) {
+            bail!(
+                "docker buildx is not installed: run .ci/provision (Debian, as root) or \
+                 install the docker-buildx plugin"
+            );
+        }
         problems.splice(0..0, self.platforms_problem(&output));
         if std::env::var_os("XTASK_PREFLIGHT_TIMING").is_some() {
-            eprintln!("preflight: {:?}", started.elapsed());
+            eprintln!(
+                "preflight: {:?} (engine {engine_done:?}, then the network checks {:?} \
+                 beside the builder's platforms)",
+                started.elapsed(),
+                network_done - engine_done
+            );
         }
         let Some(last) = problems.pop() else {
             return Ok(());
@@ -158,31 +172,25 @@ impl Needs {
     }
 }
 
-/// The engine answers, and buildx is there.
+/// The engine answers.
 fn engine() -> Option<String> {
-    let answers = |args: &[&str]| {
-        Command::new("docker")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !answers(&["version", "--format", "{{.Server.Version}}"]) {
-        let host = std::env::var("DOCKER_HOST").map_or(String::new(), |h| format!(" at {h}"));
-        return Some(format!(
-            "no Docker engine answers{host}: run .ci/provision (Debian, as root) or install \
-             Docker with buildx and start it; --dry-run shows the plan without one"
-        ));
+    if answers(&["version", "--format", "{{.Server.Version}}"]) {
+        return None;
     }
-    if !answers(&["buildx", "version"]) {
-        return Some(
-            "docker buildx is not installed: run .ci/provision (Debian, as root) or install \
-             the docker-buildx plugin"
-                .into(),
-        );
-    }
-    None
+    let host = std::env::var("DOCKER_HOST").map_or(String::new(), |h| format!(" at {h}"));
+    Some(format!(
+        "no Docker engine answers{host}: run .ci/provision (Debian, as root) or install \
+         Docker with buildx and start it; --dry-run shows the plan without one"
+    ))
+}
+
+fn answers(args: &[&str]) -> bool {
+    Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The registry client retries for a long while; a preflight gives up at `LIMIT`.
