@@ -10,7 +10,9 @@ use xshell::{cmd, Shell};
 
 use crate::catalog::{Catalog, Image};
 use crate::cli::{BuildArgs, RenderArgs};
-use crate::plan::{validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET};
+use crate::plan::{
+    validate_cache, validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET,
+};
 use crate::project;
 use crate::render::{render_all, RenderOptions, Rendered};
 use crate::text::read_ca_pem;
@@ -89,8 +91,14 @@ impl BuildArgs {
             bail!("--check measures and runs what was built: add --push or --load");
         }
 
+        crate::preflight::Needs::of(
+            &plan,
+            &prepared.images,
+            &prepared.rendered,
+            self.render.base_registry.as_deref(),
+        )?
+        .check()?;
         let sh = Shell::new()?;
-        preflight(&sh, &plan)?;
         let _ = fs::remove_file(&metadata_path);
         eprintln!(
             "==> building {} ({} target(s) in the bake file {})",
@@ -200,7 +208,17 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
             .unwrap_or_else(|| DEFAULT_SOURCE_URL.to_string()),
         revision: project::revision(root),
         created: created_timestamp()?,
+        cache_from: checked_caches("--cache-from", &args.cache_from)?,
+        cache_to: checked_caches("--cache-to", &args.cache_to)?,
+        provenance: args.provenance.clone(),
     })
+}
+
+fn checked_caches(flag: &str, specs: &[String]) -> Result<Vec<String>> {
+    for spec in specs {
+        validate_cache(flag, spec)?;
+    }
+    Ok(specs.to_vec())
 }
 
 /// A readable PEM file; the path goes into the plan, the contents only into BuildKit.
@@ -309,41 +327,6 @@ fn shell_words(words: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn preflight(sh: &Shell, plan: &BuildPlan) -> Result<()> {
-    if cmd!(sh, "docker buildx version")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
-        bail!(
-            "docker buildx is not available: install Docker with the buildx plugin and start \
-             the daemon (.ci/provision does both on Debian), or use --dry-run to see the plan"
-        );
-    }
-    if cmd!(sh, "docker info")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
-        bail!("the Docker daemon does not answer `docker info`: start dockerd, or use --dry-run");
-    }
-    if let Some(builder) = &plan.builder {
-        let known = cmd!(sh, "docker buildx inspect {builder}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run();
-        if known.is_err() {
-            bail!("buildx builder '{builder}' does not exist: see `docker buildx ls`");
-        }
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]

@@ -247,6 +247,17 @@ pub struct BuildArgs {
     /// URL recorded in org.opencontainers.image.source (default: the git remote).
     #[arg(long, env = "IMG_SOURCE")]
     pub source_url: Option<String>,
+    /// BuildKit cache to import, per image (repeatable): `{image}` becomes the image's
+    /// repository, e.g. type=registry,ref={image}:buildcache.
+    #[arg(long, value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// BuildKit cache to export, per image (repeatable), e.g.
+    /// type=registry,ref={image}:buildcache,mode=max.
+    #[arg(long, value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Attach a provenance attestation in this mode (min or max).
+    #[arg(long, value_name = "MODE", value_parser = ["min", "max"])]
+    pub provenance: Option<String>,
     /// buildx progress output: auto, plain, tty, quiet.
     #[arg(long, default_value = "auto")]
     pub progress: String,

@@ -9,6 +9,7 @@ mod naming;
 mod new;
 mod oci;
 mod plan;
+mod preflight;
 mod project;
 mod render;
 mod report;

@@ -46,6 +46,32 @@ pub struct PlanInputs {
     pub source_url: String,
     pub revision: String,
     pub created: String,
+    /// `--cache-from` / `--cache-to` specs, `{image}` not yet filled in.
+    pub cache_from: Vec<String>,
+    pub cache_to: Vec<String>,
+    /// `min` or `max`: a provenance attestation in that mode.
+    pub provenance: Option<String>,
+}
+
+/// The placeholder a cache spec names the image's repository by.
+pub const CACHE_IMAGE: &str = "{image}";
+
+/// Checks a `--cache-from`/`--cache-to` spec the way buildx reads it, so a typo fails
+/// before the build.
+pub fn validate_cache(flag: &str, spec: &str) -> Result<()> {
+    let fields: BTreeMap<&str, &str> = spec
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    if fields.get("type").is_none_or(|t| t.is_empty())
+        || spec.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        bail!(
+            "{flag} '{}' must look like type=registry,ref={CACHE_IMAGE}:buildcache[,mode=max]",
+            spec.escape_debug()
+        );
+    }
+    Ok(())
 }
 
 /// Bake reads `${…}` and `%{…}` in every string as HCL templates, so a description or
@@ -75,6 +101,10 @@ pub struct BuildTarget {
     pub secrets: Vec<String>,
     pub contexts: BTreeMap<String, String>,
     pub output: Output,
+    pub cache_from: Vec<String>,
+    pub cache_to: Vec<String>,
+    /// Bake `attest` entries, e.g. `type=provenance,mode=max`.
+    pub attest: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +146,13 @@ impl BuildPlan {
             };
             let mut args = inputs.build_args.clone();
             args.extend(rendered.base_args.clone());
+            let repository = inputs.publish.repository(&image.name);
+            let per_image = |specs: &[String]| -> Vec<String> {
+                specs
+                    .iter()
+                    .map(|s| s.replace(CACHE_IMAGE, &repository))
+                    .collect()
+            };
             targets.push(BuildTarget {
                 name: image.name.clone(),
                 requested: is_requested,
@@ -137,6 +174,13 @@ impl BuildPlan {
                 } else {
                     Output::Cache
                 },
+                cache_from: per_image(&inputs.cache_from),
+                cache_to: per_image(&inputs.cache_to),
+                attest: inputs
+                    .provenance
+                    .iter()
+                    .map(|mode| format!("type=provenance,mode={mode}"))
+                    .collect(),
             });
         }
         Ok(BuildPlan {
@@ -171,6 +215,15 @@ impl BuildPlan {
             }
             if !t.contexts.is_empty() {
                 fields.insert("contexts".into(), json!(t.contexts));
+            }
+            for (key, list) in [
+                ("cache-from", &t.cache_from),
+                ("cache-to", &t.cache_to),
+                ("attest", &t.attest),
+            ] {
+                if !list.is_empty() {
+                    fields.insert(key.into(), json!(list));
+                }
             }
             targets.insert(t.name.clone(), target);
         }
@@ -263,6 +316,9 @@ mod tests {
             source_url: "https://example.com/repo".into(),
             revision: "abc123".into(),
             created: "2026-01-01T00:00:00Z".into(),
+            cache_from: vec![],
+            cache_to: vec![],
+            provenance: None,
         }
     }
 
@@ -333,6 +389,42 @@ mod tests {
         let images = catalog.build_order(&[]).unwrap();
         let err = BuildPlan::new(&images, &[], &[], Path::new("/out"), &inputs).unwrap_err();
         assert!(err.to_string().contains("linux/<arch>"), "{err}");
+    }
+
+    #[test]
+    fn cache_and_provenance_reach_every_target_of_the_bake_file() {
+        let mut inputs = inputs(Output::Push);
+        inputs.cache_from = vec!["type=registry,ref={image}:buildcache".into()];
+        inputs.cache_to = vec!["type=registry,ref={image}:buildcache,mode=max".into()];
+        inputs.provenance = Some("max".into());
+        let bake = plan_for(&["b"], &inputs).bake_file();
+        for name in ["a", "b"] {
+            let target = &bake["target"][name];
+            let repository = format!("127.0.0.1:5000/e2e/kubeopencode-agent-{name}");
+            assert_eq!(
+                target["cache-from"],
+                json!([format!("type=registry,ref={repository}:buildcache")])
+            );
+            assert_eq!(
+                target["cache-to"],
+                json!([format!(
+                    "type=registry,ref={repository}:buildcache,mode=max"
+                )])
+            );
+            assert_eq!(target["attest"], json!(["type=provenance,mode=max"]));
+        }
+        let plain = plan_for(&["b"], &self::inputs(Output::Push)).bake_file();
+        assert!(plain["target"]["b"].get("cache-from").is_none());
+        assert!(plain["target"]["b"].get("attest").is_none());
+    }
+
+    #[test]
+    fn cache_specs_are_validated() {
+        assert!(validate_cache("--cache-to", "type=registry,ref={image}:c,mode=max").is_ok());
+        for bad in ["ref=x", "type=", "type=local,dest=a b", "type=gha\nx"] {
+            let err = validate_cache("--cache-to", bad).unwrap_err().to_string();
+            assert!(err.starts_with("--cache-to '"), "{err}");
+        }
     }
 
     #[test]

@@ -550,8 +550,15 @@ fn curl_status(args: &[&str]) -> Option<u16> {
         .filter(|code| *code != 0)
 }
 
-/// The URI of the Debian mirror this machine's apt uses.
+/// The URI of the Debian mirror this machine's apt uses, or `$DEBIAN_MIRROR` (a runner
+/// that is not Debian, like GitHub's Ubuntu, has none).
 pub fn debian_mirror() -> String {
+    if let Some(uri) = std::env::var("DEBIAN_MIRROR")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return uri;
+    }
     let sources = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     if let Some(uri) = sources.lines().find_map(|l| l.strip_prefix("URIs:")) {
         return uri.split_whitespace().next().unwrap().to_string();

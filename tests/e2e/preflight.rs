@@ -1,0 +1,168 @@
+//! What `images build` says before buildx prints anything: one line per problem, each
+//! naming what to do, and no build started.
+
+use crate::support::*;
+
+/// `images build ARGS` into a throwaway output folder, with `env`.
+fn images_build(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let out = tempfile::tempdir().unwrap();
+    let mut all = vec!["images", "build", "--out", out.path().to_str().unwrap()];
+    all.extend(args);
+    xtask_in(&project_root(), &all, env)
+}
+
+/// `images build ARGS`, which must fail in preflight: its lines, each checked to be ours.
+fn build(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Vec<String>) {
+    let output = images_build(args, env);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing from buildx: every line is one of ours.
+    let lines: Vec<String> = stderr.lines().map(String::from).collect();
+    for line in &lines {
+        assert!(
+            line.starts_with("error: "),
+            "not a preflight line: {stderr}"
+        );
+    }
+    (output, lines)
+}
+
+fn closed_port() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn no_engine_is_one_line_naming_provision() {
+    let (_, lines) = build(&["attach"], &[("DOCKER_HOST", "unix:///nonexistent")]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("no Docker engine answers at unix:///nonexistent"));
+    assert!(lines[0].contains(".ci/provision"), "{lines:?}");
+}
+
+#[test]
+fn unreachable_base_names_base_registry_and_the_mirror_commands() {
+    need!(Docker);
+    let prefix = format!("{}/mirror", closed_port());
+    let (_, lines) = build(&["attach", "--base-registry", &prefix], &[]);
+    // attach and its parent opencode use one base between them.
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(
+        line.starts_with(&format!(
+            "error: base image {prefix}/library/debian:bookworm-slim is unreachable"
+        )),
+        "{line}"
+    );
+    for fix in ["--base-registry", "mirror base --to", "mirror load"] {
+        assert!(line.contains(fix), "{fix}: {line}");
+    }
+}
+
+#[test]
+fn a_base_missing_from_the_mirror_is_named() {
+    need!(Docker, Registry);
+    let registry = Registry::plain();
+    let prefix = format!("{}/mirror", registry.addr);
+    let (_, lines) = build(&["attach", "--base-registry", &prefix], &[]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!(
+            "base image {prefix}/library/debian:bookworm-slim is not in {}",
+            registry.addr
+        )),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("--base-registry"), "{lines:?}");
+}
+
+#[test]
+fn a_platform_the_builder_lacks_names_binfmt() {
+    need!(Docker);
+    if run("docker", &["buildx", "inspect"]).contains("linux/s390x") {
+        eprintln!("SKIPPED: this builder can build linux/s390x");
+        return;
+    }
+    let prefix = format!("{}/mirror", closed_port());
+    let (_, lines) = build(
+        &[
+            "attach",
+            "--platform",
+            "linux/s390x",
+            "--base-registry",
+            &prefix,
+        ],
+        &[],
+    );
+    let platform = lines
+        .iter()
+        .find(|l| l.contains("cannot build linux/s390x"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(platform.contains("binfmt"), "{platform}");
+}
+
+#[test]
+fn an_unreachable_npm_registry_names_npm_registry() {
+    need!(Docker);
+    let npm = format!("http://{}", closed_port());
+    let prefix = format!("{}/mirror", closed_port());
+    let (_, lines) = build(
+        &[
+            "opencode",
+            "--npm-registry",
+            &npm,
+            "--base-registry",
+            &prefix,
+        ],
+        &[],
+    );
+    // Independent problems are all reported, each on its own line.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("base image"), "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("error: npm registry {npm} does not answer")),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("pass --npm-registry URL"), "{lines:?}");
+}
+
+#[test]
+fn dry_run_shows_cache_and_provenance_without_an_engine() {
+    let output = images_build(
+        &[
+            "attach",
+            "--dry-run",
+            "--json",
+            "--cache-from",
+            "type=registry,ref={image}:buildcache",
+            "--cache-to",
+            "type=registry,ref={image}:buildcache,mode=max",
+            "--provenance",
+            "max",
+        ],
+        &[("DOCKER_HOST", "unix:///nonexistent")],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let repository = "ghcr.io/kubeopencode/kubeopencode-agent-attach";
+    let target = &plan["bake"]["target"]["attach"];
+    assert_eq!(
+        target["cache-from"],
+        serde_json::json!([format!("type=registry,ref={repository}:buildcache")])
+    );
+    assert_eq!(
+        target["cache-to"],
+        serde_json::json!([format!(
+            "type=registry,ref={repository}:buildcache,mode=max"
+        )])
+    );
+    assert_eq!(
+        target["attest"],
+        serde_json::json!(["type=provenance,mode=max"])
+    );
+
+    let bad = xtask(&["images", "build", "--dry-run", "--cache-to", "ref=x"]);
+    let stderr = text(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: --cache-to 'ref=x' must look like type=registry"));
+}
