@@ -8,4 +8,5 @@ mod cli;
 mod devbox;
 mod hostile;
 mod mirror;
+mod release;
 mod support;

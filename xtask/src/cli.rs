@@ -58,6 +58,9 @@ pub enum ImagesCommand {
     Render(RenderArgs),
     /// Render and build images with docker buildx.
     Build(BuildArgs),
+    /// Join the per-platform `build --by-digest` records of every runner into each
+    /// image's index and tags, registry-side.
+    Merge(MergeArgs),
     /// Copy images under a registry prefix for air-gapped clusters.
     Mirror(MirrorArgs),
     /// Add tags to a manifest already in a registry, without moving layers.
@@ -260,6 +263,29 @@ pub struct BuildArgs {
     /// --push or --load); fails the build when either fails.
     #[arg(long)]
     pub check: bool,
+    /// Build every image, even those whose tags already carry its input digest.
+    #[arg(long)]
+    pub force: bool,
+    /// With --push: push each image by digest with no tag, and write one JSON record per
+    /// image and platform to DIR for `images merge`.
+    #[arg(long, value_name = "DIR", requires = "push")]
+    pub by_digest: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The --by-digest folders of every runner.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags every registry-facing command shares.
