@@ -32,6 +32,15 @@ pub enum Command {
 pub enum BenchCommand {
     /// The mirror against skopeo, and a big layer against a raw GET→PUT, on loopback registries.
     Mirror(BenchMirrorArgs),
+    /// A cold build, a warm no-op, and bare `docker buildx bake` on the same bake file.
+    Build(BenchBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBuildArgs {
+    /// How many times to repeat the warm measurements (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         },
         Command::Bench(bench) => match *bench {
             BenchCommand::Mirror(args) => args.run(&root),
+            BenchCommand::Build(args) => args.run(&root),
         },
     };
     match result {
