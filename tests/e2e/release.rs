@@ -214,9 +214,13 @@ fn platforms_built_apart_are_merged_into_one_index() {
     };
     let runners = tempfile::tempdir().unwrap();
     let (amd, arm) = (runners.path().join("amd64"), runners.path().join("arm64"));
-    for (platform, dir) in [("linux/amd64", &amd), ("linux/arm64", &arm)] {
+    for (platform, dir, check) in [
+        ("linux/amd64", &amd, "--check"),
+        ("linux/arm64", &arm, "--force"),
+    ] {
         let dir = dir.to_str().unwrap();
-        let built = release.build(&["--platform", platform, "--by-digest", dir], "v1.0.0");
+        let args = ["--platform", platform, "--by-digest", dir, check];
+        let built = release.build(&args, "v1.0.0");
         assert!(built.values().all(|s| s == "built"), "{built:?}");
     }
     // By digest: no tag at all.
@@ -354,4 +358,67 @@ fn platforms_built_apart_are_merged_into_one_index() {
     let tags = registry.tags();
     assert!(tags.iter().all(|t| !t.contains("other:v4.0.0")), "{tags:?}");
     assert!(tags.iter().any(|t| t.ends_with("child:v4.0.0")), "{tags:?}");
+}
+
+#[test]
+fn load_skips_what_the_engine_already_has() {
+    need!(Docker);
+    let project = project();
+    let org = format!("e2e-load-{}", fastrand::u32(..));
+    let build = |version: &str| -> BTreeMap<String, String> {
+        let args = [
+            "images",
+            "build",
+            "--load",
+            "--platform",
+            "linux/amd64",
+            "--progress",
+            "quiet",
+            "--json",
+            "--registry",
+            "e2e.invalid",
+            "--org",
+            &org,
+            "--version",
+            version,
+            "--release-tags",
+        ];
+        let out = xtask_in(project.path(), &args, &[]);
+        assert!(out.status.success(), "build: {}", text(&out.stderr));
+        let report: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        report
+            .iter()
+            .map(|o| {
+                (
+                    o["image"].as_str().unwrap().into(),
+                    o["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let all = |status: &str| statuses(&[("base", status), ("child", status), ("other", status)]);
+    assert_eq!(build("v1.0.0"), all("built"));
+    assert_eq!(build("v1.0.0"), all("up to date"));
+    assert_eq!(build("v1.0.1"), all("retagged"));
+    let prefix = format!("e2e.invalid/{org}/kubeopencode-agent-");
+    for image in ["base", "child", "other"] {
+        let id = |tag: &str| {
+            let reference = format!("{prefix}{image}:{tag}");
+            run(
+                "docker",
+                &["image", "inspect", "--format", "{{.Id}}", &reference],
+            )
+        };
+        assert_eq!(id("latest"), id("v1.0.1"), "{image}");
+        assert_eq!(id("v1.0.0"), id("1.0.1"), "{image}");
+    }
+    let listed = run(
+        "docker",
+        &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+    );
+    let ours: Vec<&str> = listed.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(ours.len(), 3 * 7, "{ours:?}");
+    let mut rm = vec!["image", "rm"];
+    rm.extend(ours);
+    run("docker", &rm);
 }

@@ -177,42 +177,68 @@ pub async fn retag_in_registry(registries: &Registries, found: &Found) -> Result
 }
 
 /// Every target of `plan` already in the local engine under one of its tags, labelled
-/// with its input digest for the platforms of this build: one `docker image inspect`.
+/// with its input digest for the platforms of this build: one `docker images` for what
+/// each tag points at, one `docker image inspect` for their labels.
 pub fn in_engine(plan: &BuildPlan) -> Result<BTreeMap<String, Found>> {
-    let mut args = vec!["image".to_string(), "inspect".to_string()];
+    let listed = crate::docker::docker(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ])?;
+    let ids: BTreeMap<&str, &str> = listed
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .collect();
+    let mut wanted: Vec<&str> = Vec::new();
     for t in &plan.targets {
-        args.extend(t.tags.iter().cloned());
+        for tag in &t.tags {
+            if let Some(id) = ids.get(tag.as_str()) {
+                if !wanted.contains(id) {
+                    wanted.push(id);
+                }
+            }
+        }
     }
-    // Exits non-zero when any tag is absent, but lists those present.
-    let output = std::process::Command::new("docker")
-        .args(&args)
-        .output()
-        .context("running docker image inspect")?;
-    let images: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    if !wanted.is_empty() {
+        let mut args = vec![
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{json .Config.Labels}}",
+        ];
+        args.extend(wanted);
+        for line in crate::docker::docker(&args)?.lines() {
+            let Some((id, json)) = line.split_once(' ') else {
+                continue;
+            };
+            let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            if let Some(digest) = value[KEY].as_str() {
+                labels.insert(id.to_string(), digest.to_string());
+            }
+        }
+    }
     let mut found = BTreeMap::new();
     for t in &plan.targets {
         let refs = tag_refs(t)?;
-        let id_of = |r: &ImageRef| {
-            images.iter().find_map(|image| {
-                let tags = image["RepoTags"].as_array()?;
-                tags.iter()
-                    .any(|tag| tag.as_str() == Some(&r.to_string()))
-                    .then_some(image)
-            })
-        };
-        let matching = refs.iter().filter_map(id_of).find(|image| {
-            image["Config"]["Labels"][KEY].as_str() == Some(t.inputs.digest.as_str())
-        });
-        let Some(image) = matching else {
-            continue;
-        };
-        let Ok(digest) = Digest::parse(image["Id"].as_str().unwrap_or_default()) else {
-            continue;
-        };
-        let missing = refs
+        let matching = t
+            .tags
             .iter()
-            .filter(|r| id_of(r).and_then(|i| i["Id"].as_str()) != Some(digest.as_str()))
-            .cloned()
+            .filter_map(|tag| ids.get(tag.as_str()))
+            .find(|id| labels.get(**id).map(String::as_str) == Some(t.inputs.digest.as_str()));
+        let Some(id) = matching else {
+            continue;
+        };
+        let Ok(digest) = Digest::parse(id) else {
+            continue;
+        };
+        let missing = t
+            .tags
+            .iter()
+            .zip(&refs)
+            .filter(|(tag, _)| ids.get(tag.as_str()) != Some(id))
+            .map(|(_, r)| r.clone())
             .collect();
         found.insert(
             t.name.clone(),

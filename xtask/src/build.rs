@@ -207,7 +207,30 @@ impl BuildArgs {
             .collect();
         report(&outcomes, self.json)?;
         if self.check {
-            check(&catalog, &full, inputs.output, &inputs.publish)?;
+            // By digest nothing is tagged: the checks read each image by its digest.
+            let pinned: BTreeMap<String, String> = outcomes
+                .iter()
+                .filter(|_| inputs.output == Output::ByDigest)
+                .filter_map(|o| {
+                    let repository = inputs.publish.repository(&o.image);
+                    Some((
+                        o.image.clone(),
+                        format!("{repository}@{}", o.digest.as_ref()?),
+                    ))
+                })
+                .collect();
+            let platform = match inputs.platforms.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            };
+            check(
+                &catalog,
+                &full,
+                inputs.output,
+                &inputs.publish,
+                &pinned,
+                platform,
+            )?;
         }
         Ok(())
     }
@@ -267,22 +290,41 @@ fn check(
     plan: &BuildPlan,
     output: Output,
     publish: &crate::naming::Publish,
+    pinned: &BTreeMap<String, String>,
+    platform: Option<String>,
 ) -> Result<()> {
     let names: Vec<String> = plan.requested().map(|t| t.name.clone()).collect();
     let source = match output {
-        Output::Push => size::Source::Registry,
+        Output::Push | Output::ByDigest => size::Source::Registry,
         _ => size::Source::Engine,
     };
     let options = size::Options::default();
     let layers = options.layers;
-    let sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?.run()?;
+    let mut sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?;
+    for target in &mut sizes.targets {
+        if let Some(reference) = pinned.get(&target.name) {
+            target.reference = ImageRef::parse(reference)?;
+        }
+    }
+    let sizes = sizes.run()?;
     // Tables to stderr: stdout stays the build's own result (`--json` included).
     sizes.print(&mut std::io::stderr(), false, layers)?;
     let engine = verify::Engine {
-        platform: None,
-        local: output != Output::Push,
+        platform,
+        local: !output.is_registry(),
     };
-    let outcomes = verify::Check::for_catalog(catalog, &names, publish, engine)?.run()?;
+    let mut verify = verify::Check::for_catalog(catalog, &names, publish, engine)?;
+    for (name, reference) in pinned {
+        if verify.tools_image == Some(publish.reference(name)?.to_string()) {
+            verify.tools_image = Some(reference.clone());
+        }
+    }
+    for subject in &mut verify.subjects {
+        if let Some(reference) = pinned.get(&subject.name) {
+            subject.reference = reference.clone();
+        }
+    }
+    let outcomes = verify.run()?;
     outcomes.print(&mut std::io::stderr(), false)?;
     sizes.verdict()?;
     outcomes.verdict()
