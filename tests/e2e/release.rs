@@ -51,12 +51,33 @@ fn project() -> tempfile::TempDir {
     dir
 }
 
-struct Release<'a> {
-    project: &'a Path,
-    registry: &'a Registry,
+/// The throwaway catalog and a registry to publish it to.
+struct Release {
+    project: tempfile::TempDir,
+    registry: Registry,
 }
 
-impl Release<'_> {
+/// `images build ... --json`: the status of each image.
+fn built(out: &std::process::Output) -> BTreeMap<String, String> {
+    assert!(out.status.success(), "build: {}", text(&out.stderr));
+    let report: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    report
+        .iter()
+        .map(|o| {
+            let image = o["image"].as_str().unwrap().to_string();
+            (image, o["status"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+impl Release {
+    fn start() -> Release {
+        Release {
+            project: project(),
+            registry: Registry::start(),
+        }
+    }
+
     fn naming(&self, version: &str) -> Vec<String> {
         let mut naming = vec!["--registry", &self.registry.addr, "--org", "e2e"];
         naming.extend(["--version", version, "--release-tags"]);
@@ -67,23 +88,13 @@ impl Release<'_> {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(self.naming(version));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        xtask_in(self.project, &all, &[])
+        xtask_in(self.project.path(), &all, &[])
     }
 
-    /// `images build ... --json`: the status of each image.
     fn build(&self, extra: &[&str], version: &str) -> BTreeMap<String, String> {
         let mut args = vec!["images", "build", "--push", "--progress", "quiet", "--json"];
         args.extend(extra);
-        let out = self.run(&args, version);
-        assert!(out.status.success(), "build: {}", text(&out.stderr));
-        let report: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        report
-            .iter()
-            .map(|o| {
-                let image = o["image"].as_str().unwrap().to_string();
-                (image, o["status"].as_str().unwrap().to_string())
-            })
-            .collect()
+        built(&self.run(&args, version))
     }
 
     fn reference(&self, image: &str, tag: &str) -> String {
@@ -116,12 +127,8 @@ fn statuses(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn unchanged_images_are_not_built_and_new_tags_are_written_registry_side() {
     need!(Docker, Registry, Skopeo);
-    let project = project();
-    let registry = Registry::start();
-    let release = Release {
-        project: project.path(),
-        registry: &registry,
-    };
+    let release = Release::start();
+    let project = &release.project;
     let all = |status: &str| statuses(&[("base", status), ("child", status), ("other", status)]);
 
     assert_eq!(release.build(&[], "v1.0.0"), all("built"));
@@ -206,12 +213,8 @@ fn layers(manifest: &serde_json::Value) -> Vec<String> {
 #[test]
 fn platforms_built_apart_are_merged_into_one_index() {
     need!(Docker, Registry, Skopeo);
-    let project = project();
-    let registry = Registry::start();
-    let release = Release {
-        project: project.path(),
-        registry: &registry,
-    };
+    let release = Release::start();
+    let registry = &release.registry;
     let runners = tempfile::tempdir().unwrap();
     let (amd, arm) = (runners.path().join("amd64"), runners.path().join("arm64"));
     for (platform, dir, check) in [
@@ -383,18 +386,7 @@ fn load_skips_what_the_engine_already_has() {
             version,
             "--release-tags",
         ];
-        let out = xtask_in(project.path(), &args, &[]);
-        assert!(out.status.success(), "build: {}", text(&out.stderr));
-        let report: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-        report
-            .iter()
-            .map(|o| {
-                (
-                    o["image"].as_str().unwrap().into(),
-                    o["status"].as_str().unwrap().into(),
-                )
-            })
-            .collect()
+        built(&xtask_in(project.path(), &args, &[]))
     };
     let all = |status: &str| statuses(&[("base", status), ("child", status), ("other", status)]);
     assert_eq!(build("v1.0.0"), all("built"));
