@@ -90,6 +90,16 @@ impl BuildArgs {
         if self.check && inputs.output == Output::Cache {
             bail!("--check measures and runs what was built: add --push or --load");
         }
+        if let Some(dir) = self
+            .by_digest
+            .as_ref()
+            .filter(|d| d.exists() && !d.is_dir())
+        {
+            bail!(
+                "--by-digest {} is a file; name a folder for the records",
+                dir.display()
+            );
+        }
         let timeout = self.registry.timeout.map(Into::into);
         let insecure = &self.registry.insecure;
         let found = if self.force || inputs.output == Output::Cache {

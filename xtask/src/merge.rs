@@ -100,6 +100,19 @@ fn read_records(dirs: &[PathBuf]) -> Result<Vec<Read>> {
                     file.display()
                 )
             })?;
+            crate::catalog::validate_platform(&record.platform)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            const MANIFEST_TYPES: [&str; 2] = [
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ];
+            if !MANIFEST_TYPES.contains(&record.media_type.as_str()) {
+                bail!(
+                    "{}: media type '{}' is not an image manifest",
+                    file.display(),
+                    crate::text::printable(&record.media_type)
+                );
+            }
             all.push(Read { record, file });
         }
     }
@@ -256,16 +269,23 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
         let mut wanted = vec![(
             record.digest.clone(),
             record.size,
+            record.media_type.clone(),
             format!("the {platform} image"),
         )];
         for attestation in &record.attestations {
             let digest = Digest::parse(attestation["digest"].as_str().unwrap_or_default())
                 .map_err(|e| anyhow!("{}: {platform}: an attestation: {e}", plan.image))?;
             let size = attestation["size"].as_u64().unwrap_or_default();
-            wanted.push((digest, size, format!("the {platform} attestation")));
+            let media_type = attestation["mediaType"].as_str().unwrap_or_default();
+            wanted.push((
+                digest,
+                size,
+                media_type.to_string(),
+                format!("the {platform} attestation"),
+            ));
             attestations.push(attestation.clone());
         }
-        for (digest, size, what) in wanted {
+        for (digest, size, media_type, what) in wanted {
             let described = client
                 .head_manifest(&at.repository, &Reference::Digest(digest.clone()))
                 .await?;
@@ -277,10 +297,19 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
                         at.registry, at.repository
                     )))
                 }
-                Some(d) if d.digest != digest || (d.size != 0 && d.size != size) => {
+                Some(d)
+                    if d.digest != digest
+                        || d.size != size
+                        || (!d.media_type.is_empty() && d.media_type != media_type) =>
+                {
                     return Ok(Err(format!(
-                        "{}/{} answers {digest} ({what}) with {} of {} bytes, not {size}",
-                        at.registry, at.repository, d.digest, d.size
+                        "{}/{} answers {digest} ({what}) with {} of {} bytes ({}), not {size} \
+                         bytes ({media_type})",
+                        at.registry,
+                        at.repository,
+                        d.digest,
+                        d.size,
+                        crate::text::printable(&d.media_type)
                     )))
                 }
                 Some(_) => {}
@@ -315,4 +344,71 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
             .await?;
     }
     Ok(Ok(digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::{project, spec};
+
+    fn read(image: &str, digest: char, parent: Option<char>) -> Read {
+        let digest_of = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64)));
+        Read {
+            record: Record {
+                image: image.into(),
+                repository: format!("r.example/{image}"),
+                platform: "linux/amd64".into(),
+                digest: digest_of(digest).unwrap(),
+                size: 1,
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                input_digest: digest_of('f').unwrap(),
+                attestations: vec![],
+                parent: parent.map(|c| digest_of(c).unwrap()),
+            },
+            file: PathBuf::from(format!("{image}-{digest}.json")),
+        }
+    }
+
+    fn refusals(records: &[Read]) -> BTreeMap<String, Option<String>> {
+        let dir = project(&[("a", &spec(None)), ("b", &spec(Some("a")))]);
+        let catalog = Catalog::load(dir.path()).unwrap();
+        let publish = Publish {
+            registry: "r.example".into(),
+            org: "o".into(),
+            version: "v1.0.0".into(),
+            release_tags: false,
+        };
+        plan(&catalog, &publish, records)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.image, p.refused))
+            .collect()
+    }
+
+    #[test]
+    fn a_child_merges_only_over_the_parent_it_was_built_from() {
+        let good = refusals(&[read("a", 'a', None), read("b", 'b', Some('a'))]);
+        assert_eq!(good["a"], None);
+        assert_eq!(good["b"], None);
+        let other = refusals(&[read("a", 'a', None), read("b", 'b', Some('c'))]);
+        assert!(other["b"]
+            .as_deref()
+            .unwrap()
+            .contains("built from a@sha256:ccc"));
+        let twice = refusals(&[
+            read("a", 'a', None),
+            read("a", 'c', None),
+            read("b", 'b', Some('a')),
+        ]);
+        assert!(twice["a"]
+            .as_deref()
+            .unwrap()
+            .starts_with("two digests for linux/amd64"));
+        assert_eq!(twice["b"].as_deref(), Some("its parent a was refused"));
+        let none = refusals(&[read("a", 'a', None)]);
+        assert!(none["b"]
+            .as_deref()
+            .unwrap()
+            .starts_with("no folder has linux/amd64"));
+    }
 }
