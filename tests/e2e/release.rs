@@ -159,6 +159,40 @@ fn unchanged_images_are_not_built_and_new_tags_are_written_registry_side() {
         assert_eq!(first[tag] == *digest, other, "{tag}");
     }
 
+    // A child alone changes: it builds on its parent as pushed (by digest).
+    let template = project.path().join("dockerfiles/child.Dockerfile.j2");
+    let body = fs::read_to_string(&template).unwrap();
+    fs::write(&template, format!("{body}LABEL changed=yes\n")).unwrap();
+    assert_eq!(
+        release.build(&[], "v1.0.0"),
+        statuses(&[
+            ("base", "up to date"),
+            ("child", "built"),
+            ("other", "up to date")
+        ])
+    );
+    let second = release.digests();
+    for platform in ["amd64", "arm64"] {
+        let manifest = |image: &str| {
+            let index = skopeo_raw(&release.reference(image, "v1.0.0"));
+            let child = index["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["platform"]["architecture"] == platform)
+                .unwrap()
+                .clone();
+            let at = format!(
+                "{}/e2e/kubeopencode-agent-{image}@{}",
+                release.registry.addr,
+                child["digest"].as_str().unwrap()
+            );
+            layers(&skopeo_raw(&at))
+        };
+        let (parent, child) = (manifest("base"), manifest("child"));
+        assert_eq!(&child[..parent.len()], &parent[..], "{platform}");
+    }
+
     // A new release: its tags are written from what is there, with no build.
     assert_eq!(release.build(&[], "v1.0.1"), all("retagged"));
     let third = release.digests();
