@@ -65,6 +65,12 @@ fn timed(what: &str, command: &mut Command) -> Result<Duration> {
         .with_context(|| format!("running {what}"))?;
     let took = started.elapsed();
     if !output.status.success() {
+        // The build log's end names the failing step.
+        let log = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = log.lines().collect();
+        for line in &lines[lines.len().saturating_sub(15)..] {
+            eprintln!("  {}", crate::text::printable(line));
+        }
         bail!(
             "{what} failed: {}",
             crate::docker::last_line(&output.stderr)
@@ -93,6 +99,7 @@ impl BenchBuildArgs {
         let exe = std::env::current_exe().context("finding the xtask executable")?;
         let build = || {
             let mut command = Command::new(&exe);
+            command.env_remove("NPM_REGISTRY");
             command
                 .args(["images", "build", "--push", "--progress", "quiet"])
                 .args(["--registry", &registry.addr, "--org", "bench"])
@@ -106,18 +113,34 @@ impl BenchBuildArgs {
         let rounds = self.rounds.max(1);
         let mut warm = Vec::new();
         let mut bare = Vec::new();
+        // `npm config get registry` (a build argument, so an input) starts node: most
+        // of a no-op. Given as a flag with the same value, the inputs are the same.
+        let npm = Command::new("npm")
+            .args(["config", "get", "registry"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|url| url.starts_with("http"));
+        let mut warm_npm = Vec::new();
         for round in 0..rounds {
             eprintln!(
                 "==> round {} of {rounds}: warm no-op, then bare bake",
                 round + 1
             );
             warm.push(timed("the warm no-op", &mut build())?);
+            if let Some(npm) = &npm {
+                let mut given = build();
+                given.args(["--npm-registry", npm]);
+                warm_npm.push(timed("the warm no-op with --npm-registry", &mut given)?);
+            }
             let mut bake = Command::new("docker");
             bake.args(["buildx", "bake", "--progress", "quiet", "--file"])
                 .arg(&bake_file);
             bare.push(timed("docker buildx bake", &mut bake)?);
         }
-        let rows = vec![
+        let mut rows = vec![
             vec![
                 "cold build (images build --push)".to_string(),
                 seconds(cold),
@@ -134,6 +157,16 @@ impl BenchBuildArgs {
                 "3 bake targets".into(),
             ],
         ];
+        if !warm_npm.is_empty() {
+            rows.insert(
+                2,
+                vec![
+                    "warm no-op, --npm-registry given (no `npm config get`)".into(),
+                    seconds(median(warm_npm)),
+                    "0 (bake not run)".into(),
+                ],
+            );
+        }
         println!(
             "{}",
             crate::report::table(&["MEASURE", "TIME", "BUILDKIT SOLVES"], &rows).trim_end()
