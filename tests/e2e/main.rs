@@ -9,4 +9,5 @@ mod devbox;
 mod hostile;
 mod mirror;
 mod preflight;
+mod release;
 mod support;

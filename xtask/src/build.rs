@@ -2,14 +2,18 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use xshell::{cmd, Shell};
 
+use crate::avoid;
+use crate::by_digest;
 use crate::catalog::{Catalog, Image};
 use crate::cli::{BuildArgs, RenderArgs};
+use crate::naming::ImageRef;
+use crate::oci::{Digest, Registries};
 use crate::plan::{
     validate_cache, validate_secret, BuildPlan, Output, PlanInputs, CA_BUNDLE_SECRET,
 };
@@ -69,58 +73,232 @@ impl BuildArgs {
         let catalog = Catalog::load(root)?;
         let inputs = plan_inputs(root, &self)?;
         let prepared = prepare(&catalog, &self.render)?;
-        let plan = BuildPlan::new(
+        let mut plan = BuildPlan::new(
             &prepared.images,
             &prepared.rendered,
             &self.render.images,
             &prepared.out,
             &inputs,
         )?;
+        // The whole plan, as --dry-run prints it and as `docker buildx bake` would run it
+        // without avoidance.
         let bake_path = prepared.out.join("bake.json");
-        let metadata_path = prepared.out.join("metadata.json");
-        let bake = serde_json::to_string_pretty(&plan.bake_file())?;
-        fs::write(&bake_path, format!("{bake}\n"))
-            .with_context(|| format!("writing {}", bake_path.display()))?;
-        let docker_args = plan.bake_args(&bake_path, &metadata_path);
-
+        write_bake(&plan, &bake_path)?;
         if self.dry_run {
+            let docker_args = plan.bake_args(&bake_path, &prepared.out.join("metadata.json"));
             print_plan(&plan, &docker_args, self.json)?;
             return Ok(());
         }
         if self.check && inputs.output == Output::Cache {
             bail!("--check measures and runs what was built: add --push or --load");
         }
+        if let Some(dir) = self
+            .by_digest
+            .as_ref()
+            .filter(|d| d.exists() && !d.is_dir())
+        {
+            bail!(
+                "--by-digest {} is a file; name a folder for the records",
+                dir.display()
+            );
+        }
+        let timeout = self.registry.timeout.map(Into::into);
+        let insecure = &self.registry.insecure;
+        let found = if self.force || inputs.output == Output::Cache {
+            BTreeMap::new()
+        } else if inputs.output.is_registry() {
+            crate::oci::block_on_within(timeout, async {
+                avoid::in_registry(&plan, &Registries::new(insecure.clone())).await
+            })?
+        } else {
+            avoid::in_engine(&plan)?
+        };
+        let full = plan.clone();
+        let build: BTreeSet<String> = plan
+            .requested()
+            .filter(|t| !found.contains_key(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        let available: BTreeMap<String, String> = found
+            .iter()
+            .filter_map(|(name, f)| Some((name.clone(), f.by_digest.clone()?)))
+            .collect();
+        plan.keep_only(&build, &available);
 
-        crate::preflight::Needs::of(
-            &plan,
-            &prepared.images,
-            &prepared.rendered,
-            self.render.base_registry.as_deref(),
-        )?
-        .check()?;
-        let sh = Shell::new()?;
-        let _ = fs::remove_file(&metadata_path);
-        eprintln!(
-            "==> building {} ({} target(s) in the bake file {})",
-            plan.requested()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            plan.targets.len(),
-            bake_path.display()
-        );
-        cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
-            anyhow!(
-                "docker buildx bake failed; the build log above names the failing step \
-                 (re-run with --progress plain for the full log)"
-            )
-        })?;
-        report(&plan, &metadata_path, self.json)?;
+        // Tags missing from images already in place: written where they live, no build.
+        let retag: Vec<&avoid::Found> = full
+            .requested()
+            .filter_map(|t| found.get(&t.name))
+            .filter(|f| !f.missing.is_empty())
+            .collect();
+        match inputs.output {
+            Output::Push => crate::oci::block_on_within(timeout, async {
+                let registries = Registries::new(insecure.clone());
+                for f in &retag {
+                    avoid::retag_in_registry(&registries, f).await?;
+                }
+                Ok(())
+            })?,
+            Output::Load => retag.iter().try_for_each(|f| avoid::retag_in_engine(f))?,
+            // By digest, nothing is tagged; merge writes the tags.
+            Output::ByDigest | Output::Cache => {}
+        }
+
+        let metadata_path = prepared.out.join("metadata.json");
+        if plan.requested().next().is_some() {
+            crate::preflight::Needs::of(
+                &plan,
+                &prepared.images,
+                &prepared.rendered,
+                self.render.base_registry.as_deref(),
+            )?
+            .check()?;
+            let sh = Shell::new()?;
+            let build_bake = prepared.out.join("bake.build.json");
+            write_bake(&plan, &build_bake)?;
+            let docker_args = plan.bake_args(&build_bake, &metadata_path);
+            let _ = fs::remove_file(&metadata_path);
+            for t in plan.requested() {
+                if t.output == Output::ByDigest {
+                    let _ = fs::remove_dir_all(&t.layout);
+                }
+            }
+            eprintln!(
+                "==> building {} ({} target(s) in the bake file {})",
+                plan.requested()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                plan.targets.len(),
+                build_bake.display()
+            );
+            cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
+                anyhow!(
+                    "docker buildx bake failed; the build log above names the failing step \
+                     (re-run with --progress plain for the full log)"
+                )
+            })?;
+        }
+        let metadata: serde_json::Value = if plan.requested().next().is_some() {
+            fs::read_to_string(&metadata_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default()
+        } else {
+            serde_json::Value::Null
+        };
+        let mut digests: BTreeMap<String, String> = plan
+            .requested()
+            .filter_map(|t| {
+                let digest = metadata[&t.name]["containerimage.digest"].as_str()?;
+                Some((t.name.clone(), digest.to_string()))
+            })
+            .collect();
+        if let Some(dir) = &self.by_digest {
+            let pushed = crate::oci::block_on_within(
+                timeout,
+                publish_by_digest(&full, &plan, &found, dir, insecure),
+            )?;
+            digests.extend(pushed);
+        }
+        let outcomes: Vec<Outcome> = full
+            .requested()
+            .map(|t| {
+                let (status, digest) = match found.get(&t.name) {
+                    Some(f) => (f.status(), Some(f.digest.to_string())),
+                    None => (avoid::Status::Built, digests.get(&t.name).cloned()),
+                };
+                let status = match (status, inputs.output) {
+                    (avoid::Status::Retagged, Output::ByDigest) => avoid::Status::UpToDate,
+                    (status, _) => status,
+                };
+                Outcome {
+                    image: t.name.clone(),
+                    status,
+                    digest,
+                    input_digest: t.inputs.digest.to_string(),
+                    tags: t.tags.clone(),
+                    platforms: t.platforms.clone(),
+                    output: t.output,
+                }
+            })
+            .collect();
+        report(&outcomes, self.json)?;
         if self.check {
-            check(&catalog, &plan, inputs.output, &inputs.publish)?;
+            // By digest nothing is tagged: the checks read each image by its digest.
+            let pinned: BTreeMap<String, String> = outcomes
+                .iter()
+                .filter(|_| inputs.output == Output::ByDigest)
+                .filter_map(|o| {
+                    let repository = inputs.publish.repository(&o.image);
+                    Some((
+                        o.image.clone(),
+                        format!("{repository}@{}", o.digest.as_ref()?),
+                    ))
+                })
+                .collect();
+            let platform = match inputs.platforms.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            };
+            check(
+                &catalog,
+                &full,
+                inputs.output,
+                &inputs.publish,
+                &pinned,
+                platform,
+            )?;
         }
         Ok(())
     }
+}
+
+fn write_bake(plan: &BuildPlan, path: &Path) -> Result<()> {
+    let bake = serde_json::to_string_pretty(&plan.bake_file())?;
+    fs::write(path, format!("{bake}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `--by-digest`: pushes each layout just built by digest, and writes every requested
+/// image's records, built or found up to date. The pushed index digests, by image.
+async fn publish_by_digest(
+    full: &BuildPlan,
+    built: &BuildPlan,
+    found: &BTreeMap<String, avoid::Found>,
+    dir: &Path,
+    insecure: &[String],
+) -> Result<BTreeMap<String, String>> {
+    let registries = Registries::new(insecure.to_vec());
+    let mut pushed = BTreeMap::new();
+    let mut records = Vec::new();
+    for t in full.requested() {
+        let to = ImageRef::parse(t.tags.first().context("an image with no tag")?)?;
+        let repository = format!("{}/{}", to.registry, to.repository);
+        let index = match (found.get(&t.name), built.target(&t.name)) {
+            (Some(f), _) => match &f.manifest {
+                Some((bytes, _)) => bytes.clone(),
+                None => continue,
+            },
+            (None, Some(b)) if b.requested => {
+                let client = registries.get(&to.registry).await?;
+                let bytes = by_digest::push_layout(&client, &to, &b.layout)
+                    .await
+                    .with_context(|| format!("pushing {} by digest", t.name))?;
+                pushed.insert(t.name.clone(), Digest::of_sha256(&bytes).to_string());
+                bytes
+            }
+            _ => continue,
+        };
+        records.extend(by_digest::records(t, &repository, &index)?);
+    }
+    let parents: BTreeMap<String, String> = full
+        .targets
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), t.parent.clone()?)))
+        .collect();
+    by_digest::link_parents(&mut records, &parents);
+    by_digest::write_records(dir, &records)?;
+    Ok(pushed)
 }
 
 /// `images size` and `images verify` on the images just built, from where they went,
@@ -130,22 +308,41 @@ fn check(
     plan: &BuildPlan,
     output: Output,
     publish: &crate::naming::Publish,
+    pinned: &BTreeMap<String, String>,
+    platform: Option<String>,
 ) -> Result<()> {
     let names: Vec<String> = plan.requested().map(|t| t.name.clone()).collect();
     let source = match output {
-        Output::Push => size::Source::Registry,
+        Output::Push | Output::ByDigest => size::Source::Registry,
         _ => size::Source::Engine,
     };
     let options = size::Options::default();
     let layers = options.layers;
-    let sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?.run()?;
+    let mut sizes = size::Check::for_catalog(catalog, &names, publish, source, options)?;
+    for target in &mut sizes.targets {
+        if let Some(reference) = pinned.get(&target.name) {
+            target.reference = ImageRef::parse(reference)?;
+        }
+    }
+    let sizes = sizes.run()?;
     // Tables to stderr: stdout stays the build's own result (`--json` included).
     sizes.print(&mut std::io::stderr(), false, layers)?;
     let engine = verify::Engine {
-        platform: None,
-        local: output != Output::Push,
+        platform,
+        local: !output.is_registry(),
     };
-    let outcomes = verify::Check::for_catalog(catalog, &names, publish, engine)?.run()?;
+    let mut verify = verify::Check::for_catalog(catalog, &names, publish, engine)?;
+    for (name, reference) in pinned {
+        if verify.tools_image == Some(publish.reference(name)?.to_string()) {
+            verify.tools_image = Some(reference.clone());
+        }
+    }
+    for subject in &mut verify.subjects {
+        if let Some(reference) = pinned.get(&subject.name) {
+            subject.reference = reference.clone();
+        }
+    }
+    let outcomes = verify.run()?;
     outcomes.print(&mut std::io::stderr(), false)?;
     sizes.verdict()?;
     outcomes.verdict()
@@ -189,6 +386,7 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
         build_args.insert("NPM_REGISTRY".into(), url);
     }
     let output = match (args.push, args.load) {
+        (true, _) if args.by_digest.is_some() => Output::ByDigest,
         (true, _) => Output::Push,
         (false, true) => Output::Load,
         (false, false) => Output::Cache,
@@ -330,41 +528,28 @@ fn shell_words(words: &[String]) -> String {
 }
 
 #[derive(Serialize)]
-struct Built {
+struct Outcome {
     image: String,
+    status: avoid::Status,
     digest: Option<String>,
+    input_digest: String,
     tags: Vec<String>,
     platforms: Vec<String>,
     output: Output,
 }
 
-fn report(plan: &BuildPlan, metadata_path: &Path, json: bool) -> Result<()> {
-    let metadata: serde_json::Value = fs::read_to_string(metadata_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let built: Vec<Built> = plan
-        .requested()
-        .map(|t| Built {
-            image: t.name.clone(),
-            digest: metadata[&t.name]["containerimage.digest"]
-                .as_str()
-                .map(String::from),
-            tags: t.tags.clone(),
-            platforms: t.platforms.clone(),
-            output: t.output,
-        })
-        .collect();
+fn report(outcomes: &[Outcome], json: bool) -> Result<()> {
     crate::report::print_list(
         json,
-        &built,
-        &["IMAGE", "DIGEST", "PLATFORMS", "TAGS"],
-        |b| {
+        outcomes,
+        &["IMAGE", "STATUS", "DIGEST", "PLATFORMS", "TAGS"],
+        |o| {
             vec![
-                b.image.clone(),
-                b.digest.clone().unwrap_or_else(|| "-".into()),
-                b.platforms.join(","),
-                b.tags.join(" "),
+                o.image.clone(),
+                o.status.as_str().to_string(),
+                o.digest.clone().unwrap_or_else(|| "-".into()),
+                o.platforms.join(","),
+                o.tags.join(" "),
             ]
         },
     )

@@ -32,6 +32,15 @@ pub enum Command {
 pub enum BenchCommand {
     /// The mirror against skopeo, and a big layer against a raw GET→PUT, on loopback registries.
     Mirror(BenchMirrorArgs),
+    /// A cold build, a warm no-op, and bare `docker buildx bake` on the same bake file.
+    Build(BenchBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBuildArgs {
+    /// How many times to repeat the warm measurements (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +67,9 @@ pub enum ImagesCommand {
     Render(RenderArgs),
     /// Render and build images with docker buildx.
     Build(BuildArgs),
+    /// Join the per-platform `build --by-digest` records of every runner into each
+    /// image's index and tags, registry-side.
+    Merge(MergeArgs),
     /// Copy images under a registry prefix for air-gapped clusters.
     Mirror(MirrorArgs),
     /// Add tags to a manifest already in a registry, without moving layers.
@@ -271,6 +283,29 @@ pub struct BuildArgs {
     /// --push or --load); fails the build when either fails.
     #[arg(long)]
     pub check: bool,
+    /// Build every image, even those whose tags already carry its input digest.
+    #[arg(long)]
+    pub force: bool,
+    /// With --push: push each image by digest with no tag, and write one JSON record per
+    /// image and platform to DIR for `images merge`.
+    #[arg(long, value_name = "DIR", requires = "push")]
+    pub by_digest: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The --by-digest folders of every runner.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Flags every registry-facing command shares.

@@ -1,9 +1,14 @@
+mod avoid;
 mod bench;
 mod build;
+mod by_digest;
 mod catalog;
 mod cli;
 mod docker;
+mod index;
+mod inputs;
 mod list;
+mod merge;
 mod mirror;
 mod naming;
 mod new;
@@ -29,6 +34,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::List(args) => args.run(&root),
             ImagesCommand::Render(args) => args.run(&root),
             ImagesCommand::Build(args) => args.run(&root),
+            ImagesCommand::Merge(args) => args.run(&root),
             ImagesCommand::Mirror(args) => args.run(&root),
             ImagesCommand::Retag(args) => args.run(&root),
             ImagesCommand::Size(args) => args.run(&root),
@@ -38,6 +44,7 @@ fn main() -> std::process::ExitCode {
         },
         Command::Bench(bench) => match *bench {
             BenchCommand::Mirror(args) => args.run(&root),
+            BenchCommand::Build(args) => args.run(&root),
         },
     };
     match result {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{validate_platform, Image};
+use crate::inputs::Inputs;
 use crate::naming::Publish;
 use crate::render::Rendered;
 
@@ -20,16 +21,32 @@ pub enum Output {
     Cache,
     Load,
     Push,
+    /// Pushed by digest with no tag (`--push --by-digest`): BuildKit writes an OCI
+    /// layout, which our registry client pushes, since buildx's docker driver has no
+    /// `push-by-digest`.
+    #[serde(rename = "by-digest")]
+    ByDigest,
 }
 
 impl Output {
-    fn exporter(self) -> &'static str {
+    fn exporter(self, layout: &Path) -> String {
         match self {
-            Output::Cache => "type=cacheonly",
-            Output::Load => "type=docker",
-            Output::Push => "type=registry",
+            Output::Cache => "type=cacheonly".into(),
+            Output::Load => "type=docker".into(),
+            Output::Push => "type=registry".into(),
+            Output::ByDigest => format!("type=oci,tar=false,dest={}", layout.display()),
         }
     }
+
+    /// Whether the result goes to the registry, so avoidance reads the registry.
+    pub fn is_registry(self) -> bool {
+        matches!(self, Output::Push | Output::ByDigest)
+    }
+}
+
+/// Where `--by-digest` has BuildKit write `image`'s OCI layout.
+pub fn layout_dir(out: &Path, image: &str) -> PathBuf {
+    out.join(".by-digest").join(image)
 }
 
 /// Inputs shared by every target of one build.
@@ -105,6 +122,12 @@ pub struct BuildTarget {
     pub cache_to: Vec<String>,
     /// Bake `attest` entries, e.g. `type=provenance,mode=max`.
     pub attest: Vec<String>,
+    /// The input digests this build records (label, annotations).
+    pub inputs: Inputs,
+    /// The parent in the catalog, if any.
+    pub parent: Option<String>,
+    /// Where `Output::ByDigest` writes the OCI layout.
+    pub layout: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +153,7 @@ impl BuildPlan {
         if inputs.output == Output::Push && inputs.publish.registry.trim().is_empty() {
             bail!("--push needs a registry: pass --registry or set IMG_REGISTRY");
         }
-        let mut targets = Vec::new();
+        let mut targets: Vec<BuildTarget> = Vec::new();
         for (image, rendered) in images.iter().zip(rendered) {
             let is_requested = requested.is_empty() || requested.contains(&image.name);
             let platforms = if inputs.platforms.is_empty() {
@@ -153,6 +176,15 @@ impl BuildPlan {
                     .map(|s| s.replace(CACHE_IMAGE, &repository))
                     .collect()
             };
+            let parent = image.spec.parent.as_ref().and_then(|parent| {
+                targets
+                    .iter()
+                    .find(|t| &t.name == parent)
+                    .map(|t| &t.inputs)
+            });
+            let input_digests = crate::inputs::compute(image, rendered, &args, &platforms, parent)?;
+            let mut labels = labels(image, inputs);
+            labels.insert(crate::inputs::KEY.into(), input_digests.digest.to_string());
             targets.push(BuildTarget {
                 name: image.name.clone(),
                 requested: is_requested,
@@ -165,7 +197,7 @@ impl BuildPlan {
                     .collect(),
                 platforms,
                 args,
-                labels: labels(image, inputs),
+                labels,
                 secrets: inputs.secrets.clone(),
                 contexts,
                 // A parent pulled in only as a dependency stays in the build cache.
@@ -181,6 +213,9 @@ impl BuildPlan {
                     .iter()
                     .map(|mode| format!("type=provenance,mode={mode}"))
                     .collect(),
+                inputs: input_digests,
+                parent: image.spec.parent.clone(),
+                layout: layout_dir(out, &image.name),
             });
         }
         Ok(BuildPlan {
@@ -194,6 +229,49 @@ impl BuildPlan {
         self.targets.iter().filter(|t| t.requested)
     }
 
+    pub fn target(&self, name: &str) -> Option<&BuildTarget> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Keeps only the targets in `build`. A child's parent that is not built is taken
+    /// from `available` (`name` -> an image reference by digest) as a `docker-image://`
+    /// context, or else stays in the plan as a dependency built into the cache only.
+    pub fn keep_only(
+        &mut self,
+        build: &std::collections::BTreeSet<String>,
+        available: &BTreeMap<String, String>,
+    ) {
+        let mut keep = build.clone();
+        // Children before parents, so a kept dependency keeps its own parent too.
+        for t in self.targets.iter_mut().rev() {
+            if !keep.contains(&t.name) {
+                continue;
+            }
+            let Some(parent) = t.parent.clone() else {
+                continue;
+            };
+            if build.contains(&parent) {
+                continue;
+            }
+            if let Some(reference) = available.get(&parent) {
+                for value in t.contexts.values_mut() {
+                    if *value == format!("target:{parent}") {
+                        *value = format!("docker-image://{reference}");
+                    }
+                }
+            } else {
+                keep.insert(parent);
+            }
+        }
+        self.targets.retain(|t| keep.contains(&t.name));
+        for t in &mut self.targets {
+            if !build.contains(&t.name) {
+                t.requested = false;
+                t.output = Output::Cache;
+            }
+        }
+    }
+
     /// The bake file, in buildx's JSON format.
     pub fn bake_file(&self) -> Value {
         let mut targets = Map::new();
@@ -204,9 +282,18 @@ impl BuildPlan {
                 "tags": t.tags,
                 "platforms": t.platforms,
                 "labels": t.labels,
-                "output": [t.output.exporter()],
+                "output": [t.output.exporter(&t.layout)],
             });
             let fields = target.as_object_mut().expect("a JSON object");
+            let mut attest = t.attest.clone();
+            if t.output.is_registry() {
+                fields.insert("annotations".into(), json!(annotations(t)));
+                // Always an index with its provenance, one platform or many, so every
+                // build has the same shape for `merge` to join.
+                if attest.is_empty() {
+                    attest.push("type=provenance,mode=min".to_string());
+                }
+            }
             if !t.args.is_empty() {
                 fields.insert("args".into(), json!(t.args));
             }
@@ -219,7 +306,7 @@ impl BuildPlan {
             for (key, list) in [
                 ("cache-from", &t.cache_from),
                 ("cache-to", &t.cache_to),
-                ("attest", &t.attest),
+                ("attest", &attest),
             ] {
                 if !list.is_empty() {
                     fields.insert(key.into(), json!(list));
@@ -253,6 +340,22 @@ impl BuildPlan {
         args.extend(self.requested().map(|t| t.name.clone()));
         args
     }
+}
+
+/// The input digest per platform on each manifest; for several platforms, the set's on
+/// the index (BuildKit refuses index annotations on a one-platform export).
+fn annotations(t: &BuildTarget) -> Vec<String> {
+    let key = crate::inputs::KEY;
+    let mut annotations: Vec<String> = t
+        .inputs
+        .platforms
+        .iter()
+        .map(|(platform, digest)| format!("manifest[{platform}]:{key}={digest}"))
+        .collect();
+    if t.platforms.len() > 1 {
+        annotations.push(format!("index:{key}={}", t.inputs.digest));
+    }
+    annotations
 }
 
 fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
@@ -415,7 +518,10 @@ mod tests {
         }
         let plain = plan_for(&["b"], &self::inputs(Output::Push)).bake_file();
         assert!(plain["target"]["b"].get("cache-from").is_none());
-        assert!(plain["target"]["b"].get("attest").is_none());
+        assert_eq!(
+            plain["target"]["b"]["attest"],
+            json!(["type=provenance,mode=min"])
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::BenchMirrorArgs;
+
+mod build;
 use crate::oci::registry::{Client, Stats};
 use crate::oci::{Digest, Reference, Registry, Repository};
 
@@ -25,16 +27,58 @@ struct LocalRegistry {
 
 impl LocalRegistry {
     fn start(under: &Path) -> Result<LocalRegistry> {
+        LocalRegistry::spawn(under, false)
+    }
+
+    /// With a throwaway self-signed certificate: Docker skips verifying loopback, and
+    /// never takes the plain-HTTP fallback that races under parallel pushes in Docker
+    /// 26.1 (moby/moby#48818).
+    fn start_tls(under: &Path) -> Result<LocalRegistry> {
+        LocalRegistry::spawn(under, true)
+    }
+
+    fn spawn(under: &Path, tls: bool) -> Result<LocalRegistry> {
         let dir = tempfile::tempdir_in(under)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let tls_config = if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running openssl for the benchmark registry's certificate")?;
+            if !made.success() {
+                bail!("openssl could not make a certificate for the benchmark registry");
+            }
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{tls_config}",
                 dir.path().join("data").display()
             ),
         )?;
