@@ -134,6 +134,30 @@ impl Signer {
         .to_string();
         Signer { home, fingerprint }
     }
+    /// A key that expired on 2020-01-02, signing as of 2020-01-01: gpg still reports
+    /// VALIDSIG for it.
+    fn expired() -> Signer {
+        let home = tempfile::tempdir().unwrap();
+        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let h = home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --quiet --faked-system-time 20200101T000000 --passphrase '' --quick-gen-key 'expired <expired@example.invalid>' ed25519 sign 1d 2>/dev/null"
+        ));
+        let fingerprint = sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint | awk -F: '/^fpr/ {{print $10; exit}}'"
+        ))
+        .trim()
+        .to_string();
+        Signer { home, fingerprint }
+    }
+    fn sign_in_2020(&self, file: &Path, signature: &Path) {
+        let h = self.home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --yes --faked-system-time 20200101T000100 --detach-sign -o '{}' '{}' 2>/dev/null",
+            signature.display(),
+            file.display()
+        ));
+    }
     /// Another key in the same keyring, exported with the pinned one.
     fn other_key(&self) -> String {
         let h = self.home.path().display();
@@ -341,6 +365,16 @@ fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
     old
 }
 
+fn set_fingerprint(project: &Path, fingerprint: &str) {
+    let lock_path = project.join("agents/devbox/tools.toml");
+    let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
+    lock["tools"]["awscli"]["signature"]
+        .as_table_mut()
+        .unwrap()
+        .insert("fingerprint".into(), fingerprint.into());
+    fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+}
+
 #[test]
 fn devbox_family_builds_offline_and_works() {
     need!(Docker, Registry, Debootstrap);
@@ -482,6 +516,25 @@ fn devbox_family_builds_offline_and_works() {
         "{}",
         &log[log.len().saturating_sub(3000)..]
     );
+
+    // An expired pinned key fails the build, naming it, though gpg says VALIDSIG.
+    let expired = Signer::expired();
+    expired.sign_in_2020(&zip, &sig);
+    expired.export(&project.path().join("agents/devbox/aws-cli.asc"));
+    set_fingerprint(project.path(), &expired.fingerprint);
+    let refused = build(&["devbox"]);
+    let log = text(&refused.stderr);
+    assert!(!refused.status.success(), "an expired key was accepted");
+    assert!(
+        log.contains(&format!(
+            "the pinned key {} (aws-cli.asc) expired on 2020-01-02",
+            expired.fingerprint
+        )),
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    set_fingerprint(project.path(), &signer.fingerprint);
+    signer.export(&project.path().join("agents/devbox/aws-cli.asc"));
     signer.sign(&zip, &sig);
 
     // The sandboxes in their Debian flavour: this machine reaches no Alpine mirror.
