@@ -121,27 +121,22 @@ struct Signer {
 
 impl Signer {
     fn new() -> Signer {
-        let home = tempfile::tempdir().unwrap();
-        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        let h = home.path().display();
-        sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --quiet --passphrase '' --quick-gen-key 'xtask e2e <e2e@example.invalid>' ed25519 sign never"
-        ));
-        let fingerprint = sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint | awk -F: '/^fpr/ {{print $10; exit}}'"
-        ))
-        .trim()
-        .to_string();
-        Signer { home, fingerprint }
+        Signer::generate("", "'xtask e2e <e2e@example.invalid>' ed25519 sign never")
     }
     /// A key that expired on 2020-01-02, signing as of 2020-01-01: gpg still reports
     /// VALIDSIG for it.
     fn expired() -> Signer {
+        Signer::generate(
+            "--faked-system-time 20200101T000000",
+            "'expired <expired@example.invalid>' ed25519 sign 1d",
+        )
+    }
+    fn generate(options: &str, key: &str) -> Signer {
         let home = tempfile::tempdir().unwrap();
         fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let h = home.path().display();
         sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --quiet --faked-system-time 20200101T000000 --passphrase '' --quick-gen-key 'expired <expired@example.invalid>' ed25519 sign 1d 2>/dev/null"
+            "GNUPGHOME='{h}' gpg --batch --quiet {options} --passphrase '' --quick-gen-key {key} 2>/dev/null"
         ));
         let fingerprint = sh(&format!(
             "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint | awk -F: '/^fpr/ {{print $10; exit}}'"
@@ -151,12 +146,7 @@ impl Signer {
         Signer { home, fingerprint }
     }
     fn sign_in_2020(&self, file: &Path, signature: &Path) {
-        let h = self.home.path().display();
-        sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --yes --faked-system-time 20200101T000100 --detach-sign -o '{}' '{}' 2>/dev/null",
-            signature.display(),
-            file.display()
-        ));
+        self.sign_with("--faked-system-time 20200101T000100", file, signature);
     }
     /// Another key in the same keyring, exported with the pinned one.
     fn other_key(&self) -> String {
@@ -181,9 +171,12 @@ impl Signer {
         self.sign_as(&self.fingerprint, file, signature);
     }
     fn sign_as(&self, key: &str, file: &Path, signature: &Path) {
+        self.sign_with(&format!("-u '{key}'"), file, signature);
+    }
+    fn sign_with(&self, options: &str, file: &Path, signature: &Path) {
         let h = self.home.path().display();
         sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --yes -u '{key}' --detach-sign -o '{}' '{}'",
+            "GNUPGHOME='{h}' gpg --batch --yes {options} --detach-sign -o '{}' '{}' 2>/dev/null",
             signature.display(),
             file.display()
         ));
