@@ -7,7 +7,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &["sh", "cat", "cp", "chmod", "mv", "mkdir", "rm", "ls"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "cp", "chmod", "mv", "mkdir", "rm", "ls", "find", "wc", "head",
+];
 
 /// A root file system of a static busybox and a few applets, with the executor layout:
 /// `/workspace` and `/tools` writable by any UID, `/tmp` sticky.
@@ -107,6 +109,24 @@ fn project(broken: bool) -> tempfile::TempDir {
     // BuildKit's COPY cache does not always see a folder's mode change alone (seen with
     // Docker 26.1): the fix also changes a file, as a real one usually does.
     fs::write(locked.join("rootfs/etc/fixed"), format!("{}\n", !broken)).unwrap();
+
+    // A tool unpacked with its archive's owner: /opt/tool belongs to UID 1001. Fixed,
+    // the image says why (the check is skipped with that reason).
+    let skip = if broken {
+        ""
+    } else {
+        "[verify.skip]\nroot-owned = \"the tool updates itself in place as UID 1001\"\n"
+    };
+    let foreign = image(
+        project.path(),
+        "foreign-owner",
+        &format!(
+            "description = \"files owned by the archive's UID\"\ndockerfile = \"Dockerfile\"\nrole = \"executor\"\n{skip}"
+        ),
+        &format!("{EXECUTOR_DOCKERFILE}COPY --chown=1001:1001 tool /opt/tool\n"),
+    );
+    rootfs(&foreign, 0o777);
+    script(&foreign.join("tool/run"), "echo tool");
 
     let writes_root = image(
         project.path(),
@@ -232,6 +252,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         "tools-mountable",
         "opencode-from-tools",
         "default-command",
+        "root-owned",
     ] {
         assert!(
             names.contains(&convention),
@@ -266,6 +287,18 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         "{stderr}"
     );
 
+    // Something under /opt that root does not own: named, with its owner.
+    let (ok, stderr, outcomes) = checks.verify("foreign-owner");
+    assert!(!ok, "a foreign owner under /opt passed: {outcomes:#}");
+    let failures = failed(&outcomes, "root-owned");
+    assert_eq!(failures.len(), 1, "{outcomes:#}");
+    let detail = failures[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("belong to a UID other than root") && detail.contains(" 1001 "),
+        "{detail}"
+    );
+    assert!(stderr.contains("foreign-owner: root-owned as"), "{stderr}");
+
     // A tool that writes to the root file system fails under the restricted profile.
     let (ok, stderr, outcomes) = checks.verify("writes-root");
     assert!(!ok, "a read-only root passed: {outcomes:#}");
@@ -293,6 +326,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         "heavy",
         "locked-workspace",
         "writes-root",
+        "foreign-owner",
         "fake-init",
         "--check",
     ]);
@@ -300,6 +334,21 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         let (ok, stderr, outcomes) = checks.verify(image);
         assert!(ok, "{image}: {stderr}\n{outcomes:#}");
     }
+    let (ok, stderr, outcomes) = checks.verify("foreign-owner");
+    assert!(ok, "foreign-owner: {stderr}\n{outcomes:#}");
+    let skipped = outcomes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["check"] == "root-owned")
+        .unwrap();
+    assert!(
+        skipped["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: the tool updates itself"),
+        "{skipped}"
+    );
 }
 
 #[test]

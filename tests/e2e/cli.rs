@@ -469,7 +469,7 @@ fn verify_and_size_tables_in_image_toml_are_checked() {
         ("[verify]\ncolour = 1\n", "unknown field `colour`"),
         (
             "[verify.skip]\nnot-a-check = \"x\"\n",
-            "no such convention check",
+            "no such convention or [[verify.commands]] check",
         ),
         ("[verify.skip]\nuser = \" \"\n", "say why"),
         (

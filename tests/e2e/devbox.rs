@@ -2,14 +2,33 @@
 //! the machine's mirror through a locally made base image, npm packages from the
 //! machine's npm registry, and every tool of the lock from an artifact mirror this test
 //! serves. The artifacts are stand-ins (real builds where this machine's package
-//! registries have one: Go and gh from Debian, Node.js, npm and corepack from npm), with
-//! their checksums put into a copy of the project; the production lock is untouched.
+//! registries have one: Go 1.24 and gh from Debian, Node.js, npm and corepack from npm),
+//! with their checksums put into a copy of the project; the production lock is untouched.
+//! The rest are scripts (SCRIPT_STAND_INS): their functional checks are skipped in the
+//! copy as not provable offline, never faked.
 
 use crate::support::artifacts::ArtifactServer;
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Tools with no real build on this machine: a script stands in for each.
+const SCRIPT_STAND_INS: &[&str] = &[
+    "golangci-lint",
+    "kubectl",
+    "helm",
+    "yq",
+    "docker",
+    "gcloud",
+    "awscli",
+];
+
+/// The devbox checks a script stand-in cannot pass: skipped in the project copy.
+const NOT_PROVABLE_OFFLINE: &[(&str, &str)] = &[(
+    "golangci-lint lints a Go 1.25 module and reports a seeded issue",
+    "golangci-lint",
+)];
 
 const IMAGES: [&str; 7] = [
     "devbox",
@@ -102,11 +121,22 @@ struct Signer {
 
 impl Signer {
     fn new() -> Signer {
+        Signer::generate("", "'xtask e2e <e2e@example.invalid>' ed25519 sign never")
+    }
+    /// A key that expired on 2020-01-02, signing as of 2020-01-01: gpg still reports
+    /// VALIDSIG for it.
+    fn expired() -> Signer {
+        Signer::generate(
+            "--faked-system-time 20200101T000000",
+            "'expired <expired@example.invalid>' ed25519 sign 1d",
+        )
+    }
+    fn generate(options: &str, key: &str) -> Signer {
         let home = tempfile::tempdir().unwrap();
         fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let h = home.path().display();
         sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --quiet --passphrase '' --quick-gen-key 'xtask e2e <e2e@example.invalid>' ed25519 sign never"
+            "GNUPGHOME='{h}' gpg --batch --quiet {options} --passphrase '' --quick-gen-key {key} 2>/dev/null"
         ));
         let fingerprint = sh(&format!(
             "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint | awk -F: '/^fpr/ {{print $10; exit}}'"
@@ -114,6 +144,21 @@ impl Signer {
         .trim()
         .to_string();
         Signer { home, fingerprint }
+    }
+    fn sign_in_2020(&self, file: &Path, signature: &Path) {
+        self.sign_with("--faked-system-time 20200101T000100", file, signature);
+    }
+    /// Another key in the same keyring, exported with the pinned one.
+    fn other_key(&self) -> String {
+        let h = self.home.path().display();
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --quiet --passphrase '' --quick-gen-key 'other <other@example.invalid>' ed25519 sign never"
+        ));
+        sh(&format!(
+            "GNUPGHOME='{h}' gpg --batch --with-colons --fingerprint other@example.invalid | awk -F: '/^fpr/ {{print $10; exit}}'"
+        ))
+        .trim()
+        .to_string()
     }
     fn export(&self, to: &Path) {
         let h = self.home.path().display();
@@ -123,9 +168,15 @@ impl Signer {
         ));
     }
     fn sign(&self, file: &Path, signature: &Path) {
+        self.sign_as(&self.fingerprint, file, signature);
+    }
+    fn sign_as(&self, key: &str, file: &Path, signature: &Path) {
+        self.sign_with(&format!("-u '{key}'"), file, signature);
+    }
+    fn sign_with(&self, options: &str, file: &Path, signature: &Path) {
         let h = self.home.path().display();
         sh(&format!(
-            "GNUPGHOME='{h}' gpg --batch --yes --detach-sign -o '{}' '{}'",
+            "GNUPGHOME='{h}' gpg --batch --yes {options} --detach-sign -o '{}' '{}' 2>/dev/null",
             signature.display(),
             file.display()
         ));
@@ -138,14 +189,22 @@ fn mirror_path(url: &str) -> PathBuf {
 
 /// Builds a stand-in for every tool and architecture of `lock` under `mirror`, and
 /// rewrites the lock with their digests (and the test key for signed artifacts).
-fn stand_ins(project: &Path, mirror: &Path) {
+/// Returns the signer, to sign with another key later.
+fn stand_ins(project: &Path, mirror: &Path) -> Signer {
     let lock_path = project.join("agents/devbox/tools.toml");
     let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
-    let debian = Debian::unpack(&["golang-1.19-go", "gh"]);
+    let debian = Debian::unpack(&["golang-1.24-go", "golang-1.24-src", "gh"]);
+    // The copy's lock says the Go it really carries (the first line of VERSION: go1.24.x).
+    let go_version = fs::read_to_string(debian.path("/usr/lib/go-1.24/VERSION")).unwrap();
+    let go_version = go_version.lines().next().unwrap().trim_start_matches("go");
     let node = tempfile::tempdir().unwrap();
     node_tree(node.path());
     let signer = Signer::new();
     let tools = lock["tools"].as_table_mut().unwrap();
+    tools["go"]
+        .as_table_mut()
+        .unwrap()
+        .insert("version".into(), go_version.into());
     for (name, tool) in tools.iter_mut() {
         let tool = tool.as_table_mut().unwrap();
         let version = tool["version"].as_str().unwrap().to_string();
@@ -177,19 +236,13 @@ fn stand_ins(project: &Path, mirror: &Path) {
             };
             match name.as_str() {
                 "go" => {
-                    fs::create_dir_all(t.join("go/libexec")).unwrap();
-                    fs::create_dir_all(t.join("go/pkg/tool")).unwrap();
-                    fs::create_dir_all(t.join("go/src")).unwrap();
-                    fs::copy(
-                        debian.path("/usr/lib/go-1.19/bin/go"),
-                        t.join("go/libexec/go"),
-                    )
-                    .unwrap();
-                    // Debian's go looks for its own GOROOT; point it at the unpacked one.
-                    script(
-                        &t.join("go/bin/go"),
-                        "GOROOT=\"${GOROOT:-/usr/local/go}\" exec /usr/local/go/libexec/go \"$@\"",
-                    );
+                    // Debian's GOROOT, its relative links resolved, is the official
+                    // archive's tree under `go/`; go finds GOROOT from its own path.
+                    sh(&format!(
+                        "cp -rL '{}' '{}/go'",
+                        debian.path("/usr/lib/go-1.24").display(),
+                        t.display()
+                    ));
                     archive("z", "go");
                 }
                 "node" => {
@@ -258,6 +311,25 @@ fn stand_ins(project: &Path, mirror: &Path) {
         }
     }
     fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+    // A script stand-in cannot prove a functional check: skip it, saying so.
+    let spec_path = project.join("agents/devbox/image.toml");
+    let mut spec: toml::Table = fs::read_to_string(&spec_path).unwrap().parse().unwrap();
+    let verify = spec["verify"].as_table_mut().unwrap();
+    let skip = verify
+        .entry("skip")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .unwrap();
+    for (check, tool) in NOT_PROVABLE_OFFLINE {
+        skip.insert(
+            check.to_string(),
+            format!(
+                "not provable offline: {tool} is a script stand-in (no real build on this machine)"
+            )
+            .into(),
+        );
+    }
+    fs::write(&spec_path, toml::to_string(&spec).unwrap()).unwrap();
     // Every other lock pins a subset of devbox's tools: give them the same stand-ins.
     for entry in fs::read_dir(project.join("agents")).unwrap().flatten() {
         let other = entry.path().join("tools.toml");
@@ -273,6 +345,7 @@ fn stand_ins(project: &Path, mirror: &Path) {
         }
         fs::write(&other, toml::to_string(&other_lock).unwrap()).unwrap();
     }
+    signer
 }
 
 fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
@@ -285,6 +358,16 @@ fn set_sha256(project: &Path, tool: &str, arch: &str, sum: &str) -> String {
     old
 }
 
+fn set_fingerprint(project: &Path, fingerprint: &str) {
+    let lock_path = project.join("agents/devbox/tools.toml");
+    let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
+    lock["tools"]["awscli"]["signature"]
+        .as_table_mut()
+        .unwrap()
+        .insert("fingerprint".into(), fingerprint.into());
+    fs::write(&lock_path, toml::to_string(&lock).unwrap()).unwrap();
+}
+
 #[test]
 fn devbox_family_builds_offline_and_works() {
     need!(Docker, Registry, Debootstrap);
@@ -295,7 +378,11 @@ fn devbox_family_builds_offline_and_works() {
     push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
     let project = project_copy();
     let mirror = tempfile::tempdir().unwrap();
-    stand_ins(project.path(), mirror.path());
+    let signer = stand_ins(project.path(), mirror.path());
+    eprintln!(
+        "script stand-ins (their functional checks are not provable offline): {}",
+        SCRIPT_STAND_INS.join(", ")
+    );
     let server = ArtifactServer::start(mirror.path());
 
     // `images tools --fetch` lays out exactly what --artifact-mirror reads, verified.
@@ -388,6 +475,61 @@ fn devbox_family_builds_offline_and_works() {
     );
     set_sha256(project.path(), "kubectl", "amd64", &good);
 
+    // A signature by another key of the keyring (aws-cli.asc holds both) is refused.
+    let lock: toml::Table = fs::read_to_string(project.path().join("agents/devbox/tools.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let aws = &lock["tools"]["awscli"];
+    let fill = |pattern: &str| {
+        pattern
+            .replace("{version}", aws["version"].as_str().unwrap())
+            .replace("{arch}", "x86_64")
+    };
+    let zip = mirror
+        .path()
+        .join(mirror_path(&fill(aws["url"].as_str().unwrap())));
+    let sig = mirror.path().join(mirror_path(&fill(
+        aws["signature"]["url"].as_str().unwrap(),
+    )));
+    let other = signer.other_key();
+    signer.sign_as(&other, &zip, &sig);
+    signer.export(&project.path().join("agents/devbox/aws-cli.asc"));
+    let refused = build(&["devbox"]);
+    let log = text(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a signature by another key was accepted"
+    );
+    assert!(
+        log.contains(&format!(
+            "no valid signature by the pinned key {}",
+            signer.fingerprint
+        )),
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+
+    // An expired pinned key fails the build, naming it, though gpg says VALIDSIG.
+    let expired = Signer::expired();
+    expired.sign_in_2020(&zip, &sig);
+    expired.export(&project.path().join("agents/devbox/aws-cli.asc"));
+    set_fingerprint(project.path(), &expired.fingerprint);
+    let refused = build(&["devbox"]);
+    let log = text(&refused.stderr);
+    assert!(!refused.status.success(), "an expired key was accepted");
+    assert!(
+        log.contains(&format!(
+            "the pinned key {} (aws-cli.asc) expired on 2020-01-02",
+            expired.fingerprint
+        )),
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    set_fingerprint(project.path(), &signer.fingerprint);
+    signer.export(&project.path().join("agents/devbox/aws-cli.asc"));
+    signer.sign(&zip, &sig);
+
     // The sandboxes in their Debian flavour: this machine reaches no Alpine mirror.
     let sandbox = project.path().join("agents/sandbox-base/image.toml");
     let spec = fs::read_to_string(&sandbox).unwrap();
@@ -468,6 +610,7 @@ fn devbox_family_builds_offline_and_works() {
     );
     for check in [
         "go runs",
+        "go builds and runs a module in /tmp",
         "node runs",
         "python runs",
         "git runs",
@@ -503,6 +646,25 @@ fn devbox_family_builds_offline_and_works() {
         });
         assert!(ran, "{image}: {check}: {outcomes:#}");
     }
+    for (check, _) in NOT_PROVABLE_OFFLINE {
+        let skipped = outcomes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["image"] == "devbox" && o["check"] == *check);
+        let skipped = skipped.unwrap_or_else(|| panic!("{check}: {outcomes:#}"));
+        let detail = skipped["detail"].as_str().unwrap();
+        assert!(detail.contains("not provable offline"), "{skipped}");
+        eprintln!("devbox: {check}: {detail}");
+    }
+    for image in IMAGES {
+        let ran = outcomes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["image"] == image && o["check"] == "root-owned" && o["passed"] == true);
+        assert!(ran, "{image}: root-owned: {outcomes:#}");
+    }
     let executors = &IMAGES[..5];
     for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
         for image in executors {
@@ -515,6 +677,92 @@ fn devbox_family_builds_offline_and_works() {
     }
 
     let image = |name: &str| format!("{}/e2e/kubeopencode-agent-{name}:{version}", registry.addr);
+
+    // The CLI is laid out as its installer does; the links resolve into v2/<version>.
+    let aws = docker_run(&[
+        &image("devbox"),
+        "sh",
+        "-c",
+        "readlink -f /usr/local/bin/aws /usr/local/bin/aws_completer && aws --version",
+    ]);
+    let aws = text(&aws.stdout);
+    let v2 = format!(
+        "/usr/local/aws-cli/v2/{}/dist",
+        lock["tools"]["awscli"]["version"].as_str().unwrap()
+    );
+    assert!(
+        aws.contains(&format!("{v2}/aws\n{v2}/aws_completer\n")),
+        "{aws}"
+    );
+
+    // A go that cannot compile (its GOROOT's sources gone) fails `verify`.
+    let broken_version = format!("{version}-broken-go");
+    let broken = format!(
+        "{}/e2e/kubeopencode-agent-devbox:{broken_version}",
+        registry.addr
+    );
+    let dockerfile = format!(
+        "FROM {}\nUSER 0\nRUN rm -rf /usr/local/go/src\nUSER 1000:0\n",
+        image("devbox")
+    );
+    let built = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("printf '%s' \"$1\" | docker build -q -t '{broken}' -"),
+            "sh",
+            &dockerfile,
+        ])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let verify = xtask_in(
+        project.path(),
+        &[
+            "images",
+            "verify",
+            "devbox",
+            "--json",
+            "--local",
+            "--tools-image",
+            &image("opencode"),
+            "--registry",
+            &registry.addr,
+            "--org",
+            "e2e",
+            "--version",
+            &broken_version,
+        ],
+        &[],
+    );
+    let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
+    assert!(
+        !verify.status.success(),
+        "a go that cannot compile passed: {outcomes:#}"
+    );
+    let failed: Vec<&serde_json::Value> = outcomes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["passed"] == false)
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|o| o["check"] == "go builds and runs a module in /tmp"),
+        "{failed:#?}"
+    );
+    eprintln!(
+        "broken go fails: {}",
+        failed
+            .iter()
+            .map(|o| format!("{} as {}: {}", o["check"], o["user"], o["detail"]))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = std::process::Command::new("docker")
+        .args(["image", "rm", &broken])
+        .output();
     let dind = image("devbox-dind");
     // The first docker command starts the daemon; a build then works inside.
     let first = docker_run(&["--privileged", &dind, "sh", "-c",

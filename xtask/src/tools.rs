@@ -54,6 +54,13 @@ impl ToolsArgs {
     pub fn run(self, root: &Path) -> Result<()> {
         let catalog = Catalog::load(root)?;
         let artifacts = artifacts(&catalog, &self.images)?;
+        for image in catalog.select(&self.images)? {
+            if let Some(lock) = &image.tools {
+                for warning in crate::catalog::lock::older_go_warnings(lock) {
+                    eprintln!("warning: agents/{}/{LOCK}: {warning}", image.name);
+                }
+            }
+        }
         if let Some(dir) = &self.fetch {
             return fetch(&artifacts, dir, self.from.as_deref());
         }

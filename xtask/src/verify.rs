@@ -29,6 +29,15 @@ const RESTRICTED: &[&str] = &[
     "no-new-privileges",
 ];
 
+/// Nothing under /usr/local or /opt may belong to a UID other than root (an archive
+/// unpacked as root keeps its builder's UID unless told not to).
+const ROOT_OWNED: &str = r#"set --; for d in /usr/local /opt; do [ -d "$d" ] && set -- "$@" "$d"; done
+[ $# -gt 0 ] || { echo "no /usr/local or /opt"; exit 0; }
+command -v find >/dev/null || { echo "no find to list $*: skip root-owned with a reason"; exit 1; }
+n=$(find "$@" -xdev ! -user 0 2>/dev/null | wc -l)
+[ "$n" -eq 0 ] && { echo "everything under $* belongs to root"; exit 0; }
+echo "$n path(s) under $* belong to a UID other than root, first: $(ls -lnd "$(find "$@" -xdev ! -user 0 2>/dev/null | head -n 1)")"; exit 1"#;
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One image to check.
@@ -296,6 +305,8 @@ impl<'a> Checker<'a> {
             Role::Init => self.init_conventions(),
             Role::Other => {}
         }
+        // Every role: an unpacked archive's owner must not own what the image installs.
+        self.shell_check("root-owned", &None, &[], ROOT_OWNED);
         if let Some(metadata) = &spec.metadata {
             self.metadata(metadata);
         }
@@ -623,6 +634,9 @@ impl<'a> Checker<'a> {
     }
 
     fn command(&self, check: &CommandCheck) {
+        if !self.wanted(&check.name) {
+            return;
+        }
         let timeout = check
             .timeout_seconds
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);

@@ -17,6 +17,7 @@ pub const CONVENTIONS: &[&str] = &[
     "copies-to-tools",
     "arbitrary-uid",
     "restricted-profile",
+    "root-owned",
 ];
 
 /// Validates an `ls -l` style permission string from `image.toml`.

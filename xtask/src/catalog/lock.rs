@@ -33,6 +33,11 @@ pub struct Tool {
     pub sha256: BTreeMap<String, String>,
     /// For artifacts published with a signature and no checksum.
     pub signature: Option<Signature>,
+    /// For a Go-built tool: the Go release its published binaries were built with, as a
+    /// public record shows it (cite it in `source`). `images tools` warns when it is
+    /// older than the lock's `go`.
+    #[serde(default)]
+    pub built_with_go: Option<String>,
     /// Where the digests were read, for the next person who updates them.
     pub source: String,
 }
@@ -98,6 +103,14 @@ fn validate_tool(dir: &Path, name: &str, tool: &Tool) -> Result<()> {
         );
     }
     validate_url("url", &tool.url)?;
+    if let Some(go) = &tool.built_with_go {
+        if go_release(go).is_none() {
+            bail!(
+                "built_with_go '{}' must be a Go release such as 1.25.5",
+                printable(go)
+            );
+        }
+    }
     for (arch, sum) in &tool.sha256 {
         if !ARCHES.contains(&arch.as_str()) {
             bail!(
@@ -146,6 +159,36 @@ fn validate_tool(dir: &Path, name: &str, tool: &Tool) -> Result<()> {
     Ok(())
 }
 
+/// A Go release ("1.25.5", "1.25") as numbers to compare.
+pub fn go_release(text: &str) -> Option<Vec<u32>> {
+    let parts: Option<Vec<u32>> = text.split('.').map(|p| p.parse().ok()).collect();
+    parts.filter(|p| (2..=3).contains(&p.len()))
+}
+
+/// Warnings for Go-built tools whose binaries were built with an older Go than the
+/// lock's own `go`: such a tool may refuse the modules that Go writes (golangci-lint
+/// stops on a module whose `go` line is newer than its own Go).
+pub fn older_go_warnings(lock: &ToolsLock) -> Vec<String> {
+    let Some(go) = lock.tools.get("go") else {
+        return Vec::new();
+    };
+    let Some(lock_go) = go_release(&go.version) else {
+        return Vec::new();
+    };
+    lock.tools
+        .iter()
+        .filter_map(|(name, tool)| {
+            let built = tool.built_with_go.as_deref()?;
+            (go_release(built)? < lock_go).then(|| {
+                format!(
+                    "{name} {} was built with go{built}, older than the lock's go {}: it may refuse modules for go {}",
+                    tool.version, go.version, go.version
+                )
+            })
+        })
+        .collect()
+}
+
 /// 64 lower-case hex digits, as a published sha256 is written: the digest rule itself.
 fn is_sha256_hex(sum: &str) -> bool {
     crate::oci::Digest::parse(&format!("sha256:{sum}")).is_ok()
@@ -182,6 +225,7 @@ mod tests {
             arch_names: BTreeMap::new(),
             sha256: [("amd64".to_string(), "a".repeat(64))].into(),
             signature: None,
+            built_with_go: None,
             source: "test".into(),
         }
     }
@@ -213,5 +257,24 @@ mod tests {
             good.url_for("amd64"),
             "https://h.example/v1.2.3/t-amd64.tgz"
         );
+        let mut bad_go = good.clone();
+        bad_go.built_with_go = Some("go1.25; x".into());
+        assert!(validate_tool(dir.path(), "t", &bad_go).is_err());
+    }
+
+    #[test]
+    fn a_tool_built_with_an_older_go_is_named() {
+        let mut lock = ToolsLock::default();
+        lock.tools
+            .insert("go".into(), tool("https://h.example/go", "1.25.5"));
+        let mut lint = tool("https://h.example/lint", "2.1.6");
+        lint.built_with_go = Some("1.24.2".into());
+        lock.tools.insert("golangci-lint".into(), lint.clone());
+        let warnings = older_go_warnings(&lock);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("golangci-lint 2.1.6 was built with go1.24.2"));
+        lint.built_with_go = Some("1.25.5".into());
+        lock.tools.insert("golangci-lint".into(), lint);
+        assert!(older_go_warnings(&lock).is_empty());
     }
 }
