@@ -294,7 +294,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
     assert_eq!(failures.len(), 1, "{outcomes:#}");
     let detail = failures[0]["detail"].as_str().unwrap();
     assert!(
-        detail.contains("belong to a UID other than root") && detail.contains(" 1001 "),
+        detail.contains("belong to a UID other than root") && detail.contains("uid 1001"),
         "{detail}"
     );
     assert!(stderr.contains("foreign-owner: root-owned as"), "{stderr}");

@@ -176,6 +176,34 @@ pub async fn retag_in_registry(registries: &Registries, found: &Found) -> Result
     Ok(())
 }
 
+/// Writes every tag of `target` after the first, which the build pushed as `digest`,
+/// from the registry's exact bytes of that manifest.
+pub async fn tag_the_rest(
+    registries: &Registries,
+    target: &BuildTarget,
+    digest: &str,
+) -> Result<()> {
+    let Some((first, rest)) = target.tags.split_first() else {
+        return Ok(());
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let first = ImageRef::parse(first)?;
+    let pinned = Reference::Digest(Digest::parse(digest)?);
+    let client = registries.get(&first.registry).await?;
+    let (bytes, media_type) = client.get_manifest(&first.repository, &pinned).await?;
+    for tag in rest {
+        let tag = ImageRef::parse(tag)?;
+        registries
+            .get(&tag.registry)
+            .await?
+            .put_manifest(&tag.repository, &tag.pointer(), &bytes, &media_type)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Every target of `plan` already in the local engine under one of its tags, labelled
 /// with its input digest for the platforms of this build: one `docker images` for what
 /// each tag points at, one `docker image inspect` for their labels.

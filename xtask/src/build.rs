@@ -194,6 +194,17 @@ impl BuildArgs {
                 Some((t.name.clone(), digest.to_string()))
             })
             .collect();
+        if inputs.output == Output::Push {
+            crate::oci::block_on_within(timeout, async {
+                let registries = Registries::new(insecure.clone());
+                for t in plan.requested() {
+                    if let Some(digest) = digests.get(&t.name) {
+                        avoid::tag_the_rest(&registries, t, digest).await?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
         if let Some(dir) = &self.by_digest {
             let pushed = crate::oci::block_on_within(
                 timeout,

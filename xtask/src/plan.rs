@@ -130,6 +130,19 @@ pub struct BuildTarget {
     pub layout: PathBuf,
 }
 
+impl BuildTarget {
+    /// The tags BuildKit writes. A push names only the first: distribution 2.8 writes a
+    /// tag's link in place, and BuildKit's parallel HEADs of several tags of one image
+    /// read half-written links as a 500 ("invalid checksum digest format"). The rest are
+    /// written after the build, one at a time, by `avoid::tag_the_rest`.
+    pub fn bake_tags(&self) -> &[String] {
+        match self.output {
+            Output::Push => &self.tags[..self.tags.len().min(1)],
+            _ => &self.tags,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildPlan {
     pub targets: Vec<BuildTarget>,
@@ -279,7 +292,7 @@ impl BuildPlan {
             let mut target = json!({
                 "context": t.context,
                 "dockerfile": "Dockerfile",
-                "tags": t.tags,
+                "tags": t.bake_tags(),
                 "platforms": t.platforms,
                 "labels": t.labels,
                 "output": [t.output.exporter(&t.layout)],

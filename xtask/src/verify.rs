@@ -29,14 +29,9 @@ const RESTRICTED: &[&str] = &[
     "no-new-privileges",
 ];
 
-/// Nothing under /usr/local or /opt may belong to a UID other than root (an archive
-/// unpacked as root keeps its builder's UID unless told not to).
-const ROOT_OWNED: &str = r#"set --; for d in /usr/local /opt; do [ -d "$d" ] && set -- "$@" "$d"; done
-[ $# -gt 0 ] || { echo "no /usr/local or /opt"; exit 0; }
-command -v find >/dev/null || { echo "no find to list $*: skip root-owned with a reason"; exit 1; }
-n=$(find "$@" -xdev ! -user 0 2>/dev/null | wc -l)
-[ "$n" -eq 0 ] && { echo "everything under $* belongs to root"; exit 0; }
-echo "$n path(s) under $* belong to a UID other than root, first: $(ls -lnd "$(find "$@" -xdev ! -user 0 2>/dev/null | head -n 1)")"; exit 1"#;
+/// Nothing under these may belong to a UID other than root (an archive unpacked as root
+/// keeps its builder's UID unless told not to).
+const ROOT_OWNED: &[&str] = &["/usr/local", "/opt"];
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -306,7 +301,9 @@ impl<'a> Checker<'a> {
             Role::Other => {}
         }
         // Every role: an unpacked archive's owner must not own what the image installs.
-        self.shell_check("root-owned", &None, &[], ROOT_OWNED);
+        if self.wanted("root-owned") {
+            self.root_owned();
+        }
         if let Some(metadata) = &spec.metadata {
             self.metadata(metadata);
         }
@@ -633,6 +630,24 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn root_owned(&self) {
+        let dirs = ROOT_OWNED.join(" and ");
+        match foreign_owned(&self.subject.reference, ROOT_OWNED) {
+            Ok((0, _)) => self.record(
+                "root-owned",
+                None,
+                true,
+                format!("everything under {dirs} belongs to root"),
+            ),
+            Ok((count, first)) => {
+                let (path, uid) = first.unwrap_or_default();
+                let detail = format!("{count} path(s) under {dirs} belong to a UID other than root, first: {path} (uid {uid})");
+                self.record("root-owned", None, false, detail)
+            }
+            Err(e) => self.record("root-owned", None, false, format!("{e:#}")),
+        }
+    }
+
     fn command(&self, check: &CommandCheck) {
         if !self.wanted(&check.name) {
             return;
@@ -802,9 +817,8 @@ pub struct Stat {
     pub gid: u32,
 }
 
-/// A path's mode and owner as the image has it, read from the tar header `docker cp`
-/// streams, so it works on images without a shell or `stat`.
-fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
+/// Runs `f` with a created (never started) container of `reference`, removed after.
+fn in_container<T>(reference: &str, f: impl FnOnce(&str) -> Result<T>) -> Result<T> {
     let name = container_name();
     docker::docker(&[
         "create",
@@ -814,42 +828,82 @@ fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
         "/verify-never-runs",
         reference,
     ])?;
-    let result = (|| {
-        let mut child = std::process::Command::new("docker")
-            .args(["cp", &format!("{name}:{path}"), "-"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut archive = tar::Archive::new(stdout);
-        let first = archive
-            .entries()?
-            .next()
-            .transpose()?
-            .map(|entry| -> Result<Stat> {
-                let header = entry.header();
-                let kind = match header.entry_type() {
-                    tar::EntryType::Directory => 'd',
-                    tar::EntryType::Symlink => 'l',
-                    _ => '-',
-                };
-                Ok(Stat {
-                    permissions: permissions_text(kind, header.mode()?),
-                    uid: header.uid()? as u32,
-                    gid: header.gid()? as u32,
-                })
-            })
-            .transpose()?;
-        drop(archive);
-        let _ = child.kill();
-        let output = child.wait_with_output()?;
-        if first.is_none() && !String::from_utf8_lossy(&output.stderr).contains("Could not find") {
-            bail!("docker cp {path}: {}", docker::last_line(&output.stderr));
-        }
-        Ok(first)
-    })();
+    let result = f(&name);
     let _ = docker::docker(&["rm", "-f", &name]);
     result
+}
+
+/// The tar `docker cp` streams of `path` in `container`; None when the path is absent.
+/// `visit` sees each entry's header until it returns false.
+fn copied_tar(
+    container: &str,
+    path: &str,
+    mut visit: impl FnMut(&tar::Header, &Path) -> Result<bool>,
+) -> Result<bool> {
+    let mut child = std::process::Command::new("docker")
+        .args(["cp", &format!("{container}:{path}"), "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut archive = tar::Archive::new(stdout);
+    let mut seen = false;
+    for entry in archive.entries()? {
+        let entry = entry?;
+        seen = true;
+        if !visit(entry.header(), &entry.path()?)? {
+            break;
+        }
+    }
+    drop(archive);
+    let _ = child.kill();
+    let output = child.wait_with_output()?;
+    if !seen && !String::from_utf8_lossy(&output.stderr).contains("Could not find") {
+        bail!("docker cp {path}: {}", docker::last_line(&output.stderr));
+    }
+    Ok(seen)
+}
+
+/// A path's mode and owner as the image has it, read from the tar header `docker cp`
+/// streams, so it works on images without a shell or `stat`.
+fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
+    in_container(reference, |name| {
+        let mut stat = None;
+        copied_tar(name, path, |header, _| {
+            let kind = match header.entry_type() {
+                tar::EntryType::Directory => 'd',
+                tar::EntryType::Symlink => 'l',
+                _ => '-',
+            };
+            stat = Some(Stat {
+                permissions: permissions_text(kind, header.mode()?),
+                uid: header.uid()? as u32,
+                gid: header.gid()? as u32,
+            });
+            Ok(false)
+        })?;
+        Ok(stat)
+    })
+}
+
+/// How many paths under `dirs` belong to a UID other than root, and the first, from the
+/// tar headers `docker cp` streams: no shell or `find` needed in the image.
+fn foreign_owned(reference: &str, dirs: &[&str]) -> Result<(usize, Option<(String, u64)>)> {
+    in_container(reference, |name| {
+        let (mut count, mut first) = (0, None);
+        for dir in dirs {
+            let parent = Path::new(dir).parent().unwrap_or(Path::new("/"));
+            copied_tar(name, dir, |header, path| {
+                let uid = header.uid()?;
+                if uid != 0 {
+                    count += 1;
+                    first.get_or_insert_with(|| (parent.join(path).display().to_string(), uid));
+                }
+                Ok(true)
+            })?;
+        }
+        Ok((count, first))
+    })
 }
 
 /// `ls -l` style: `drwxrwxrwt`.
