@@ -3,7 +3,7 @@
 //! a tag that is missing, or points elsewhere, is written from the manifest that does
 //! carry the digest (registry-side for `--push`, `docker tag` for `--load`).
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use crate::index::{child_for, platform_name};
 use crate::inputs::{Inputs, KEY};
 use crate::naming::ImageRef;
 use crate::oci::registry::Client;
-use crate::oci::{Digest, Reference, Registries};
+use crate::oci::{Digest, Reference, Registries, Registry, Repository};
 use crate::plan::{BuildPlan, BuildTarget};
 
 /// A config blob larger than this is not an image config.
@@ -176,32 +176,31 @@ pub async fn retag_in_registry(registries: &Registries, found: &Found) -> Result
     Ok(())
 }
 
-/// Writes every tag of `target` after the first, which the build pushed as `digest`,
-/// from the registry's exact bytes of that manifest.
-pub async fn tag_the_rest(
-    registries: &Registries,
-    target: &BuildTarget,
-    digest: &str,
-) -> Result<()> {
-    let Some((first, rest)) = target.tags.split_first() else {
-        return Ok(());
-    };
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let first = ImageRef::parse(first)?;
-    let pinned = Reference::Digest(Digest::parse(digest)?);
-    let client = registries.get(&first.registry).await?;
-    let (bytes, media_type) = client.get_manifest(&first.repository, &pinned).await?;
-    for tag in rest {
+/// Pushes the OCI layout BuildKit wrote for `target` by digest, then writes each of its
+/// tags from those exact bytes, one at a time. Returns the index's digest.
+pub async fn push_tagged(registries: &Registries, target: &BuildTarget) -> Result<Digest> {
+    let mut pushed: Vec<(Registry, Repository)> = Vec::new();
+    let mut index: Option<(Bytes, String)> = None;
+    for tag in &target.tags {
         let tag = ImageRef::parse(tag)?;
-        registries
-            .get(&tag.registry)
-            .await?
-            .put_manifest(&tag.repository, &tag.pointer(), &bytes, &media_type)
+        let client = registries.get(&tag.registry).await?;
+        let place = (tag.registry.clone(), tag.repository.clone());
+        if !pushed.contains(&place) {
+            let bytes = crate::by_digest::push_layout(&client, &tag, &target.layout).await?;
+            let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)?["mediaType"]
+                .as_str()
+                .unwrap_or(crate::merge::INDEX_TYPE)
+                .to_string();
+            index = Some((bytes, media_type));
+            pushed.push(place);
+        }
+        let (bytes, media_type) = index.as_ref().expect("pushed above");
+        client
+            .put_manifest(&tag.repository, &tag.pointer(), bytes, media_type)
             .await?;
     }
-    Ok(())
+    let (bytes, _) = index.ok_or_else(|| anyhow!("{} has no tag to push", target.name))?;
+    Ok(Digest::of_sha256(&bytes))
 }
 
 /// Every target of `plan` already in the local engine under one of its tags, labelled

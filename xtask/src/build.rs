@@ -159,7 +159,7 @@ impl BuildArgs {
             let docker_args = plan.bake_args(&build_bake, &metadata_path);
             let _ = fs::remove_file(&metadata_path);
             for t in plan.requested() {
-                if t.output == Output::ByDigest {
+                if t.output.is_registry() {
                     let _ = fs::remove_dir_all(&t.layout);
                 }
             }
@@ -198,9 +198,11 @@ impl BuildArgs {
             crate::oci::block_on_within(timeout, async {
                 let registries = Registries::new(insecure.clone());
                 for t in plan.requested() {
-                    if let Some(digest) = digests.get(&t.name) {
-                        avoid::tag_the_rest(&registries, t, digest).await?;
-                    }
+                    let digest = avoid::push_tagged(&registries, t)
+                        .await
+                        .with_context(|| format!("pushing {}", t.name))?;
+                    digests.insert(t.name.clone(), digest.to_string());
+                    let _ = fs::remove_dir_all(&t.layout);
                 }
                 Ok(())
             })?;
@@ -296,6 +298,7 @@ async fn publish_by_digest(
                     .await
                     .with_context(|| format!("pushing {} by digest", t.name))?;
                 pushed.insert(t.name.clone(), Digest::of_sha256(&bytes).to_string());
+                let _ = fs::remove_dir_all(&b.layout);
                 bytes
             }
             _ => continue,

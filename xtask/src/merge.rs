@@ -21,7 +21,7 @@ use crate::inputs;
 use crate::naming::{ImageRef, Publish};
 use crate::oci::{Digest, Reference, Registries};
 
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 impl MergeArgs {
     pub fn run(self, root: &Path) -> Result<()> {

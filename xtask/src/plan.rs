@@ -21,9 +21,7 @@ pub enum Output {
     Cache,
     Load,
     Push,
-    /// Pushed by digest with no tag (`--push --by-digest`): BuildKit writes an OCI
-    /// layout, which our registry client pushes, since buildx's docker driver has no
-    /// `push-by-digest`.
+    /// Pushed by digest with no tag (`--push --by-digest`).
     #[serde(rename = "by-digest")]
     ByDigest,
 }
@@ -33,8 +31,13 @@ impl Output {
         match self {
             Output::Cache => "type=cacheonly".into(),
             Output::Load => "type=docker".into(),
-            Output::Push => "type=registry".into(),
-            Output::ByDigest => format!("type=oci,tar=false,dest={}", layout.display()),
+            // BuildKit never talks to the registry: distribution 2.8 writes a tag's link
+            // in place, and the engine's pusher HEADs a tag while it is being written,
+            // reading a half-written link as a 500 ("invalid checksum digest format").
+            // Our client pushes the layout and then writes each tag, one at a time.
+            Output::Push | Output::ByDigest => {
+                format!("type=oci,tar=false,dest={}", layout.display())
+            }
         }
     }
 
@@ -44,9 +47,9 @@ impl Output {
     }
 }
 
-/// Where `--by-digest` has BuildKit write `image`'s OCI layout.
+/// Where a push has BuildKit write `image`'s OCI layout for our client to push.
 pub fn layout_dir(out: &Path, image: &str) -> PathBuf {
-    out.join(".by-digest").join(image)
+    out.join(".layouts").join(image)
 }
 
 /// Inputs shared by every target of one build.
@@ -126,21 +129,8 @@ pub struct BuildTarget {
     pub inputs: Inputs,
     /// The parent in the catalog, if any.
     pub parent: Option<String>,
-    /// Where `Output::ByDigest` writes the OCI layout.
+    /// Where `Output::Push` and `Output::ByDigest` have BuildKit write the OCI layout.
     pub layout: PathBuf,
-}
-
-impl BuildTarget {
-    /// The tags BuildKit writes. A push names only the first: distribution 2.8 writes a
-    /// tag's link in place, and BuildKit's parallel HEADs of several tags of one image
-    /// read half-written links as a 500 ("invalid checksum digest format"). The rest are
-    /// written after the build, one at a time, by `avoid::tag_the_rest`.
-    pub fn bake_tags(&self) -> &[String] {
-        match self.output {
-            Output::Push => &self.tags[..self.tags.len().min(1)],
-            _ => &self.tags,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -292,7 +282,7 @@ impl BuildPlan {
             let mut target = json!({
                 "context": t.context,
                 "dockerfile": "Dockerfile",
-                "tags": t.bake_tags(),
+                "tags": t.tags,
                 "platforms": t.platforms,
                 "labels": t.labels,
                 "output": [t.output.exporter(&t.layout)],

@@ -452,6 +452,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = fs::read_to_string(&self.log).unwrap_or_default();
+            // A server error is what explains a failure, and it is rarely in the tail.
+            let failed = log.lines().filter(|l| l.contains("http.response.status=5"));
+            for line in failed.take(5) {
+                eprintln!("{} answered 5xx:\n  {line}", self.name);
+            }
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             eprintln!("{} log, last lines:", self.name);
             for line in tail.iter().rev() {
