@@ -1,4 +1,5 @@
 mod avoid;
+mod bases;
 mod bench;
 mod build;
 mod by_digest;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Verify(args) => args.run(&root),
             ImagesCommand::Tools(args) => args.run(&root),
             ImagesCommand::New(args) => args.run(&root),
+            ImagesCommand::Bases(args) => args.run(&root),
         },
         Command::Bench(bench) => match *bench {
             BenchCommand::Mirror(args) => args.run(&root),
