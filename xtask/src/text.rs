@@ -49,9 +49,32 @@ pub fn read_ca_pem(flag: &str, path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// `words` as one shell command line, quoting only what needs it.
+pub fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_quote_only_when_needed() {
+        let words = ["docker", "a b", "it's"].map(String::from);
+        assert_eq!(shell_words(&words), r"docker 'a b' 'it'\''s'");
+    }
 
     #[test]
     fn printable_escapes_control_characters_and_caps_the_length() {
