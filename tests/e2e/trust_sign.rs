@@ -528,3 +528,37 @@ fn bad_signing_input_is_one_line_and_pushes_nothing() {
     site.registry
         .assert_empty("refused up front: nothing pushed");
 }
+
+#[test]
+fn keyless_dry_run_shows_cosign_by_digest_with_no_key() {
+    let project = project();
+    let args = [
+        "images",
+        "build",
+        "--push",
+        "--sign",
+        "--sbom",
+        "--sign-keyless",
+        "--dry-run",
+        "--registry",
+        "r.e2e.example",
+        "--org",
+        "e2e",
+    ];
+    let out = xtask_in(project.path(), &args, &[]);
+    assert_ok(&out, "dry run");
+    let stdout = text(&out.stdout);
+    let repository = "r.e2e.example/e2e/kubeopencode-agent-base";
+    assert!(
+        stdout.contains(&format!(
+            "cosign sign --recursive --yes '{repository}@<index digest>'"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("'registry:{repository}@<platform digest>'")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("--key"), "{stdout}");
+    assert!(!stdout.contains("--tlog-upload=false"), "{stdout}");
+}

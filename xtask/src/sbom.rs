@@ -16,8 +16,8 @@ use crate::cli::SbomArgs;
 use crate::index::{child_for, children, is_attestation, platform_name};
 use crate::naming::ImageRef;
 use crate::oci::registry::Client;
-use crate::oci::{Digest, Reference, Registries, Repository};
-use crate::sign::cosign_tag;
+
+use crate::oci::{Digest, Reference, Registries, Repository, Tag};
 use crate::text::printable;
 
 const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
@@ -25,6 +25,14 @@ const DSSE_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 const IN_TOTO: &str = "application/vnd.in-toto+json";
 /// An SBOM is read whole to be parsed; a big image's is a few MiB.
 const MAX_ATTESTATION_BYTES: u64 = 128 << 20;
+
+/// The tag cosign keeps a digest's signatures (`sig`) or attestations (`att`) under.
+pub fn cosign_tag(digest: &Digest, suffix: &str) -> Result<Tag> {
+    Ok(Tag::parse(&format!(
+        "{}.{suffix}",
+        digest.as_str().replace(':', "-")
+    ))?)
+}
 
 /// Where the SBOM of `image` for `platform` (`os-arch`) is written.
 pub fn file(out: &Path, image: &str, platform: &str) -> PathBuf {
@@ -79,7 +87,7 @@ pub fn generate(reference: &str, file: &Path, relaxed: bool, plain_http: bool) -
     if !out.status.success() {
         bail!(
             "syft scan of {reference} failed: {}",
-            crate::sign::error_line(&out.stderr)
+            crate::text::error_line(&out.stderr)
         );
     }
     Ok(())
@@ -350,6 +358,15 @@ mod tests {
         json!({"payloadType": IN_TOTO, "payload": payload, "signatures": []})
             .to_string()
             .into_bytes()
+    }
+
+    #[test]
+    fn cosign_tags() {
+        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        assert_eq!(
+            cosign_tag(&digest, "att").unwrap().as_str(),
+            format!("sha256-{}.att", "a".repeat(64))
+        );
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::process::{Command, Stdio};
 
 use crate::cli::SignArgs;
 use crate::naming::ImageRef;
-use crate::oci::{Digest, Reference, Registries, Tag};
-use crate::sbom;
-use crate::text::shell_words;
+use crate::oci::{Digest, Reference, Registries};
+use crate::sbom::{self, cosign_tag};
+use crate::text::{error_line, shell_words};
 
 /// How cosign signs.
 #[derive(Debug, Clone)]
@@ -129,14 +129,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(path)
     })
-}
-
-/// The tag cosign keeps a digest's signatures (`sig`) or attestations (`att`) under.
-pub fn cosign_tag(digest: &Digest, suffix: &str) -> Result<Tag> {
-    Ok(Tag::parse(&format!(
-        "{}.{suffix}",
-        digest.as_str().replace(':', "-")
-    ))?)
 }
 
 /// An image that was pushed, or is already there (`fresh: false`: signed and attested
@@ -378,36 +370,6 @@ fn cosign_line(args: &[String]) -> String {
     format!("cosign {}", shell_words(args))
 }
 
-/// The line of a tool's stderr that says what went wrong, made safe to print.
-pub fn error_line(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let line = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("Error: "))
-        .or(lines.last().copied())
-        .unwrap_or("no message");
-    let mut out: String = line
-        .chars()
-        .take(300)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if line.chars().count() > 300 {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,19 +437,5 @@ mod tests {
         );
         assert!(lines[3].starts_with("cosign attest --type spdxjson --predicate"));
         assert!(lines.iter().all(|l| !l.contains("c2VjcmV0")));
-    }
-
-    #[test]
-    fn cosign_tags_and_error_lines() {
-        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
-        assert_eq!(
-            cosign_tag(&digest, "att").unwrap().as_str(),
-            format!("sha256-{}.att", "a".repeat(64))
-        );
-        let stderr = b"Using payload\nError: signing: decrypt: encrypted: decryption failed\nmain.go:74: error during command execution\n";
-        assert_eq!(
-            error_line(stderr),
-            "signing: decrypt: encrypted: decryption failed"
-        );
     }
 }
