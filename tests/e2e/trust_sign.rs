@@ -562,3 +562,37 @@ fn keyless_dry_run_shows_cosign_by_digest_with_no_key() {
     assert!(!stdout.contains("--key"), "{stdout}");
     assert!(!stdout.contains("--tlog-upload=false"), "{stdout}");
 }
+
+#[test]
+fn an_image_pushed_unsigned_is_signed_by_a_rerun_once() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let site = Site::new();
+    let keys = Keys::new();
+    let key = keys.key().display().to_string();
+    let env = [("COSIGN_PASSWORD", keys.password.as_str())];
+    let build = ["images", "build", "--push", "--progress", "quiet", "--json"];
+    assert_ok(&site.xtask(&build, &[]), "build --push");
+    let (index, _) = site.pushed();
+    let signed = || {
+        let mut args = build.to_vec();
+        args.extend(["--sign", "--sign-key", &key]);
+        let out = site.xtask(&args, &env);
+        assert_ok(&out, "build --push --sign");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report[0]["status"], "up to date", "{report}");
+        text(&out.stderr)
+    };
+    let first = signed();
+    assert!(
+        first.contains(&format!("==> signed {}", site.at(&index))),
+        "{first}"
+    );
+    let public = keys.public();
+    let reference = site.at(&index);
+    let args = ["verify", "--key", &public, "--insecure-ignore-tlog"];
+    let mut args = args.to_vec();
+    args.extend(["--allow-insecure-registry", &reference]);
+    assert_ok(&cosign(&args), "cosign verify after the re-run");
+    let second = signed();
+    assert!(!second.contains("==> signed"), "signed twice: {second}");
+}

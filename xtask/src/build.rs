@@ -228,7 +228,6 @@ impl BuildArgs {
             })?;
         }
         if let Some(trust) = &trust {
-            let timeout = self.registry.timeout.map(Into::into);
             trust.run(&subjects(&full, &found, &digests)?, &prepared.out, timeout)?;
         }
         if let Some(dir) = &self.by_digest {
