@@ -36,7 +36,28 @@ fn project() -> tempfile::TempDir {
         &p.join("agents/base/busybox"),
         &fs::read("/bin/busybox").expect("/bin/busybox (busybox-static): run .ci/provision"),
     );
+    // A lock entry for it, so `images sbom` has a tool to find; copied, not downloaded,
+    // so there is no published digest to pin.
+    write(
+        &p.join("agents/base/tools.toml"),
+        format!(
+            "[tools.busybox]\nversion = \"{}\"\n\
+             url = \"https://busybox.net/downloads/busybox-{{version}}.tar.bz2\"\n\
+             sha256 = {{ amd64 = \"\", arm64 = \"\" }}\n\
+             source = \"e2e fixture: the host's /bin/busybox, copied into the context\"\n",
+            busybox_version()
+        )
+        .as_bytes(),
+    );
     dir
+}
+
+/// The host busybox's version, from its banner (`BusyBox v1.35.0 (Debian ...)`).
+fn busybox_version() -> String {
+    let out = Command::new("/bin/busybox").output().unwrap();
+    let banner = text(&out.stdout);
+    let word = banner.split_whitespace().nth(1).unwrap_or_default();
+    word.trim_start_matches('v').to_string()
 }
 
 /// A throwaway cosign key pair under a random password.
@@ -271,6 +292,9 @@ fn key_signed_images_and_their_sboms_verify_with_cosign_and_leak_no_secret() {
             "{report}"
         );
         assert!(platforms.contains(&report["digest"].as_str().unwrap().to_string()));
+        let tools = report["tools_lock"].as_array().unwrap();
+        assert_eq!(tools[0]["tool"], "busybox", "{report}");
+        assert_eq!(tools[0]["in_sbom"][0], busybox_version(), "{report}");
     }
     let out = site.xtask(
         &["images", "sbom", "base", "--platform", "linux/amd64"],

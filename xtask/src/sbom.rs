@@ -166,7 +166,7 @@ impl SbomArgs {
                     locked: tool.version.clone(),
                     in_sbom: packages
                         .iter()
-                        .filter(|p| p.name.eq_ignore_ascii_case(name))
+                        .filter(|p| names_tool(&p.name, name))
                         .map(|p| p.version.clone())
                         .collect(),
                 })
@@ -312,6 +312,23 @@ pub fn document(envelope: &[u8], digest: &Digest) -> Result<Value> {
     }
 }
 
+/// Whether a package is the tool `tool`: by its name (syft's binary classifiers), or
+/// as the last element of a Go module path (`github.com/golangci/golangci-lint/v2`).
+fn names_tool(package: &str, tool: &str) -> bool {
+    let package = package.to_ascii_lowercase();
+    let tool = tool.to_ascii_lowercase();
+    let mut parts = package.rsplit('/');
+    let last = parts.next().unwrap_or_default();
+    let is_major =
+        last.len() > 1 && last.starts_with('v') && last[1..].bytes().all(|b| b.is_ascii_digit());
+    let last = if is_major {
+        parts.next().unwrap_or_default()
+    } else {
+        last
+    };
+    package == tool || last == tool
+}
+
 /// Every package of an SPDX document but the image itself, sorted.
 pub fn packages(document: &Value) -> Vec<Package> {
     let mut out: Vec<Package> = document["packages"]
@@ -358,6 +375,21 @@ mod tests {
         json!({"payloadType": IN_TOTO, "payload": payload, "signatures": []})
             .to_string()
             .into_bytes()
+    }
+
+    #[test]
+    fn tools_are_found_by_name_or_module_path() {
+        assert!(names_tool("node", "node"));
+        assert!(names_tool(
+            "github.com/golangci/golangci-lint/v2",
+            "golangci-lint"
+        ));
+        assert!(names_tool("github.com/cli/cli", "cli"));
+        assert!(!names_tool(
+            "github.com/golangci/golangci-lint/v2",
+            "golangci"
+        ));
+        assert!(!names_tool("nodejs-foo", "node"));
     }
 
     #[test]
