@@ -597,6 +597,8 @@ fn an_image_pushed_unsigned_is_signed_by_a_rerun_once() {
     let build = ["images", "build", "--push", "--progress", "quiet", "--json"];
     assert_ok(&site.xtask(&build, &[]), "build --push");
     let (index, _) = site.pushed();
+    let line = one_line(&site.xtask(&["images", "sbom", "base"], &[]));
+    assert!(line.contains("no SBOM attestation"), "{line}");
     let signed = || {
         let mut args = build.to_vec();
         args.extend(["--sign", "--sign-key", &key]);
