@@ -432,7 +432,7 @@ const ISSUER: &str = "https://ci.e2e.example";
 
 #[test]
 fn merged_images_signed_with_a_site_ca_verify_with_cosign() {
-    need!(Docker, Registry, Skopeo, Cosign);
+    need!(Docker, Registry, Skopeo, Cosign, Syft);
     let site = Site::new();
     let keys = Keys::new();
     let (cert, chain) = site_ca(&keys);
@@ -459,7 +459,7 @@ fn merged_images_signed_with_a_site_ca_verify_with_cosign() {
     }
     let mut args = vec!["images", "merge"];
     args.extend(dirs.iter().map(String::as_str));
-    args.extend(["--sign", "--sign-key", &key, "--sign-cert", &cert]);
+    args.extend(["--sign", "--sbom", "--sign-key", &key, "--sign-cert", &cert]);
     args.extend(["--sign-cert-chain", &chain]);
     let out = site.xtask(&args, &env);
     assert_ok(&out, "merge --sign");
@@ -470,10 +470,10 @@ fn merged_images_signed_with_a_site_ca_verify_with_cosign() {
     );
 
     let (index, platforms) = site.pushed();
-    let verify = |digest: &str, identity: &str| {
+    let verify = |digest: &str, identity: &str, command: &[&str]| {
         let reference = site.at(digest);
-        let args = [
-            "verify",
+        let mut args = command.to_vec();
+        args.extend([
             "--certificate-chain",
             &chain,
             "--certificate-identity",
@@ -484,14 +484,26 @@ fn merged_images_signed_with_a_site_ca_verify_with_cosign() {
             "--insecure-ignore-sct",
             "--allow-insecure-registry",
             &reference,
-        ];
+        ]);
         cosign(&args)
     };
     for digest in platforms.iter().chain([&index]) {
-        assert_ok(&verify(digest, IDENTITY), "cosign verify with the site CA");
+        assert_ok(
+            &verify(digest, IDENTITY, &["verify"]),
+            "cosign verify with the site CA",
+        );
+    }
+    let attestation = ["verify-attestation", "--type", "spdxjson"];
+    for digest in &platforms {
+        assert_ok(
+            &verify(digest, IDENTITY, &attestation),
+            "cosign verify-attestation with the site CA",
+        );
     }
     assert!(
-        !verify(&index, "someone@e2e.example").status.success(),
+        !verify(&index, "someone@e2e.example", &["verify"])
+            .status
+            .success(),
         "another identity verified"
     );
 }
