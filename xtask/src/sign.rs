@@ -193,6 +193,8 @@ impl Trust {
                 let why = error_line(&out.stderr);
                 let hint = if is_kms(key) {
                     "check the URI and the KMS credentials"
+                } else if std::env::var_os("COSIGN_PASSWORD").is_none() {
+                    "COSIGN_PASSWORD is not set: set it to the key's password"
                 } else {
                     "COSIGN_PASSWORD must hold its password"
                 };
