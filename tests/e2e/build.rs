@@ -14,6 +14,11 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
     let registry = Registry::start();
     let prefix = format!("{}/mirror", registry.addr);
     push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
+    // A checkout of one commit, its bases pinned to the stand-in the mirror holds.
+    let project = project_copy();
+    commit_all(project.path());
+    pin_bases(project.path(), &["opencode", "attach"], &prefix);
+    let xtask = |args: &[&str]| xtask_in(project.path(), args, &[]);
 
     // The host's CA bundle plus a marker, to prove the secret never lands in a layer.
     let secrets = tempfile::tempdir().unwrap();
@@ -113,6 +118,13 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
             labels["org.opencontainers.image.title"],
             format!("kubeopencode-agent-{image}")
         );
+        // SOURCE_DATE_EPOCH defaults to the commit time.
+        assert_eq!(
+            labels["org.opencontainers.image.created"],
+            "2026-01-02T03:04:05Z"
+        );
+        let config = skopeo_config(&reference);
+        assert_eq!(config["created"], "2026-01-02T03:04:05Z", "{config}");
         for key in ["source", "revision", "created", "description"] {
             let value = labels[format!("org.opencontainers.image.{key}")]
                 .as_str()
@@ -128,6 +140,70 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
             &index,
             &marker,
         );
+    }
+
+    // The same commit built again, every step run anew: the same bytes.
+    let children = |image: &str| -> Vec<(String, String)> {
+        let reference = format!("{}/e2e/kubeopencode-agent-{image}:{version}", registry.addr);
+        let index = skopeo_raw(&reference);
+        let manifests = index["manifests"].as_array().unwrap().iter();
+        manifests
+            .map(|m| {
+                let digest = m["digest"].as_str().unwrap().to_string();
+                match m["annotations"]["vnd.docker.reference.type"].as_str() {
+                    Some(kind) => (kind.to_string(), digest),
+                    None => (
+                        m["platform"]["architecture"].as_str().unwrap().to_string(),
+                        digest,
+                    ),
+                }
+            })
+            .collect()
+    };
+    // Each platform manifest and its config, to show what differs.
+    let describe = |image: &str, children: &[(String, String)]| -> String {
+        let repository = format!("{}/e2e/kubeopencode-agent-{image}", registry.addr);
+        let mut out = String::new();
+        for (kind, digest) in children {
+            let pinned = format!("{repository}@{digest}");
+            out += &format!("{kind} {digest}:\n{:#}\n", skopeo_raw(&pinned));
+            if kind != "attestation-manifest" {
+                out += &format!("config: {:#}\n", skopeo_config(&pinned));
+            }
+        }
+        out
+    };
+    let images = ["opencode", "attach"];
+    let first: Vec<_> = images
+        .map(|image| {
+            let found = children(image);
+            let text = describe(image, &found);
+            (found, text)
+        })
+        .into();
+    let again = xtask(&[&args[..], &["--no-cache"]].concat());
+    assert!(again.status.success(), "rebuild: {}", text(&again.stderr));
+    let platforms = |list: &[(String, String)]| -> Vec<(String, String)> {
+        let kept = list
+            .iter()
+            .filter(|(kind, _)| kind != "attestation-manifest");
+        kept.cloned().collect()
+    };
+    for (image, (before, before_text)) in images.iter().zip(&first) {
+        let after = children(image);
+        assert_eq!(platforms(before).len(), 2, "{image}: {before:?}");
+        assert!(
+            platforms(before) == platforms(&after),
+            "{image}: platform manifests differ on a rebuild\nfirst build:\n{before_text}\nrebuild:\n{}",
+            describe(image, &after)
+        );
+        // The provenance records when and by which invocation it was built.
+        let index = if *before == after {
+            "identical"
+        } else {
+            "differs in its attestations"
+        };
+        eprintln!("{image}: index {index} on a rebuild");
     }
 
     let opencode = format!(

@@ -2,7 +2,8 @@
 //! the machine's mirror through a locally made base image, npm packages from the
 //! machine's npm registry, and every tool of the lock from an artifact mirror this test
 //! serves. The artifacts are stand-ins (real builds where this machine's package
-//! registries have one: Go 1.24 and gh from Debian, Node.js, npm and corepack from npm),
+//! registries have one: Go 1.24, gh and kubectl from Debian, Node.js, npm and corepack
+//! from npm),
 //! with their checksums put into a copy of the project; the production lock is untouched.
 //! The rest are scripts (SCRIPT_STAND_INS): their functional checks are skipped in the
 //! copy as not provable offline, never faked.
@@ -14,21 +15,17 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Tools with no real build on this machine: a script stands in for each.
-const SCRIPT_STAND_INS: &[&str] = &[
-    "golangci-lint",
-    "kubectl",
-    "helm",
-    "yq",
-    "docker",
-    "gcloud",
-    "awscli",
-];
+const SCRIPT_STAND_INS: &[&str] = &["golangci-lint", "helm", "yq", "docker", "gcloud", "awscli"];
 
 /// The devbox checks a script stand-in cannot pass: skipped in the project copy.
-const NOT_PROVABLE_OFFLINE: &[(&str, &str)] = &[(
-    "golangci-lint lints a Go 1.25 module and reports a seeded issue",
-    "golangci-lint",
-)];
+const NOT_PROVABLE_OFFLINE: &[(&str, &str)] = &[
+    (
+        "golangci-lint lints a Go 1.25 module and reports a seeded issue",
+        "golangci-lint",
+    ),
+    ("helm creates and renders a chart", "helm"),
+    ("yq reads YAML", "yq"),
+];
 
 const IMAGES: [&str; 7] = [
     "devbox",
@@ -72,6 +69,13 @@ impl Debian {
             dir.path().display()
         ));
         Debian { dir }
+    }
+    /// The upstream version of a downloaded package: `1.32.3` for `1.32.3+ds-2`.
+    fn version(&self, package: &str) -> String {
+        let dir = self.dir.path().display();
+        let full = sh(&format!("dpkg-deb -f '{dir}'/{package}_*.deb Version"));
+        let upstream = full.trim().rsplit_once('-').map_or(full.trim(), |(u, _)| u);
+        upstream.split(['+', '~']).next().unwrap().to_string()
     }
     fn path(&self, inside: &str) -> PathBuf {
         self.dir
@@ -193,7 +197,8 @@ fn mirror_path(url: &str) -> PathBuf {
 fn stand_ins(project: &Path, mirror: &Path) -> Signer {
     let lock_path = project.join("agents/devbox/tools.toml");
     let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
-    let debian = Debian::unpack(&["golang-1.24-go", "golang-1.24-src", "gh"]);
+    // kubectl is Debian's build of upstream kubectl (trixie, which .ci/provision adds).
+    let debian = Debian::unpack(&["golang-1.24-go", "golang-1.24-src", "gh", "kubectl/trixie"]);
     // The copy's lock says the Go it really carries (the first line of VERSION: go1.24.x).
     let go_version = fs::read_to_string(debian.path("/usr/lib/go-1.24/VERSION")).unwrap();
     let go_version = go_version.lines().next().unwrap().trim_start_matches("go");
@@ -205,6 +210,10 @@ fn stand_ins(project: &Path, mirror: &Path) -> Signer {
         .as_table_mut()
         .unwrap()
         .insert("version".into(), go_version.into());
+    tools["kubectl"]
+        .as_table_mut()
+        .unwrap()
+        .insert("version".into(), debian.version("kubectl").into());
     for (name, tool) in tools.iter_mut() {
         let tool = tool.as_table_mut().unwrap();
         let version = tool["version"].as_str().unwrap().to_string();
@@ -278,7 +287,10 @@ fn stand_ins(project: &Path, mirror: &Path) -> Signer {
                     script(&t.join("google-cloud-sdk/bin/gcloud"), &fake);
                     archive("z", "google-cloud-sdk");
                 }
-                "kubectl" | "yq" => script(&target, &fake),
+                "kubectl" => {
+                    fs::copy(debian.path("/usr/bin/kubectl"), &target).unwrap();
+                }
+                "yq" => script(&target, &fake),
                 "awscli" => {
                     script(&t.join("aws/dist/aws"), &fake);
                     script(&t.join("aws/dist/aws_completer"), "exit 0");
@@ -552,6 +564,20 @@ fn devbox_family_builds_offline_and_works() {
             text(&out.stderr)
         );
     }
+
+    // The copy's bases pinned to the stand-in the mirror holds. sandbox-base's debian
+    // flavour takes the same pin; its alpine base is unused and keeps the real one.
+    pin_bases(project.path(), &["opencode", "devbox", "tiny"], &prefix);
+    let debian_base = |root: &Path| -> String {
+        let spec = fs::read_to_string(root.join("agents/devbox/image.toml")).unwrap();
+        let spec: toml::Table = spec.parse().unwrap();
+        spec["bases"]["debian"].as_str().unwrap().to_string()
+    };
+    let sandbox = project.path().join("agents/sandbox-base/image.toml");
+    let spec = fs::read_to_string(&sandbox).unwrap();
+    let (real, pinned) = (debian_base(&project_root()), debian_base(project.path()));
+    assert!(spec.contains(&real), "{spec}");
+    fs::write(&sandbox, spec.replace(&real, &pinned)).unwrap();
 
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
     let built = build(&[&["opencode"][..], &IMAGES[..]].concat());

@@ -28,6 +28,17 @@ fn build(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Vec<Stri
     (output, lines)
 }
 
+/// The digest attach's base is pinned to in the real catalog.
+fn base_digest() -> String {
+    let spec = std::fs::read_to_string(project_root().join("agents/attach/image.toml")).unwrap();
+    let spec: toml::Table = spec.parse().unwrap();
+    let base = spec["bases"]["builder"].as_str().unwrap();
+    base.split_once('@')
+        .expect("attach's base is pinned")
+        .1
+        .to_string()
+}
+
 fn closed_port() -> String {
     format!("127.0.0.1:{}", free_port())
 }
@@ -50,8 +61,8 @@ fn unreachable_base_names_base_registry_and_the_mirror_commands() {
     let line = &lines[0];
     assert!(
         line.starts_with(&format!(
-            "error: base image {prefix}/library/debian:bookworm-slim is unreachable"
-        )),
+            "error: base image {prefix}/library/debian:bookworm-slim@sha256:"
+        )) && line.contains(" is unreachable"),
         "{line}"
     );
     for fix in ["--base-registry", "mirror base --to", "mirror load"] {
@@ -68,7 +79,8 @@ fn a_base_missing_from_the_mirror_is_named() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].contains(&format!(
-            "base image {prefix}/library/debian:bookworm-slim is not in {}",
+            "base image {prefix}/library/debian:bookworm-slim@{} is not in {}",
+            base_digest(),
             registry.addr
         )),
         "{lines:?}"

@@ -124,7 +124,7 @@ impl BuildArgs {
         }
         let timeout = self.registry.timeout.map(Into::into);
         let insecure = &self.registry.insecure;
-        let found = if self.force || inputs.output == Output::Cache {
+        let found = if self.force || self.no_cache || inputs.output == Output::Cache {
             BTreeMap::new()
         } else if inputs.output.is_registry() {
             crate::oci::block_on_within(timeout, async {
@@ -453,6 +453,7 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
         output,
         builder: args.builder.clone(),
         progress: args.progress.clone(),
+        no_cache: args.no_cache,
         build_args,
         secrets,
         source_url: args
@@ -461,7 +462,7 @@ fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
             .or_else(|| project::source_url(root))
             .unwrap_or_else(|| DEFAULT_SOURCE_URL.to_string()),
         revision: project::revision(root),
-        created: created_timestamp()?,
+        source_date_epoch: source_date_epoch(root)?,
         cache_from: checked_caches("--cache-from", &args.cache_from)?,
         cache_to: checked_caches("--cache-to", &args.cache_to)?,
         provenance: args.provenance.clone(),
@@ -514,18 +515,19 @@ fn npm_config_registry() -> Option<String> {
     check_url("npm registry", &url).ok()
 }
 
-/// RFC 3339, honouring SOURCE_DATE_EPOCH for reproducible labels.
-fn created_timestamp() -> Result<String> {
-    let time = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(epoch) => {
-            let seconds: u64 = epoch.trim().parse().map_err(|_| {
-                anyhow!("SOURCE_DATE_EPOCH '{epoch}' is not a number of seconds since 1970")
-            })?;
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds)
-        }
-        Err(_) => SystemTime::now(),
-    };
-    Ok(humantime::format_rfc3339_seconds(time).to_string())
+/// `SOURCE_DATE_EPOCH` from the environment, else the commit time of `HEAD`, so one
+/// commit always gives the same timestamps; outside a git checkout, now.
+fn source_date_epoch(root: &Path) -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => epoch.trim().parse().map_err(|_| {
+            anyhow!("SOURCE_DATE_EPOCH '{epoch}' is not a number of seconds since 1970")
+        }),
+        Err(_) => Ok(project::commit_time(root).unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })),
+    }
 }
 
 #[derive(Serialize)]

@@ -84,6 +84,8 @@ pub enum ImagesCommand {
     New(NewArgs),
     /// Print the packages an image's SBOM attestation lists (what `build --sbom` attached).
     Sbom(SbomArgs),
+    /// List each image's base images and their pinned digests; --update pins them anew.
+    Bases(BasesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +100,23 @@ pub struct SbomArgs {
     pub json: bool,
     #[command(flatten)]
     pub publish: PublishArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BasesArgs {
+    /// Images whose bases to show (default: all).
+    pub images: Vec<String>,
+    /// Resolve every base's tag again and write `name:tag@sha256:…` into image.toml.
+    #[arg(long)]
+    pub update: bool,
+    /// Resolve through a mirror: `debian:bookworm-slim` is read from
+    /// PREFIX/library/debian:bookworm-slim.
+    #[arg(long, env = "BASE_REGISTRY", value_name = "PREFIX")]
+    pub base_registry: Option<String>,
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -304,6 +323,9 @@ pub struct BuildArgs {
     /// Build every image, even those whose tags already carry its input digest.
     #[arg(long)]
     pub force: bool,
+    /// Run every build step again, taking nothing from the build cache (implies --force).
+    #[arg(long)]
+    pub no_cache: bool,
     /// With --push: push each image by digest with no tag, and write one JSON record per
     /// image and platform to DIR for `images merge`.
     #[arg(long, value_name = "DIR", requires = "push")]

@@ -1,4 +1,5 @@
 mod avoid;
+mod bases;
 mod bench;
 mod build;
 mod by_digest;
@@ -44,6 +45,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Tools(args) => args.run(&root),
             ImagesCommand::New(args) => args.run(&root),
             ImagesCommand::Sbom(args) => args.run(&root),
+            ImagesCommand::Bases(args) => args.run(&root),
         },
         Command::Bench(bench) => match *bench {
             BenchCommand::Mirror(args) => args.run(&root),

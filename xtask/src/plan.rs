@@ -35,9 +35,13 @@ impl Output {
             // in place, and the engine's pusher HEADs a tag while it is being written,
             // reading a half-written link as a 500 ("invalid checksum digest format").
             // Our client pushes the layout and then writes each tag, one at a time.
-            Output::Push | Output::ByDigest => {
-                format!("type=oci,tar=false,dest={}", layout.display())
-            }
+            // File times in layers are clamped to SOURCE_DATE_EPOCH, so one commit gives
+            // one digest. BuildKit takes `rewrite-timestamp` only here: the image and
+            // docker exporters refuse it beside `unpack`.
+            Output::Push | Output::ByDigest => format!(
+                "type=oci,tar=false,rewrite-timestamp=true,dest={}",
+                layout.display()
+            ),
         }
     }
 
@@ -60,12 +64,14 @@ pub struct PlanInputs {
     pub output: Output,
     pub builder: Option<String>,
     pub progress: String,
+    pub no_cache: bool,
     pub build_args: BTreeMap<String, String>,
     /// `id=...,src=...` / `id=...,env=...` entries; paths only, never contents.
     pub secrets: Vec<String>,
     pub source_url: String,
     pub revision: String,
-    pub created: String,
+    /// Seconds since 1970: the `created` label, and BuildKit's `SOURCE_DATE_EPOCH`.
+    pub source_date_epoch: u64,
     /// `--cache-from` / `--cache-to` specs, `{image}` not yet filled in.
     pub cache_from: Vec<String>,
     pub cache_to: Vec<String>,
@@ -138,6 +144,7 @@ pub struct BuildPlan {
     pub targets: Vec<BuildTarget>,
     pub builder: Option<String>,
     pub progress: String,
+    pub no_cache: bool,
 }
 
 impl BuildPlan {
@@ -186,6 +193,11 @@ impl BuildPlan {
                     .map(|t| &t.inputs)
             });
             let input_digests = crate::inputs::compute(image, rendered, &args, &platforms, parent)?;
+            // An output like `created`, not an input: a new commit alone rebuilds nothing.
+            args.insert(
+                "SOURCE_DATE_EPOCH".into(),
+                inputs.source_date_epoch.to_string(),
+            );
             let mut labels = labels(image, inputs);
             labels.insert(crate::inputs::KEY.into(), input_digests.digest.to_string());
             targets.push(BuildTarget {
@@ -225,6 +237,7 @@ impl BuildPlan {
             targets,
             builder: inputs.builder.clone(),
             progress: inputs.progress.clone(),
+            no_cache: inputs.no_cache,
         })
     }
 
@@ -340,6 +353,9 @@ impl BuildPlan {
             "--progress".into(),
             self.progress.clone(),
         ]);
+        if self.no_cache {
+            args.push("--no-cache".into());
+        }
         args.extend(self.requested().map(|t| t.name.clone()));
         args
     }
@@ -361,6 +377,12 @@ fn annotations(t: &BuildTarget) -> Vec<String> {
     annotations
 }
 
+/// RFC 3339 of `epoch`.
+fn created(epoch: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
     let oci = |key: &str| format!("org.opencontainers.image.{key}");
     BTreeMap::from([
@@ -372,7 +394,7 @@ fn labels(image: &Image, inputs: &PlanInputs) -> BTreeMap<String, String> {
         (oci("source"), inputs.source_url.clone()),
         (oci("revision"), inputs.revision.clone()),
         (oci("version"), inputs.publish.version.clone()),
-        (oci("created"), inputs.created.clone()),
+        (oci("created"), created(inputs.source_date_epoch)),
     ])
 }
 
@@ -417,11 +439,12 @@ mod tests {
             output,
             builder: Some("ci".into()),
             progress: "plain".into(),
+            no_cache: false,
             build_args: BTreeMap::from([("NPM_REGISTRY".into(), "http://npm.invalid/".into())]),
             secrets: vec!["id=ca-bundle,src=/tmp/ca.pem".into()],
             source_url: "https://example.com/repo".into(),
             revision: "abc123".into(),
-            created: "2026-01-01T00:00:00Z".into(),
+            source_date_epoch: 1_767_225_600,
             cache_from: vec![],
             cache_to: vec![],
             provenance: None,

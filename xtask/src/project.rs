@@ -30,6 +30,13 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The commit time of `HEAD` in seconds since 1970, outside a git checkout `None`.
+pub fn commit_time(root: &Path) -> Option<u64> {
+    git(root, &["log", "-1", "--format=%ct", "HEAD"])?
+        .parse()
+        .ok()
+}
+
 /// The commit being built, or `unknown` outside a git checkout.
 pub fn revision(root: &Path) -> String {
     git(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string())

@@ -48,6 +48,56 @@ pub fn project_copy() -> tempfile::TempDir {
     dir
 }
 
+/// The commit time `commit_all` gives a project copy: 2026-01-02T03:04:05Z.
+pub const COMMIT_TIME: u64 = 1_767_323_045;
+
+/// Makes `dir` a git checkout with everything in one commit at `COMMIT_TIME`, as a
+/// release pipeline's checkout is.
+pub fn commit_all(dir: &Path) {
+    let date = format!("@{COMMIT_TIME} +0000");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com"])
+            .args(args)
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "e2e"]);
+}
+
+/// Pins every base of `images` in the project copy `dir` to what the mirror `prefix`
+/// holds (the stand-ins, not the digests the real catalog pins).
+pub fn pin_bases(dir: &Path, images: &[&str], prefix: &str) {
+    let mut args = vec![
+        "images",
+        "bases",
+        "--update",
+        "--base-registry",
+        prefix,
+        "--json",
+    ];
+    args.extend(images);
+    let out = xtask_in(dir, &args, &[]);
+    assert!(
+        out.status.success(),
+        "images bases --update: {}",
+        text(&out.stderr)
+    );
+    let bases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!bases.is_empty());
+    for base in &bases {
+        let digest = base["digest"].as_str().unwrap_or_default();
+        assert!(digest.starts_with("sha256:"), "{base}");
+    }
+}
+
 /// Runs the xtask binary with `args`.
 pub fn xtask(args: &[&str]) -> Output {
     xtask_in(&project_root(), args, &[])

@@ -308,9 +308,10 @@ mod tests {
             overrides.contains(&"AGENTKUBE_IMAGE_MANAGER")
                 && overrides.contains(&"AGENTKUBE_IMAGE_CURSOR")
         );
-        assert!(entries
-            .iter()
-            .any(|e| e.source.to_string() == "docker.io/library/debian:bookworm-slim"));
+        assert!(entries.iter().any(|e| e
+            .source
+            .to_string()
+            .starts_with("docker.io/library/debian:bookworm-slim@sha256:")));
         let err = load(&root, &["nope".into()], &[]).unwrap_err().to_string();
         assert!(err.contains("unknown mirror group or file 'nope'"), "{err}");
     }
