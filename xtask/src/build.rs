@@ -19,7 +19,8 @@ use crate::plan::{
 };
 use crate::project;
 use crate::render::{render_all, RenderOptions, Rendered};
-use crate::text::read_ca_pem;
+use crate::sign::{Pushing, Subject};
+use crate::text::{read_ca_pem, shell_words};
 use crate::{size, verify};
 
 const DEFAULT_SOURCE_URL: &str = "https://github.com/kubeopencode/kubeopencode";
@@ -72,6 +73,12 @@ impl BuildArgs {
     pub fn run(self, root: &Path) -> Result<()> {
         let catalog = Catalog::load(root)?;
         let inputs = plan_inputs(root, &self)?;
+        let pushing = match inputs.output {
+            Output::Push => Pushing::Yes,
+            Output::ByDigest => Pushing::ByDigest,
+            Output::Load | Output::Cache => Pushing::No,
+        };
+        let trust = self.trust.trust(pushing, &self.registry.insecure)?;
         let prepared = prepare(&catalog, &self.render)?;
         let mut plan = BuildPlan::new(
             &prepared.images,
@@ -86,8 +93,21 @@ impl BuildArgs {
         write_bake(&plan, &bake_path)?;
         if self.dry_run {
             let docker_args = plan.bake_args(&bake_path, &prepared.out.join("metadata.json"));
-            print_plan(&plan, &docker_args, self.json)?;
+            let after_push = match &trust {
+                Some(trust) => {
+                    let images: Vec<(String, String)> = plan
+                        .requested()
+                        .filter_map(|t| Some((t.name.clone(), t.tags.first()?.clone())))
+                        .collect();
+                    trust.planned(&images, &prepared.out)?
+                }
+                None => Vec::new(),
+            };
+            print_plan(&plan, &docker_args, self.json, &after_push)?;
             return Ok(());
+        }
+        if let Some(trust) = &trust {
+            trust.preflight()?;
         }
         if self.check && inputs.output == Output::Cache {
             bail!("--check measures and runs what was built: add --push or --load");
@@ -207,6 +227,9 @@ impl BuildArgs {
                 Ok(())
             })?;
         }
+        if let Some(trust) = &trust {
+            trust.run(&subjects(&full, &found, &digests)?, &prepared.out, timeout)?;
+        }
         if let Some(dir) = &self.by_digest {
             let pushed = crate::oci::block_on_within(
                 timeout,
@@ -265,6 +288,25 @@ impl BuildArgs {
         }
         Ok(())
     }
+}
+
+/// What `--sign`/`--sbom` cover: the images just pushed, and those already in place
+/// (signed or attested only where that is missing).
+fn subjects(
+    full: &BuildPlan,
+    found: &BTreeMap<String, avoid::Found>,
+    pushed: &BTreeMap<String, String>,
+) -> Result<Vec<Subject>> {
+    let mut subjects = Vec::new();
+    for t in full.requested() {
+        let Some(tag) = t.tags.first() else { continue };
+        match (pushed.get(&t.name), found.get(&t.name)) {
+            (Some(digest), None) => subjects.push(Subject::new(&t.name, tag, digest, true)?),
+            (_, Some(f)) => subjects.push(Subject::new(&t.name, tag, f.digest.as_str(), false)?),
+            (None, None) => {}
+        }
+    }
+    Ok(subjects)
 }
 
 fn write_bake(plan: &BuildPlan, path: &Path) -> Result<()> {
@@ -493,9 +535,17 @@ struct PlanDocument<'a> {
     command: Vec<String>,
     plan: &'a BuildPlan,
     bake: serde_json::Value,
+    /// `--sign`/`--sbom`: what runs after the push, secrets left out.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    after_push: &'a [String],
 }
 
-fn print_plan(plan: &BuildPlan, docker_args: &[String], json: bool) -> Result<()> {
+fn print_plan(
+    plan: &BuildPlan,
+    docker_args: &[String],
+    json: bool,
+    after_push: &[String],
+) -> Result<()> {
     let mut command = vec!["docker".to_string()];
     command.extend(docker_args.iter().cloned());
     if json {
@@ -503,6 +553,7 @@ fn print_plan(plan: &BuildPlan, docker_args: &[String], json: bool) -> Result<()
             command,
             plan,
             bake: plan.bake_file(),
+            after_push,
         };
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
@@ -524,23 +575,13 @@ fn print_plan(plan: &BuildPlan, docker_args: &[String], json: bool) -> Result<()
     println!("{}", shell_words(&command));
     println!("# bake file:");
     println!("{}", serde_json::to_string_pretty(&plan.bake_file())?);
+    if !after_push.is_empty() {
+        println!("# after the push (--sign/--sbom):");
+        for line in after_push {
+            println!("{line}");
+        }
+    }
     Ok(())
-}
-
-fn shell_words(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            if w.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[derive(Serialize)]
@@ -606,11 +647,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(check_ca_bundle(&pem).unwrap(), pem);
-    }
-
-    #[test]
-    fn shell_words_quote_only_when_needed() {
-        let words = ["docker", "a b", "it's"].map(String::from);
-        assert_eq!(shell_words(&words), r"docker 'a b' 'it'\''s'");
     }
 }

@@ -66,7 +66,7 @@ pub enum ImagesCommand {
     /// Render Dockerfiles and build contexts without building.
     Render(RenderArgs),
     /// Render and build images with docker buildx.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Join the per-platform `build --by-digest` records of every runner into each
     /// image's index and tags, registry-side.
     Merge(MergeArgs),
@@ -82,8 +82,26 @@ pub enum ImagesCommand {
     Tools(ToolsArgs),
     /// Scaffold a custom executor under agents/NAME/ that builds and verifies as it is.
     New(NewArgs),
+    /// Print the packages an image's SBOM attestation lists (what `build --sbom` attached).
+    Sbom(SbomArgs),
     /// List each image's base images and their pinned digests; --update pins them anew.
     Bases(BasesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SbomArgs {
+    /// A catalog image (published under the naming flags) or any image reference.
+    pub image: String,
+    /// The platform whose SBOM to read (default: the only one, else linux/amd64).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -313,7 +331,39 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", requires = "push")]
     pub by_digest: Option<PathBuf>,
     #[command(flatten)]
+    pub trust: SignArgs,
+    #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// Signing and SBOM attestations of what a command pushes, through cosign and syft.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SignArgs {
+    /// Sign every index and platform manifest pushed, by digest (cosign --recursive).
+    #[arg(long)]
+    pub sign: bool,
+    /// Attach an SPDX SBOM (syft) to every platform image pushed, as a signed cosign
+    /// attestation (`--type spdxjson`).
+    #[arg(long)]
+    pub sbom: bool,
+    /// The signing key: a cosign key file (its password in COSIGN_PASSWORD) or a KMS URI
+    /// (awskms://, gcpkms://, azurekms://, hashivault://).
+    #[arg(long, value_name = "FILE|URI", conflicts_with = "sign_keyless")]
+    pub sign_key: Option<String>,
+    /// Keyless: a short-lived Fulcio certificate for the OIDC identity (in GitHub
+    /// Actions, the workflow's id-token), logged in Rekor.
+    #[arg(long)]
+    pub sign_keyless: bool,
+    /// With --sign-key: the key's certificate from a site's own CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
+    /// With --sign-cert: the chain up to that CA's root (PEM).
+    #[arg(long, value_name = "FILE", requires = "sign_cert")]
+    pub sign_cert_chain: Option<PathBuf>,
+    /// With --sign-key: also record the signatures in the Rekor transparency log
+    /// (off by default: an air-gapped site has no Rekor; keyless always records).
+    #[arg(long)]
+    pub sign_tlog: bool,
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +374,8 @@ pub struct MergeArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub trust: SignArgs,
     #[command(flatten)]
     pub publish: PublishArgs,
     #[command(flatten)]

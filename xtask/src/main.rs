@@ -19,6 +19,8 @@ mod preflight;
 mod project;
 mod render;
 mod report;
+mod sbom;
+mod sign;
 mod size;
 mod text;
 mod tools;
@@ -34,7 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Images(images) => match *images {
             ImagesCommand::List(args) => args.run(&root),
             ImagesCommand::Render(args) => args.run(&root),
-            ImagesCommand::Build(args) => args.run(&root),
+            ImagesCommand::Build(args) => (*args).run(&root),
             ImagesCommand::Merge(args) => args.run(&root),
             ImagesCommand::Mirror(args) => args.run(&root),
             ImagesCommand::Retag(args) => args.run(&root),
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Verify(args) => args.run(&root),
             ImagesCommand::Tools(args) => args.run(&root),
             ImagesCommand::New(args) => args.run(&root),
+            ImagesCommand::Sbom(args) => args.run(&root),
             ImagesCommand::Bases(args) => args.run(&root),
         },
         Command::Bench(bench) => match *bench {

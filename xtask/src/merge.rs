@@ -20,6 +20,7 @@ use crate::cli::MergeArgs;
 use crate::inputs;
 use crate::naming::{ImageRef, Publish};
 use crate::oci::{Digest, Reference, Registries};
+use crate::sign::{Pushing, Subject};
 
 pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
@@ -28,11 +29,24 @@ impl MergeArgs {
         let catalog = Catalog::load(root)?;
         let publish = self.publish.publish();
         publish.tags()?;
+        let trust = self.trust.trust(Pushing::Yes, &self.registry.insecure)?;
         let records = read_records(&self.dirs)?;
         let plans = plan(&catalog, &publish, &records)?;
+        if let Some(trust) = &trust {
+            trust.preflight()?;
+        }
         let timeout = self.registry.timeout.map(Into::into);
         let registries = Registries::new(self.registry.insecure.clone());
         let merged = crate::oci::block_on_within(timeout, write_all(&registries, plans))?;
+        if let Some(trust) = &trust {
+            let mut subjects = Vec::new();
+            for m in &merged {
+                if let (Some(digest), Some(tag), None) = (&m.digest, m.tags.first(), &m.refused) {
+                    subjects.push(Subject::new(&m.image, tag, digest, true)?);
+                }
+            }
+            trust.run(&subjects, &crate::project::images_out(root), timeout)?;
+        }
         let refused: Vec<&Merged> = merged.iter().filter(|m| m.refused.is_some()).collect();
         for m in &refused {
             eprintln!(

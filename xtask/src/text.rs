@@ -49,9 +49,71 @@ pub fn read_ca_pem(flag: &str, path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// `words` as one shell command line, quoting only what needs it.
+pub fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The line of a tool's stderr that says what went wrong, made safe to print.
+pub fn error_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Error: "))
+        .or(lines.last().copied())
+        .unwrap_or("no message");
+    let mut out: String = line
+        .chars()
+        .take(300)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if line.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_lines() {
+        let stderr = b"Using payload\nError: signing: decrypt: encrypted: decryption failed\nmain.go:74: error during command execution\n";
+        assert_eq!(
+            error_line(stderr),
+            "signing: decrypt: encrypted: decryption failed"
+        );
+    }
+
+    #[test]
+    fn shell_words_quote_only_when_needed() {
+        let words = ["docker", "a b", "it's"].map(String::from);
+        assert_eq!(shell_words(&words), r"docker 'a b' 'it'\''s'");
+    }
 
     #[test]
     fn printable_escapes_control_characters_and_caps_the_length() {

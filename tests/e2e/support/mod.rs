@@ -180,16 +180,22 @@ pub enum Need {
     Debootstrap,
     /// An address of this machine that is not loopback (see `other_host`).
     OtherAddress,
+    /// cosign 2.x, the independent judge of signatures.
+    Cosign,
+    /// syft, which writes the SBOMs.
+    Syft,
 }
 
 impl Need {
-    const ALL: [Need; 6] = [
+    const ALL: [Need; 8] = [
         Need::Docker,
         Need::Registry,
         Need::Skopeo,
         Need::Containerd,
         Need::Debootstrap,
         Need::OtherAddress,
+        Need::Cosign,
+        Need::Syft,
     ];
 
     fn present(self) -> bool {
@@ -214,6 +220,8 @@ impl Need {
             }
             Need::Debootstrap => succeeds("debootstrap", &["--version"]),
             Need::OtherAddress => non_loopback_address().is_some(),
+            Need::Cosign => succeeds("cosign", &["version"]),
+            Need::Syft => succeeds("syft", &["version"]),
         })
     }
 
@@ -225,6 +233,8 @@ impl Need {
             Need::Containerd => "no `containerd` and `ctr`, or not root",
             Need::Debootstrap => "no `debootstrap` binary",
             Need::OtherAddress => "no address other than loopback (`hostname -I`)",
+            Need::Cosign => "no `cosign` binary",
+            Need::Syft => "no `syft` binary",
         }
     }
 }
