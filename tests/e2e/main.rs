@@ -11,3 +11,4 @@ mod mirror;
 mod preflight;
 mod release;
 mod support;
+mod trust_verify;

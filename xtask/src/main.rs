@@ -21,6 +21,7 @@ mod report;
 mod size;
 mod text;
 mod tools;
+mod trust;
 mod verify;
 
 use clap::Parser;

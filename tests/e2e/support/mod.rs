@@ -130,16 +130,19 @@ pub enum Need {
     Debootstrap,
     /// An address of this machine that is not loopback (see `other_host`).
     OtherAddress,
+    /// cosign 2.x, the independent signer and verifier of the trust tests.
+    Cosign,
 }
 
 impl Need {
-    const ALL: [Need; 6] = [
+    const ALL: [Need; 7] = [
         Need::Docker,
         Need::Registry,
         Need::Skopeo,
         Need::Containerd,
         Need::Debootstrap,
         Need::OtherAddress,
+        Need::Cosign,
     ];
 
     fn present(self) -> bool {
@@ -164,6 +167,7 @@ impl Need {
             }
             Need::Debootstrap => succeeds("debootstrap", &["--version"]),
             Need::OtherAddress => non_loopback_address().is_some(),
+            Need::Cosign => succeeds("cosign", &["version"]),
         })
     }
 
@@ -175,6 +179,7 @@ impl Need {
             Need::Containerd => "no `containerd` and `ctr`, or not root",
             Need::Debootstrap => "no `debootstrap` binary",
             Need::OtherAddress => "no address other than loopback (`hostname -I`)",
+            Need::Cosign => "no `cosign` binary",
         }
     }
 }

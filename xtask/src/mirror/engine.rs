@@ -22,6 +22,10 @@ pub struct CopyJob {
     pub destination: ImageRef,
     /// Copy only these platforms; this rewrites the index and so changes its digest.
     pub platforms: Option<Vec<String>>,
+    /// Who must have signed it (none: copied unverified, as before).
+    pub rule: Option<Arc<crate::trust::Rule>>,
+    /// The `.sig` tags a check verified, copied as they were when checked.
+    pub signatures: Vec<(Tag, Digest)>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -134,7 +138,12 @@ impl Engine {
         };
         // What hangs on the image is read first: a hostile referrer is refused before
         // anything is written.
-        let attachments = attached(&src.registry, src.repository, &source_digest).await?;
+        let mut attachments = attached(&src.registry, src.repository, &source_digest).await?;
+        // What was verified is what is copied, even if a tag moved since.
+        for (tag, digest) in &job.signatures {
+            attachments.retain(|(t, _)| t.as_ref() != Some(tag));
+            attachments.push((Some(tag.clone()), digest.clone()));
+        }
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
@@ -418,7 +427,10 @@ pub fn is_foreign(descriptor: &serde_json::Value) -> bool {
 }
 
 /// The index entries for `platforms`, plus the attestation manifests that describe them.
-fn subset(children: &[serde_json::Value], platforms: &[String]) -> Vec<serde_json::Value> {
+pub(super) fn subset(
+    children: &[serde_json::Value],
+    platforms: &[String],
+) -> Vec<serde_json::Value> {
     let platform_of = |child: &serde_json::Value| {
         let p = &child["platform"];
         let mut name = format!(

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
 use crate::naming::ImageRef;
+use crate::trust::{PolicySpec, Rule, TOML_NAMES};
+use std::sync::Arc;
 
 pub const MIRRORS_DIR: &str = "mirrors";
 /// Computed from the catalog: every base image a template builds FROM.
@@ -20,6 +22,8 @@ struct ListFile {
     description: String,
     #[serde(default, rename = "image")]
     images: Vec<EntrySpec>,
+    /// Who must have signed every image of the list, unless an image says otherwise.
+    verify: Option<PolicySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +38,7 @@ struct EntrySpec {
     #[serde(default)]
     helm_image: Vec<String>,
     agent_field: Option<String>,
+    verify: Option<PolicySpec>,
 }
 
 /// One image to mirror, with what the cluster-side outputs need to know about it.
@@ -49,6 +54,9 @@ pub struct Entry {
     pub helm_image: Vec<String>,
     /// The Agent CRD field this image goes in.
     pub agent_field: Option<String>,
+    /// Its signature policy, from the image or its list; none: the command line's.
+    #[serde(skip)]
+    pub verify: Option<Arc<Rule>>,
 }
 
 impl Entry {
@@ -61,6 +69,7 @@ impl Entry {
             helm: vec![],
             helm_image: vec![],
             agent_field: None,
+            verify: None,
         }
     }
 }
@@ -136,6 +145,14 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             None => anyhow!("{label}: {}", e.message().replace('\n', " ")),
         }
     })?;
+    // Key and CA paths are relative to the list file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let list_rule = match &file.verify {
+        Some(spec) => spec
+            .build(base, &TOML_NAMES)
+            .map_err(|e| anyhow!("{label}: [verify]: {e:#}"))?,
+        None => None,
+    };
     file.images
         .into_iter()
         .map(|spec| {
@@ -167,7 +184,14 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                     bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
                 }
             }
+            let verify = match &spec.verify {
+                Some(policy) => policy
+                    .build(base, &TOML_NAMES)
+                    .map_err(|e| anyhow!("{label}: [image.verify] of {}: {e:#}", spec.source))?,
+                None => list_rule.clone(),
+            };
             Ok(Entry {
+                verify,
                 group: group.clone(),
                 source,
                 platforms: spec.platforms,

@@ -1,0 +1,649 @@
+//! The mirror verifies cosign signatures before it writes anything: cosign 2.5 signs
+//! (with keys and with a certificate from a local CA), hostile signatures are crafted by
+//! hand on a real registry, and `mirror load` checks a bundle with the source gone.
+
+use crate::support::fixture::{raw_digest, seed, skopeo_copy};
+use crate::support::*;
+use sha2::Digest as _;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const ISSUER: &str = "https://issuer.example.com";
+const IDENTITY: &str = "release@example.com";
+
+/// cosign with the keys' password, in `dir`; fails the test on error.
+fn cosign(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("cosign")
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "test-password")
+        .output()
+        .expect("cosign runs");
+    assert!(
+        output.status.success(),
+        "cosign {}: {}{}",
+        args.join(" "),
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// `dir/NAME.key` and `dir/NAME.pub`.
+fn key_pair(dir: &Path, name: &str) {
+    cosign(dir, &["generate-key-pair", "--output-key-prefix", name]);
+}
+
+/// Signs `registry/repository:v1` by digest, as a release would, with no transparency log.
+fn sign(dir: &Path, reference: &str, extra: &[&str]) -> String {
+    let (digest, _) = raw_digest(reference);
+    let repository = reference.rsplit_once(':').unwrap().0;
+    let pinned = format!("{repository}@{digest}");
+    let mut args = vec![
+        "sign",
+        "--yes",
+        "--tlog-upload=false",
+        "--allow-insecure-registry",
+    ];
+    args.extend(extra);
+    args.push(&pinned);
+    cosign(dir, &args);
+    digest
+}
+
+fn sig_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replace(':', "-"))
+}
+
+/// A one-layer image of its own digest (`seed` makes the layer), pushed with skopeo.
+fn tiny_image(registry: &str, reference: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let (layer, layer_size) = put(&fixture::noise(seed, 4096));
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer]}});
+    let (config, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}]});
+    let (manifest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+    fs::write(
+        dir.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    skopeo_copy(
+        &format!("oci:{}:v1", dir.path().display()),
+        &format!("docker://{registry}/{reference}"),
+    );
+}
+
+fn get(registry: &Registry, path: &str) -> Vec<u8> {
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let output = Command::new("curl")
+        .args(["-sf", "-H", accept, &registry.url(path)])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "GET {path}");
+    output.stdout
+}
+
+/// Uploads a blob through the distribution API (POST, then PUT with the digest).
+fn put_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> String {
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+    let headers = run(
+        "curl",
+        &[
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            &registry.url(&format!("/v2/{repository}/blobs/uploads/")),
+        ],
+    );
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+        })
+        .map(|(_, v)| v.trim().to_string())
+        .expect("an upload location");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), bytes).unwrap();
+    let separator = if location.contains('?') { '&' } else { '?' };
+    run(
+        "curl",
+        &[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &format!("{location}{separator}digest={digest}"),
+        ],
+    );
+    digest
+}
+
+fn put_manifest(registry: &Registry, repository: &str, tag: &str, bytes: &[u8]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), bytes).unwrap();
+    run(
+        "curl",
+        &[
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &registry.url(&format!("/v2/{repository}/manifests/{tag}")),
+        ],
+    );
+}
+
+/// A local CA and a code-signing certificate for `NAME.pub`, naming IDENTITY and ISSUER
+/// as Fulcio does (both issuer extensions).
+fn local_ca(dir: &Path, name: &str) {
+    let d = |f: &str| dir.join(f).display().to_string();
+    run(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &d("ca.key"),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &d("ca.key"),
+            "-subj",
+            "/CN=Test CA",
+            "-days",
+            "2",
+            "-out",
+            &d("ca.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &d("csr.key"),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            &d("csr.key"),
+            "-subj",
+            "/CN=signer",
+            "-out",
+            &d("leaf.csr"),
+        ],
+    );
+    fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "subjectAltName=email:{IDENTITY}\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n\
+             1.3.6.1.4.1.57264.1.1=DER:{}\n1.3.6.1.4.1.57264.1.8=ASN1:UTF8String:{ISSUER}\n",
+            hex::encode(ISSUER)
+        ),
+    )
+    .unwrap();
+    // The certificate is for the cosign key's public half, which signs.
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &d("leaf.csr"),
+            "-force_pubkey",
+            &d(&format!("{name}.pub")),
+            "-CA",
+            &d("ca.pem"),
+            "-CAkey",
+            &d("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &d("leaf.ext"),
+            "-out",
+            &d("leaf.pem"),
+        ],
+    );
+}
+
+/// Source images: two cosign accepts, and one of each hostile kind. Returns the list
+/// file (in `keys`), with `[verify]` for key `a` and the certificate image's own policy.
+fn signed_and_hostile(src: &Registry, dst: &Registry, keys: &Path) -> std::path::PathBuf {
+    let _ = dst;
+    let r = &src.addr;
+    key_pair(keys, "a");
+    key_pair(keys, "b");
+    key_pair(keys, "c");
+    local_ca(keys, "c");
+    seed(r, &["good/index", "toponly/app"]);
+    for (i, reference) in [
+        "good/cert:v1",
+        "unsigned/app:v1",
+        "otherkey/app:v1",
+        "otherdigest/app:v1",
+        "otherdigest/app:y",
+        "tampered/app:v1",
+        "elsewhere/app:v1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        tiny_image(r, reference, 1000 + i as u64);
+    }
+    let a = ["--key", "a.key"];
+    sign(
+        keys,
+        &format!("{r}/good/index:v1"),
+        &["--key", "a.key", "--recursive"],
+    );
+    // The index only: its platform manifests stay unsigned.
+    sign(keys, &format!("{r}/toponly/app:v1"), &a);
+    sign(
+        keys,
+        &format!("{r}/good/cert:v1"),
+        &[
+            "--key",
+            "c.key",
+            "--certificate",
+            "leaf.pem",
+            "--certificate-chain",
+            "ca.pem",
+        ],
+    );
+    sign(keys, &format!("{r}/otherkey/app:v1"), &["--key", "b.key"]);
+    // A valid signature of :y, put where :v1's signature would be.
+    let y = sign(keys, &format!("{r}/otherdigest/app:y"), &a);
+    let (v1, _) = raw_digest(&format!("{r}/otherdigest/app:v1"));
+    let y_sig = get(
+        src,
+        &format!("/v2/otherdigest/app/manifests/{}", sig_tag(&y)),
+    );
+    put_manifest(src, "otherdigest/app", &sig_tag(&v1), &y_sig);
+    // The payload edited after signing, the manifest made consistent with it.
+    let t = sign(keys, &format!("{r}/tampered/app:v1"), &a);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&get(
+        src,
+        &format!("/v2/tampered/app/manifests/{}", sig_tag(&t)),
+    ))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let payload = text(&get(src, &format!("/v2/tampered/app/blobs/{layer}")));
+    let edited = payload.replace("\"optional\":null", "\"optional\":{\"approved\":\"yes\"}");
+    assert_ne!(payload, edited);
+    manifest["layers"][0]["digest"] = put_blob(src, "tampered/app", edited.as_bytes()).into();
+    manifest["layers"][0]["size"] = edited.len().into();
+    put_manifest(
+        src,
+        "tampered/app",
+        &sig_tag(&t),
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    // Signed for elsewhere/app, offered as moved/app.
+    let w = sign(keys, &format!("{r}/elsewhere/app:v1"), &a);
+    skopeo_copy(
+        &format!("docker://{r}/elsewhere/app:v1"),
+        &format!("docker://{r}/moved/app:v1"),
+    );
+    skopeo_copy(
+        &format!("docker://{r}/elsewhere/app:{}", sig_tag(&w)),
+        &format!("docker://{r}/moved/app:{}", sig_tag(&w)),
+    );
+    let list = keys.join("signed.toml");
+    let mut toml =
+        String::from("description = \"signed and hostile\"\n\n[verify]\nkeys = [\"a.pub\"]\n");
+    for repository in [
+        "good/index:v1",
+        "unsigned/app:v1",
+        "otherkey/app:v1",
+        "otherdigest/app:v1",
+        "tampered/app:v1",
+        "moved/app:v1",
+        "toponly/app:v1",
+    ] {
+        toml.push_str(&format!("\n[[image]]\nsource = \"{r}/{repository}\"\n"));
+    }
+    toml.push_str(&format!(
+        "\n[[image]]\nsource = \"{r}/good/cert:v1\"\n[image.verify]\nidentity = \"{IDENTITY}\"\n\
+         issuer = \"{ISSUER}\"\ncertificate_chain = \"ca.pem\"\n"
+    ));
+    fs::write(&list, toml).unwrap();
+    list
+}
+
+/// Each hostile image with the reason it must be refused for.
+fn hostile_reasons(r: &str) -> Vec<(String, String)> {
+    [
+        ("unsigned/app:v1", "unsigned (no sha256-".to_string()),
+        (
+            "otherkey/app:v1",
+            "no signature verifies with key".to_string(),
+        ),
+        (
+            "otherdigest/app:v1",
+            "the signature is over another image".to_string(),
+        ),
+        (
+            "tampered/app:v1",
+            "no signature verifies with key".to_string(),
+        ),
+        (
+            "moved/app:v1",
+            format!("the signature claims {r}/elsewhere/app, not {r}/moved/app"),
+        ),
+        ("toponly/app:v1", "unsigned (no sha256-".to_string()),
+    ]
+    .into_iter()
+    .map(|(s, why)| (format!("{r}/{s}"), why))
+    .collect()
+}
+
+/// What the destination must hold: the two good images and their signatures, only.
+fn assert_only_the_good(dst: &Registry, prefix: &str) {
+    let repositories: Vec<String> = dst.catalog().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        repositories,
+        [
+            format!("{prefix}/good/cert"),
+            format!("{prefix}/good/index")
+        ],
+        "only the verified images were written: {:?}",
+        dst.tags()
+    );
+    let tags = dst.tags();
+    let signatures = |repository: &str| {
+        tags.iter()
+            .filter(|t| {
+                t.starts_with(&format!("{prefix}/{repository}:sha256-")) && t.ends_with(".sig")
+            })
+            .count()
+    };
+    // The index, both platforms and the attestation manifest: cosign --recursive signs all.
+    assert_eq!(signatures("good/index"), 4, "{tags:?}");
+    assert_eq!(signatures("good/cert"), 1, "{tags:?}");
+}
+
+#[test]
+fn mirror_copies_what_cosign_signed_and_refuses_each_hostile_signature() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let keys = tempfile::tempdir().unwrap();
+    let list = signed_and_hostile(&src, &dst, keys.path());
+    let list = list.to_str().unwrap();
+    let to = format!("{}/m", dst.addr);
+
+    let dry = xtask(&["images", "mirror", list, "--to", &to, "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let plan = text(&dry.stdout);
+    for (source, why) in hostile_reasons(&src.addr) {
+        let row = plan
+            .lines()
+            .find(|l| l.starts_with(&format!("{source} ")))
+            .unwrap_or_else(|| panic!("{source} in {plan}"));
+        assert!(row.contains("REFUSED: ") && row.contains(&why), "{row}");
+    }
+    let good = plan
+        .lines()
+        .find(|l| l.contains("/good/index:v1 "))
+        .unwrap();
+    assert!(
+        good.contains("verified: 4 manifests signed by key"),
+        "{good}"
+    );
+    let cert = plan.lines().find(|l| l.contains("/good/cert:v1 ")).unwrap();
+    assert!(
+        cert.contains(&format!("signed by {IDENTITY} (issuer {ISSUER})")),
+        "{cert}"
+    );
+    dst.assert_empty("--dry-run writes nothing");
+
+    let output = xtask(&["images", "mirror", list, "--to", &to]);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "refusals fail the run: {stderr}");
+    for (source, why) in hostile_reasons(&src.addr) {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("REFUSED  {source}: ")))
+            .unwrap_or_else(|| panic!("{source} refused: {stderr}"));
+        assert!(line.contains(&why), "{line}");
+    }
+    assert!(
+        stderr.contains("refused by the signature policy"),
+        "{stderr}"
+    );
+    assert_only_the_good(&dst, "m");
+
+    // cosign, the independent party, verifies the copies at the destination.
+    cosign(
+        keys.path(),
+        &[
+            "verify",
+            "--key",
+            "a.pub",
+            "--insecure-ignore-tlog",
+            "--allow-insecure-registry",
+            &format!("{to}/good/index:v1"),
+        ],
+    );
+}
+
+#[test]
+fn load_verifies_from_the_bundle_with_the_source_gone() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let keys = tempfile::tempdir().unwrap();
+    let list = signed_and_hostile(&src, &dst, keys.path());
+    let list = list.to_str().unwrap();
+    let bundle = keys.path().join("bundle.tar");
+    let bundle = bundle.to_str().unwrap();
+
+    // The connected side can refuse too: the bad images stay out of its bundle.
+    let checked = keys.path().join("checked.tar");
+    let save = xtask(&[
+        "images",
+        "mirror",
+        "save",
+        list,
+        "--out",
+        checked.to_str().unwrap(),
+    ]);
+    let stderr = text(&save.stderr);
+    assert!(!save.status.success(), "{stderr}");
+    for (source, _) in hostile_reasons(&src.addr) {
+        assert!(
+            stderr.contains(&format!("REFUSED  {source}: ")),
+            "{source}: {stderr}"
+        );
+    }
+    assert!(
+        text(&save.stdout).contains("saved 2 images"),
+        "{}",
+        text(&save.stdout)
+    );
+
+    // Saved with no policy, everything goes in: the check happens inside the air gap.
+    let unchecked = keys.path().join("unchecked.toml");
+    let listed = fs::read_to_string(list).unwrap();
+    let without_policy = listed
+        .replace("[verify]\nkeys = [\"a.pub\"]\n", "")
+        .split("\n[image.verify]")
+        .next()
+        .unwrap()
+        .to_string();
+    fs::write(&unchecked, without_policy).unwrap();
+    let save = xtask(&[
+        "images",
+        "mirror",
+        "save",
+        unchecked.to_str().unwrap(),
+        "--out",
+        bundle,
+    ]);
+    assert!(save.status.success(), "{}", text(&save.stderr));
+    let cert_args = [
+        "--certificate-identity",
+        IDENTITY,
+        "--certificate-oidc-issuer",
+        ISSUER,
+    ];
+    let src_addr = src.addr.clone();
+    drop(src);
+
+    let ca = keys.path().join("ca.pem");
+    let a = keys.path().join("a.pub");
+    let to = format!("{}/m", dst.addr);
+    let mut args = vec![
+        "images",
+        "mirror",
+        "load",
+        bundle,
+        "--to",
+        &to,
+        "--verify-key",
+        a.to_str().unwrap(),
+    ];
+    args.extend(cert_args);
+    args.extend(["--certificate-chain", ca.to_str().unwrap()]);
+    let load = xtask(&args);
+    let stderr = text(&load.stderr);
+    assert!(!load.status.success(), "{stderr}");
+    for (source, why) in hostile_reasons(&src_addr) {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("REFUSED  {source}: ")))
+            .unwrap_or_else(|| panic!("{source} refused: {stderr}"));
+        assert!(line.contains(&why), "{line}");
+    }
+    assert_only_the_good(&dst, "m");
+}
+
+#[test]
+fn bad_policy_input_is_one_line_and_writes_nothing() {
+    need!(Registry);
+    let dst = Registry::plain();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    run(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &d("private.pem"),
+        ],
+    );
+    fs::write(
+        d("bad.toml"),
+        format!("description = \"x\"\n[verify]\nkeyz = [\"a.pub\"]\n[[image]]\nsource = \"{}/a/b:v1\"\n", dst.addr),
+    )
+    .unwrap();
+    let image = format!("{}/a/b:v1", dst.addr);
+    let to = format!("{}/m", dst.addr);
+    let missing = d("missing.pub");
+    let private = d("private.pem");
+    let bad_list = d("bad.toml");
+    let bundle = d("bundle.tar");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--image", &image, "--verify-key", &missing],
+            "cannot read it",
+        ),
+        (
+            vec!["--image", &image, "--verify-key", &private],
+            "not a 'PUBLIC KEY'",
+        ),
+        (
+            vec![
+                "--image",
+                &image,
+                "--certificate-identity-regexp",
+                "(",
+                "--certificate-oidc-issuer",
+                ISSUER,
+                "--certificate-chain",
+                &private,
+            ],
+            "is not a valid regular expression",
+        ),
+        (
+            vec!["--image", &image, "--certificate-identity", IDENTITY],
+            "needs --certificate-oidc-issuer",
+        ),
+        (
+            vec!["--image", &image, "--trusted-root", &missing],
+            "not supported yet",
+        ),
+        (vec![&bad_list], "unknown field `keyz`"),
+    ];
+    for (flags, want) in cases {
+        for command in [
+            vec!["images", "mirror", "--to", &to],
+            vec!["images", "mirror", "save", "--out", &bundle],
+        ] {
+            let mut args = command.clone();
+            args.extend(&flags);
+            let output = xtask(&args);
+            let stderr = text(&output.stderr);
+            assert!(!output.status.success(), "{args:?}");
+            assert!(stderr.contains(want), "{args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+            assert!(!Path::new(&bundle).exists());
+        }
+    }
+    dst.assert_empty("bad input writes nothing");
+}
