@@ -3,6 +3,7 @@
 //! hand on a real registry, and `mirror load` checks a bundle with the source gone.
 
 use crate::support::fixture::{raw_digest, seed, skopeo_copy};
+use crate::support::upload::{push_blob, push_manifest};
 use crate::support::*;
 use sha2::Digest as _;
 use std::fs;
@@ -100,128 +101,28 @@ fn get(registry: &Registry, path: &str) -> Vec<u8> {
     output.stdout
 }
 
-/// Uploads a blob through the distribution API (POST, then PUT with the digest).
-fn put_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> String {
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
-    let headers = run(
-        "curl",
-        &[
-            "-s",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-X",
-            "POST",
-            &registry.url(&format!("/v2/{repository}/blobs/uploads/")),
-        ],
-    );
-    let location = headers
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-        })
-        .map(|(_, v)| v.trim().to_string())
-        .expect("an upload location");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), bytes).unwrap();
-    let separator = if location.contains('?') { '&' } else { '?' };
-    run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &format!("{location}{separator}digest={digest}"),
-        ],
-    );
-    digest
-}
-
-fn put_manifest(registry: &Registry, repository: &str, tag: &str, bytes: &[u8]) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), bytes).unwrap();
-    run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/vnd.oci.image.manifest.v1+json",
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &registry.url(&format!("/v2/{repository}/manifests/{tag}")),
-        ],
-    );
-}
-
 /// A local CA and a code-signing certificate for `NAME.pub`, naming IDENTITY and ISSUER
 /// as Fulcio does (both issuer extensions).
 fn local_ca(dir: &Path, name: &str) {
-    let d = |f: &str| dir.join(f).display().to_string();
-    run(
-        "openssl",
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &d("ca.key"),
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &d("ca.key"),
-            "-subj",
-            "/CN=Test CA",
-            "-days",
-            "2",
-            "-out",
-            &d("ca.pem"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &d("csr.key"),
-        ],
-    );
-    run(
-        "openssl",
-        &[
-            "req",
-            "-new",
-            "-key",
-            &d("csr.key"),
-            "-subj",
-            "/CN=signer",
-            "-out",
-            &d("leaf.csr"),
-        ],
-    );
+    // Paths in a temporary folder have no spaces: one string per command reads best.
+    let openssl = |args: String| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        run("openssl", &args);
+    };
+    let d = dir.display();
+    openssl(format!(
+        "ecparam -name prime256v1 -genkey -noout -out {d}/ca.key"
+    ));
+    openssl(format!(
+        "req -x509 -new -key {d}/ca.key -subj /CN=TestCA -days 2 -out {d}/ca.pem \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"
+    ));
+    openssl(format!(
+        "ecparam -name prime256v1 -genkey -noout -out {d}/csr.key"
+    ));
+    openssl(format!(
+        "req -new -key {d}/csr.key -subj /CN=signer -out {d}/leaf.csr"
+    ));
     fs::write(
         dir.join("leaf.ext"),
         format!(
@@ -232,34 +133,15 @@ fn local_ca(dir: &Path, name: &str) {
     )
     .unwrap();
     // The certificate is for the cosign key's public half, which signs.
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &d("leaf.csr"),
-            "-force_pubkey",
-            &d(&format!("{name}.pub")),
-            "-CA",
-            &d("ca.pem"),
-            "-CAkey",
-            &d("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &d("leaf.ext"),
-            "-out",
-            &d("leaf.pem"),
-        ],
-    );
+    openssl(format!(
+        "x509 -req -in {d}/leaf.csr -force_pubkey {d}/{name}.pub -CA {d}/ca.pem -CAkey {d}/ca.key \
+         -CAcreateserial -days 1 -extfile {d}/leaf.ext -out {d}/leaf.pem"
+    ));
 }
 
 /// Source images: two cosign accepts, and one of each hostile kind. Returns the list
 /// file (in `keys`), with `[verify]` for key `a` and the certificate image's own policy.
-fn signed_and_hostile(src: &Registry, dst: &Registry, keys: &Path) -> std::path::PathBuf {
-    let _ = dst;
+fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
     let r = &src.addr;
     key_pair(keys, "a");
     key_pair(keys, "b");
@@ -308,7 +190,7 @@ fn signed_and_hostile(src: &Registry, dst: &Registry, keys: &Path) -> std::path:
         src,
         &format!("/v2/otherdigest/app/manifests/{}", sig_tag(&y)),
     );
-    put_manifest(src, "otherdigest/app", &sig_tag(&v1), &y_sig);
+    push_manifest(src, "otherdigest/app", Some(&sig_tag(&v1)), &text(&y_sig));
     // The payload edited after signing, the manifest made consistent with it.
     let t = sign(keys, &format!("{r}/tampered/app:v1"), &a);
     let mut manifest: serde_json::Value = serde_json::from_slice(&get(
@@ -323,13 +205,13 @@ fn signed_and_hostile(src: &Registry, dst: &Registry, keys: &Path) -> std::path:
     let payload = text(&get(src, &format!("/v2/tampered/app/blobs/{layer}")));
     let edited = payload.replace("\"optional\":null", "\"optional\":{\"approved\":\"yes\"}");
     assert_ne!(payload, edited);
-    manifest["layers"][0]["digest"] = put_blob(src, "tampered/app", edited.as_bytes()).into();
+    manifest["layers"][0]["digest"] = push_blob(src, "tampered/app", edited.as_bytes()).into();
     manifest["layers"][0]["size"] = edited.len().into();
-    put_manifest(
+    push_manifest(
         src,
         "tampered/app",
-        &sig_tag(&t),
-        &serde_json::to_vec(&manifest).unwrap(),
+        Some(&sig_tag(&t)),
+        &manifest.to_string(),
     );
     // Signed for elsewhere/app, offered as moved/app.
     let w = sign(keys, &format!("{r}/elsewhere/app:v1"), &a);
@@ -420,7 +302,7 @@ fn mirror_copies_what_cosign_signed_and_refuses_each_hostile_signature() {
     need!(Docker, Registry, Skopeo, Cosign);
     let (src, dst) = (Registry::plain(), Registry::plain());
     let keys = tempfile::tempdir().unwrap();
-    let list = signed_and_hostile(&src, &dst, keys.path());
+    let list = signed_and_hostile(&src, keys.path());
     let list = list.to_str().unwrap();
     let to = format!("{}/m", dst.addr);
 
@@ -484,7 +366,7 @@ fn load_verifies_from_the_bundle_with_the_source_gone() {
     need!(Docker, Registry, Skopeo, Cosign);
     let (src, dst) = (Registry::plain(), Registry::plain());
     let keys = tempfile::tempdir().unwrap();
-    let list = signed_and_hostile(&src, &dst, keys.path());
+    let list = signed_and_hostile(&src, keys.path());
     let list = list.to_str().unwrap();
     let bundle = keys.path().join("bundle.tar");
     let bundle = bundle.to_str().unwrap();

@@ -108,10 +108,7 @@ async fn save_into(
         // restores them like any image: a tag by tag, a referrer by digest.
         let repository = format!("{}/{}", entry.source.registry, entry.source.repository);
         let mut attachments = attached(&registry, &entry.source.repository, &top.digest).await?;
-        for (tag, digest) in signatures {
-            attachments.retain(|(t, _)| t.as_ref() != Some(&tag));
-            attachments.push((Some(tag), digest));
-        }
+        super::engine::with_signatures(&mut attachments, signatures);
         for (tag, digest) in attachments {
             collect(&registry, &entry.source.repository, &digest, &mut collected).await?;
             let name = match tag {

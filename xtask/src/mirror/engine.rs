@@ -139,11 +139,7 @@ impl Engine {
         // What hangs on the image is read first: a hostile referrer is refused before
         // anything is written.
         let mut attachments = attached(&src.registry, src.repository, &source_digest).await?;
-        // What was verified is what is copied, even if a tag moved since.
-        for (tag, digest) in &job.signatures {
-            attachments.retain(|(t, _)| t.as_ref() != Some(tag));
-            attachments.push((Some(tag.clone()), digest.clone()));
-        }
+        with_signatures(&mut attachments, job.signatures.clone());
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
@@ -411,6 +407,23 @@ pub async fn attached(
         }
     }
     Ok(found)
+}
+
+/// `attachments` with the `.sig` tags a check verified: what was verified is what is
+/// copied, even if a tag moved since. Order is kept; the children's tags come last.
+pub fn with_signatures(
+    attachments: &mut Vec<(Option<Tag>, Digest)>,
+    signatures: Vec<(Tag, Digest)>,
+) {
+    for (tag, digest) in signatures {
+        match attachments
+            .iter_mut()
+            .find(|(t, _)| t.as_ref() == Some(&tag))
+        {
+            Some(found) => found.1 = digest,
+            None => attachments.push((Some(tag), digest)),
+        }
+    }
 }
 
 fn destination_reference(job: &CopyJob) -> Reference {

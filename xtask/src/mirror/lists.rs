@@ -316,6 +316,50 @@ mod tests {
     }
 
     #[test]
+    fn a_list_policy_is_overridden_per_image_and_unknown_keys_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("signed.toml");
+        let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXBxi50INfE0VHdsYtvtjs4xH1Wz6\nYs7sfOhdQLeHPdTZOjgZJ/ZaXu8LweRMOztfYC0eNY4xoscVDZGXcKd6KA==\n-----END PUBLIC KEY-----\n";
+        std::fs::write(dir.path().join("k.pub"), key).unwrap();
+        let load_list = |text: &str| {
+            std::fs::write(&list, text).unwrap();
+            load(dir.path(), &[list.display().to_string()], &[])
+        };
+        let entries = load_list(
+            "description = \"x\"\n[verify]\nkeys = [\"k.pub\"]\n\
+             [[image]]\nsource = \"r.example/a:1\"\n\
+             [[image]]\nsource = \"r.example/b:1\"\n[image.verify]\nskip = \"unsigned upstream\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            entries[0].verify.as_deref(),
+            Some(Rule::Signed(_))
+        ));
+        assert!(
+            matches!(entries[1].verify.as_deref(), Some(Rule::Unverified(r)) if r == "unsigned upstream")
+        );
+        for (text, want) in [
+            (
+                "[verify]\nkeyz = [\"k.pub\"]\n",
+                "signed.toml:3: unknown field `keyz`",
+            ),
+            ("[verify]\nkeys = [\"missing.pub\"]\n", "[verify]: keys"),
+            (
+                "[verify]\nskip = \"x\"\nkeys = [\"k.pub\"]\n",
+                "skip excludes every other",
+            ),
+        ] {
+            let err = load_list(&format!(
+                "description = \"x\"\n{text}[[image]]\nsource = \"r.example/a:1\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
     fn the_repository_lists_load() {
         let root = crate::project::project_root();
         let entries = load(&root, &[], &[]).unwrap();

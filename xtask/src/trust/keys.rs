@@ -211,3 +211,34 @@ pub fn oidc_issuer(cert: &Certificate) -> Option<String> {
     }
     value(ISSUER_V1).and_then(|raw| String::from_utf8(raw).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signature cosign 2.5 made (`cosign sign --key`), with the key's public half.
+    const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXBxi50INfE0VHdsYtvtjs4xH1Wz6\nYs7sfOhdQLeHPdTZOjgZJ/ZaXu8LweRMOztfYC0eNY4xoscVDZGXcKd6KA==\n-----END PUBLIC KEY-----\n";
+    const PAYLOAD: &str = r#"{"critical":{"identity":{"docker-reference":"127.0.0.1:54677/app"},"image":{"docker-manifest-digest":"sha256:a9c5f2b13c368e954e45ea47ba671acdcbe31fd48ac5a5bc4328aeb4ccdf31c7"},"type":"cosign container image signature"},"optional":null}"#;
+    const SIGNATURE: &str = "MEYCIQDwfddjavVcbhJwcxmt4hAk5jRnW4Wa08AVU/FaQ4dxAgIhAJC+XEC5pSvSY2vnl8SsYsT3vadTjQxgLg+yt7+JYCaR";
+
+    #[test]
+    fn a_cosign_signature_verifies_and_an_altered_payload_does_not() {
+        use base64::Engine as _;
+        let key = PublicKey::from_pem(PUBLIC).unwrap();
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(SIGNATURE)
+            .unwrap();
+        assert!(key.verify_sha256(PAYLOAD.as_bytes(), &signature));
+        let altered = PAYLOAD.replace("null", "{}");
+        assert!(!key.verify_sha256(altered.as_bytes(), &signature));
+        assert!(!key.verify_sha256(PAYLOAD.as_bytes(), b"not DER"));
+    }
+
+    #[test]
+    fn only_public_keys_are_keys() {
+        let private = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        let err = PublicKey::from_pem(private).unwrap_err().to_string();
+        assert!(err.contains("not a 'PUBLIC KEY'"), "{err}");
+        assert!(PublicKey::from_pem("hello").is_err());
+    }
+}
