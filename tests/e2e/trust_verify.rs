@@ -156,6 +156,7 @@ fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
         "otherdigest/app:y",
         "tampered/app:v1",
         "elsewhere/app:v1",
+        "otherid/app:v1",
     ]
     .iter()
     .enumerate()
@@ -170,19 +171,18 @@ fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
     );
     // The index only: its platform manifests stay unsigned.
     sign(keys, &format!("{r}/toponly/app:v1"), &a);
-    sign(
-        keys,
-        &format!("{r}/good/cert:v1"),
-        &[
-            "--key",
-            "c.key",
-            "--certificate",
-            "leaf.pem",
-            "--certificate-chain",
-            "ca.pem",
-        ],
-    );
     sign(keys, &format!("{r}/otherkey/app:v1"), &["--key", "b.key"]);
+    // The local CA's certificate, where the list wants another identity.
+    let certificate = [
+        "--key",
+        "c.key",
+        "--certificate",
+        "leaf.pem",
+        "--certificate-chain",
+        "ca.pem",
+    ];
+    sign(keys, &format!("{r}/otherid/app:v1"), &certificate);
+    sign(keys, &format!("{r}/good/cert:v1"), &certificate);
     // A valid signature of :y, put where :v1's signature would be.
     let y = sign(keys, &format!("{r}/otherdigest/app:y"), &a);
     let (v1, _) = raw_digest(&format!("{r}/otherdigest/app:v1"));
@@ -241,6 +241,10 @@ fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
         "\n[[image]]\nsource = \"{r}/good/cert:v1\"\n[image.verify]\nidentity = \"{IDENTITY}\"\n\
          issuer = \"{ISSUER}\"\ncertificate_chain = \"ca.pem\"\n"
     ));
+    toml.push_str(&format!(
+        "\n[[image]]\nsource = \"{r}/otherid/app:v1\"\n[image.verify]\nidentity = \"someone-else@example.com\"\n\
+         issuer = \"{ISSUER}\"\ncertificate_chain = \"ca.pem\"\n"
+    ));
     fs::write(&list, toml).unwrap();
     list
 }
@@ -266,6 +270,10 @@ fn hostile_reasons(r: &str) -> Vec<(String, String)> {
             format!("the signature claims {r}/elsewhere/app, not {r}/moved/app"),
         ),
         ("toponly/app:v1", "unsigned (no sha256-".to_string()),
+        (
+            "otherid/app:v1",
+            "no signature verifies with identity someone-else@example.com".to_string(),
+        ),
     ]
     .into_iter()
     .map(|(s, why)| (format!("{r}/{s}"), why))
@@ -397,14 +405,15 @@ fn load_verifies_from_the_bundle_with_the_source_gone() {
 
     // Saved with no policy, everything goes in: the check happens inside the air gap.
     let unchecked = keys.path().join("unchecked.toml");
-    let listed = fs::read_to_string(list).unwrap();
-    let without_policy = listed
-        .replace("[verify]\nkeys = [\"a.pub\"]\n", "")
-        .split("\n[image.verify]")
-        .next()
+    // The same images without any policy; not otherid/app, which only its list's own
+    // identity refuses (load's policy below takes its certificate).
+    let sources: String = fs::read_to_string(list)
         .unwrap()
-        .to_string();
-    fs::write(&unchecked, without_policy).unwrap();
+        .lines()
+        .filter(|l| l.starts_with("source = ") && !l.contains("/otherid/"))
+        .map(|l| format!("[[image]]\n{l}\n"))
+        .collect();
+    fs::write(&unchecked, format!("description = \"x\"\n{sources}")).unwrap();
     let save = xtask(&[
         "images",
         "mirror",
@@ -441,7 +450,8 @@ fn load_verifies_from_the_bundle_with_the_source_gone() {
     let load = xtask(&args);
     let stderr = text(&load.stderr);
     assert!(!load.status.success(), "{stderr}");
-    for (source, why) in hostile_reasons(&src_addr) {
+    let hostile = hostile_reasons(&src_addr).into_iter();
+    for (source, why) in hostile.filter(|(s, _)| !s.contains("/otherid/")) {
         let line = stderr
             .lines()
             .find(|l| l.starts_with(&format!("REFUSED  {source}: ")))
@@ -528,4 +538,44 @@ fn bad_policy_input_is_one_line_and_writes_nothing() {
         }
     }
     dst.assert_empty("bad input writes nothing");
+}
+
+#[test]
+fn an_index_signed_without_its_children_is_refused_until_they_are_signed() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let keys = tempfile::tempdir().unwrap();
+    key_pair(keys.path(), "a");
+    seed(&src.addr, &["index/app"]);
+    let image = format!("{}/index/app:v1", src.addr);
+    let to = format!("{}/m", dst.addr);
+    let a = keys.path().join("a.pub");
+    let mirror = || {
+        xtask(&[
+            "images",
+            "mirror",
+            "--image",
+            &image,
+            "--to",
+            &to,
+            "--verify-key",
+            a.to_str().unwrap(),
+        ])
+    };
+    sign(keys.path(), &image, &["--key", "a.key"]);
+    let refused = mirror();
+    let stderr = text(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("REFUSED  {image}: its manifest sha256:"))
+            && stderr.contains(": unsigned (no sha256-"),
+        "{stderr}"
+    );
+    dst.assert_empty("an index with unsigned children writes nothing");
+
+    sign(keys.path(), &image, &["--key", "a.key", "--recursive"]);
+    let copied = mirror();
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    let (digest, _) = raw_digest(&image);
+    assert_eq!(raw_digest(&format!("{to}/index/app:v1")).0, digest);
 }
