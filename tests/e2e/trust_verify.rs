@@ -522,13 +522,22 @@ fn bad_policy_input_is_one_line_and_writes_nothing() {
         ),
         (vec![&bad_list], "unknown field `keyz`"),
     ];
+    // load takes the flags (no lists): its policy is read before the bundle.
+    let empty_bundle = d("empty.tar");
+    fs::write(&empty_bundle, "").unwrap();
     for (flags, want) in cases {
+        let load = vec!["images", "mirror", "load", &empty_bundle, "--to", &to];
         for command in [
             vec!["images", "mirror", "--to", &to],
             vec!["images", "mirror", "save", "--out", &bundle],
+            load,
         ] {
             let mut args = command.clone();
-            args.extend(&flags);
+            match flags.iter().position(|f| *f == "--image") {
+                Some(_) if command[2] == "load" => args.extend(&flags[2..]),
+                None if command[2] == "load" => continue,
+                _ => args.extend(&flags),
+            }
             let output = xtask(&args);
             let stderr = text(&output.stderr);
             assert!(!output.status.success(), "{args:?}");
