@@ -403,11 +403,15 @@ fn report(summary: &Summary, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} copied, {} already current, {} failed; blobs: {} copied, {} mounted, {} already there; \
+        "{} copied, {} already current, {} failed{}; blobs: {} copied, {} mounted, {} already there; \
          {} moved in {:.1}s ({} requests, {} retries, {} resumed reads, {} resumed uploads, {} restarts)",
         summary.copied,
         summary.skipped,
         summary.failed,
+        match summary.refused {
+            0 => String::new(),
+            n => format!(" ({n} refused by the signature policy)"),
+        },
         summary.blobs_copied,
         summary.blobs_mounted,
         summary.blobs_present,
