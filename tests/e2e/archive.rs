@@ -5,8 +5,9 @@
 
 use crate::support::fixture::*;
 use crate::support::proxy::{Action, Proxy};
+use crate::support::upload::*;
 use crate::support::*;
-use sha2::{Digest as _, Sha256};
+use sha2::Digest as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -244,94 +245,7 @@ fn save_then_load_into_a_fresh_registry_keeps_digests() {
     );
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const EMPTY_CONFIG: &[u8] = b"{}";
-
-/// A monolithic blob upload with curl; returns the digest.
-fn push_blob(registry: &Registry, repository: &str, data: &[u8]) -> String {
-    push_blob_as(registry, repository, data, sha256(data))
-}
-
-/// The same, naming the blob by `digest` (sha256 or sha512).
-fn push_blob_as(registry: &Registry, repository: &str, data: &[u8], digest: String) -> String {
-    let headers = run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "POST",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            &registry.url(&format!("/v2/{repository}/blobs/uploads/")),
-        ],
-    );
-    let location = headers
-        .lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            key.eq_ignore_ascii_case("location")
-                .then(|| value.trim().to_string())
-        })
-        .expect("the registry opened an upload");
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        registry.url(&location)
-    };
-    let separator = if location.contains('?') { '&' } else { '?' };
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), data).unwrap();
-    run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &format!("{location}{separator}digest={digest}"),
-        ],
-    );
-    digest
-}
-
-/// An OCI manifest PUT by tag or digest; returns its digest.
-fn push_manifest(
-    registry: &Registry,
-    repository: &str,
-    reference: Option<&str>,
-    body: &str,
-) -> String {
-    let digest = sha256(body.as_bytes());
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), body).unwrap();
-    let url = registry.url(&format!(
-        "/v2/{repository}/manifests/{}",
-        reference.unwrap_or(&digest)
-    ));
-    run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {MANIFEST}"),
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &url,
-        ],
-    );
-    digest
-}
 
 /// A small artifact: an empty config and one payload layer, optionally about `subject`.
 fn artifact(config: &str, payload: (&str, usize), subject: Option<(&str, usize)>) -> String {
@@ -406,20 +320,10 @@ fn a_sha512_image_mirrors_saves_and_loads_with_identical_bytes() {
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"{MANIFEST}","digest":"{manifest_digest}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
         manifest.len()
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), &index).unwrap();
-    run(
-        "curl",
-        &[
-            "-sf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/vnd.oci.image.index.v1+json",
-            "--data-binary",
-            &format!("@{}", file.path().display()),
-            &src.url(&format!("/v2/{repository}/manifests/v1")),
-        ],
+    put(
+        &src.url(&format!("/v2/{repository}/manifests/v1")),
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
     );
     let original: Vec<Vec<u8>> = std::iter::once(config.into_bytes()).chain(layers).collect();
     let manifest_text = manifest;

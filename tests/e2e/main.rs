@@ -12,3 +12,4 @@ mod preflight;
 mod release;
 mod support;
 mod trust_sign;
+mod trust_verify;

@@ -71,7 +71,7 @@ pub enum ImagesCommand {
     /// image's index and tags, registry-side.
     Merge(MergeArgs),
     /// Copy images under a registry prefix for air-gapped clusters.
-    Mirror(MirrorArgs),
+    Mirror(Box<MirrorArgs>),
     /// Add tags to a manifest already in a registry, without moving layers.
     Retag(RetagArgs),
     /// Measure built images per platform against their size budgets.
@@ -393,6 +393,57 @@ pub struct RegistryArgs {
     pub timeout: Option<humantime::Duration>,
 }
 
+/// Who must have signed an image before it is mirrored, saved or loaded (cosign's
+/// signatures, checked offline). A list's `[verify]` table, or an image's own, wins.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrustArgs {
+    /// Accept signatures by this public key (PEM, as `cosign generate-key-pair` writes
+    /// it; repeatable, any one will do).
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept certificates for this identity (an email or URI subject alternative name).
+    #[arg(
+        long,
+        value_name = "SAN",
+        conflicts_with = "certificate_identity_regexp"
+    )]
+    pub certificate_identity: Option<String>,
+    /// Accept certificates whose identity matches this regular expression (whole value).
+    #[arg(long, value_name = "REGEXP")]
+    pub certificate_identity_regexp: Option<String>,
+    /// The OIDC issuer the certificate must name.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "certificate_oidc_issuer_regexp"
+    )]
+    pub certificate_oidc_issuer: Option<String>,
+    /// The OIDC issuer must match this regular expression (whole value).
+    #[arg(long, value_name = "REGEXP")]
+    pub certificate_oidc_issuer_regexp: Option<String>,
+    /// The CA certificates (PEM) signing certificates must chain to: a site's own CA.
+    #[arg(long, value_name = "FILE")]
+    pub certificate_chain: Option<PathBuf>,
+    /// sigstore's trusted_root.json, for keyless signatures offline (not supported yet).
+    #[arg(long, value_name = "FILE")]
+    pub trusted_root: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    pub fn spec(&self) -> crate::trust::PolicySpec {
+        crate::trust::PolicySpec {
+            keys: self.verify_keys.clone(),
+            identity: self.certificate_identity.clone(),
+            identity_regexp: self.certificate_identity_regexp.clone(),
+            issuer: self.certificate_oidc_issuer.clone(),
+            issuer_regexp: self.certificate_oidc_issuer_regexp.clone(),
+            certificate_chain: self.certificate_chain.clone(),
+            trusted_root: self.trusted_root.clone(),
+            skip: None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct MirrorArgs {
@@ -448,6 +499,8 @@ pub struct MirrorCopyArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -461,6 +514,8 @@ pub struct MirrorSaveArgs {
     /// One more image to save (repeatable).
     #[arg(long = "image", value_name = "REF")]
     pub images: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -480,6 +535,8 @@ pub struct MirrorLoadArgs {
     /// bundle names an image by tag only, or not at all (skopeo's `oci-archive:FILE:TAG`).
     #[arg(long, value_name = "REPO")]
     pub repository: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -24,6 +24,7 @@ mod sign;
 mod size;
 mod text;
 mod tools;
+mod trust;
 mod verify;
 
 use clap::Parser;
@@ -38,7 +39,7 @@ fn main() -> std::process::ExitCode {
             ImagesCommand::Render(args) => args.run(&root),
             ImagesCommand::Build(args) => (*args).run(&root),
             ImagesCommand::Merge(args) => args.run(&root),
-            ImagesCommand::Mirror(args) => args.run(&root),
+            ImagesCommand::Mirror(args) => (*args).run(&root),
             ImagesCommand::Retag(args) => args.run(&root),
             ImagesCommand::Size(args) => args.run(&root),
             ImagesCommand::Verify(args) => args.run(&root),

@@ -17,6 +17,7 @@ pub mod artifacts;
 pub mod fixture;
 pub mod proxy;
 pub mod scripted;
+pub mod upload;
 
 use std::fs;
 use std::net::TcpListener;

@@ -26,9 +26,9 @@ use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
 use crate::oci::{Digest, Error, Reference, Registries, Registry, Repository, Tag};
 use crate::text::printable;
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(super) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Set by containerd, nerdctl and `docker save` to the full reference.
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+pub(super) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// All manifests of a bundle held at once; each is at most `MAX_MANIFEST_BYTES`.
@@ -67,8 +67,13 @@ async fn save_into(
     partial: &Path,
 ) -> Result<()> {
     let registries = Registries::new(args.registry.insecure.clone());
+    let cli_rule = args
+        .trust
+        .spec()
+        .build(Path::new(""), &crate::trust::FLAG_NAMES)?;
     let mut collected = Collected::default();
     let mut tops = Vec::new();
+    let mut refused = Vec::new();
     for entry in entries {
         let registry = registries.get(&entry.source.registry).await?;
         let reference = entry.source.pointer();
@@ -76,6 +81,21 @@ async fn save_into(
             .head_manifest(&entry.source.repository, &reference)
             .await?
             .ok_or_else(|| anyhow!("{} does not exist at the source", entry.source))?;
+        // Checked on the connected side too: a refused image is left out of the bundle.
+        let rule = entry.verify.as_ref().or(cli_rule.as_ref());
+        let verdict =
+            super::verify::check(&registry, &entry.source, &top.digest, None, rule).await?;
+        let signatures = match verdict {
+            Ok(verdict) if rule.is_some() => verdict.signatures,
+            // Without a policy, the children's signatures still come along, so the
+            // bundle can be verified inside the air gap.
+            Ok(_) => super::verify::signatures(&registry, &entry.source, &top.digest).await?,
+            Err(why) => {
+                eprintln!("REFUSED  {}: {why}", entry.source);
+                refused.push(entry.source.to_string());
+                continue;
+            }
+        };
         collect(
             &registry,
             &entry.source.repository,
@@ -87,7 +107,9 @@ async fn save_into(
         // Signatures and referrers ride along as entries of their own, so `load`
         // restores them like any image: a tag by tag, a referrer by digest.
         let repository = format!("{}/{}", entry.source.registry, entry.source.repository);
-        for (tag, digest) in attached(&registry, &entry.source.repository, &top.digest).await? {
+        let mut attachments = attached(&registry, &entry.source.repository, &top.digest).await?;
+        super::engine::with_signatures(&mut attachments, signatures);
+        for (tag, digest) in attachments {
             collect(&registry, &entry.source.repository, &digest, &mut collected).await?;
             let name = match tag {
                 Some(tag) => format!("{repository}:{tag}"),
@@ -115,15 +137,24 @@ async fn save_into(
     std::fs::rename(partial, &args.out)
         .with_context(|| format!("moving the archive to {}", args.out.display()))?;
     let total: u64 = collected.blobs.values().sum();
+    let saved = entries.len() - refused.len();
     println!(
         "saved {} images and {} signatures or referrers ({} manifests, {} blobs, {}) to {}",
-        entries.len(),
-        tops_count - entries.len(),
+        saved,
+        tops_count - saved,
         collected.manifests.len(),
         collected.blobs.len(),
         super::human_bytes(total),
         args.out.display()
     );
+    if !refused.is_empty() {
+        bail!(
+            "{} of {} images were refused by the signature policy and left out of the bundle: {}",
+            refused.len(),
+            entries.len(),
+            refused.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -324,7 +355,7 @@ struct Naming {
     repository: Option<String>,
 }
 
-fn has_host(name: &str) -> bool {
+pub(super) fn has_host(name: &str) -> bool {
     name.split_once('/')
         .is_some_and(|(first, _)| is_registry_host(first))
 }
@@ -429,17 +460,19 @@ struct Loader {
     manifest_bytes: u64,
     blobs: BTreeMap<Digest, Blob>,
     counts: Counts,
+    /// index.json entries the signature policy refused.
+    skip: BTreeSet<(Option<String>, Digest)>,
 }
 
 /// What a tar member is, once its name and type are checked.
-enum Member {
+pub(super) enum Member {
     Layout,
     Index,
     Blob(Digest),
     Other,
 }
 
-fn classify(header: &tar::Header, path: &[u8]) -> Result<Member> {
+pub(super) fn classify(header: &tar::Header, path: &[u8]) -> Result<Member> {
     let name = String::from_utf8_lossy(path);
     let shown = printable(&name);
     if name.starts_with('/') {
@@ -479,7 +512,7 @@ fn classify(header: &tar::Header, path: &[u8]) -> Result<Member> {
 }
 
 /// A small JSON document of the bundle, refused unread when over the manifest limit.
-fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec<u8>> {
+pub(super) fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec<u8>> {
     if size > MAX_MANIFEST_BYTES {
         bail!(
             "{what} is {size} bytes, more than the {} MiB limit for a manifest; refusing it",
@@ -499,7 +532,7 @@ fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec<u8>
 
 /// Skips forward inside the read buffer instead of dropping it, so passing over many
 /// small members does not re-read a buffer each time.
-struct Skipping(BufReader<File>);
+pub(super) struct Skipping(pub(super) BufReader<File>);
 
 impl Read for Skipping {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -520,7 +553,7 @@ impl Seek for Skipping {
 }
 
 /// Members read after the first pass: by offset in a tar, or by path in a folder.
-enum Members {
+pub(super) enum Members {
     Tar {
         file: BufReader<File>,
         /// Data offset and size of each blob member.
@@ -542,7 +575,7 @@ impl Members {
         }
     }
 
-    fn open(&mut self, digest: &Digest) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
+    pub(super) fn open(&mut self, digest: &Digest) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
         match self {
             Members::Tar { file, toc } => {
                 let Some(&(offset, size)) = toc.get(digest) else {
@@ -565,7 +598,7 @@ impl Members {
 }
 
 /// A file of a layout folder, refusing symbolic links on the way.
-fn folder_file(root: &Path, relative: &str) -> Result<Option<(File, u64)>> {
+pub(super) fn folder_file(root: &Path, relative: &str) -> Result<Option<(File, u64)>> {
     let mut path = root.to_path_buf();
     for part in relative.split('/') {
         path.push(part);
@@ -625,6 +658,13 @@ impl Loader {
                 .flatten()
                 .find(|n| has_host(n))
                 .or(annotation(REF_NAME));
+            // Refused by the signature policy: none of it is wanted, so nothing is pushed.
+            if self
+                .skip
+                .contains(&(name.map(String::from), digest.clone()))
+            {
+                continue;
+            }
             let destination = self.naming.destination(name, &digest)?;
             if let Some(other) = self.tops.iter().find(|t| {
                 t.destination.repository == destination.repository
@@ -966,8 +1006,25 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
     if let Some(repository) = &args.repository {
         under(args.to.trim_end_matches('/'), repository).context("--repository")?;
     }
+    let rule = args
+        .trust
+        .spec()
+        .build(Path::new(""), &crate::trust::FLAG_NAMES)?;
+    let refused = match rule {
+        Some(rule) => {
+            let path = args.bundle.clone();
+            tokio::task::spawn_blocking(move || super::bundle_verify::check_bundle(&path, &rule))
+                .await?
+                .with_context(|| args.bundle.display().to_string())?
+        }
+        None => Default::default(),
+    };
+    for line in &refused.lines {
+        eprintln!("{line}");
+    }
     let registry = registries.get(&destination_host).await?;
     let mut loader = Loader {
+        skip: refused.entries.clone(),
         naming: Naming {
             to: args.to.clone(),
             keep_host: args.keep_host,
@@ -1044,6 +1101,12 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
         super::human_bytes(registry.stats.bytes_copied.load(Ordering::Relaxed)),
         started.elapsed().as_secs_f64()
     );
+    if !refused.lines.is_empty() {
+        bail!(
+            "{} images of the bundle were refused by the signature policy; nothing was written for them",
+            refused.lines.len()
+        );
+    }
     Ok(())
 }
 

@@ -22,6 +22,10 @@ pub struct CopyJob {
     pub destination: ImageRef,
     /// Copy only these platforms; this rewrites the index and so changes its digest.
     pub platforms: Option<Vec<String>>,
+    /// Who must have signed it (none: copied unverified, as before).
+    pub rule: Option<Arc<crate::trust::Rule>>,
+    /// The `.sig` tags a check verified, copied as they were when checked.
+    pub signatures: Vec<(Tag, Digest)>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -134,7 +138,8 @@ impl Engine {
         };
         // What hangs on the image is read first: a hostile referrer is refused before
         // anything is written.
-        let attachments = attached(&src.registry, src.repository, &source_digest).await?;
+        let mut attachments = attached(&src.registry, src.repository, &source_digest).await?;
+        with_signatures(&mut attachments, job.signatures.clone());
         let (bytes, media_type) = self
             .copy_children(&src, &dst, &source_digest, job.platforms.as_deref())
             .await?;
@@ -404,6 +409,23 @@ pub async fn attached(
     Ok(found)
 }
 
+/// `attachments` with the `.sig` tags a check verified: what was verified is what is
+/// copied, even if a tag moved since. Order is kept; the children's tags come last.
+pub fn with_signatures(
+    attachments: &mut Vec<(Option<Tag>, Digest)>,
+    signatures: Vec<(Tag, Digest)>,
+) {
+    for (tag, digest) in signatures {
+        match attachments
+            .iter_mut()
+            .find(|(t, _)| t.as_ref() == Some(&tag))
+        {
+            Some(found) => found.1 = digest,
+            None => attachments.push((Some(tag), digest)),
+        }
+    }
+}
+
 fn destination_reference(job: &CopyJob) -> Reference {
     match (&job.destination.tag, &job.destination.digest) {
         (Some(tag), _) => Reference::Tag(tag.clone()),
@@ -418,7 +440,10 @@ pub fn is_foreign(descriptor: &serde_json::Value) -> bool {
 }
 
 /// The index entries for `platforms`, plus the attestation manifests that describe them.
-fn subset(children: &[serde_json::Value], platforms: &[String]) -> Vec<serde_json::Value> {
+pub(super) fn subset(
+    children: &[serde_json::Value],
+    platforms: &[String],
+) -> Vec<serde_json::Value> {
     let platform_of = |child: &serde_json::Value| {
         let p = &child["platform"];
         let mut name = format!(

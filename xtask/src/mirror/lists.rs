@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
 use crate::naming::ImageRef;
+use crate::trust::{PolicySpec, Rule, TOML_NAMES};
+use std::sync::Arc;
 
 pub const MIRRORS_DIR: &str = "mirrors";
 /// Computed from the catalog: every base image a template builds FROM.
@@ -20,6 +22,8 @@ struct ListFile {
     description: String,
     #[serde(default, rename = "image")]
     images: Vec<EntrySpec>,
+    /// Who must have signed every image of the list, unless an image says otherwise.
+    verify: Option<PolicySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +38,7 @@ struct EntrySpec {
     #[serde(default)]
     helm_image: Vec<String>,
     agent_field: Option<String>,
+    verify: Option<PolicySpec>,
 }
 
 /// One image to mirror, with what the cluster-side outputs need to know about it.
@@ -49,6 +54,9 @@ pub struct Entry {
     pub helm_image: Vec<String>,
     /// The Agent CRD field this image goes in.
     pub agent_field: Option<String>,
+    /// Its signature policy, from the image or its list; none: the command line's.
+    #[serde(skip)]
+    pub verify: Option<Arc<Rule>>,
 }
 
 impl Entry {
@@ -61,6 +69,7 @@ impl Entry {
             helm: vec![],
             helm_image: vec![],
             agent_field: None,
+            verify: None,
         }
     }
 }
@@ -136,6 +145,14 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             None => anyhow!("{label}: {}", e.message().replace('\n', " ")),
         }
     })?;
+    // Key and CA paths are relative to the list file.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let list_rule = match &file.verify {
+        Some(spec) => spec
+            .build(base, &TOML_NAMES)
+            .map_err(|e| anyhow!("{label}: [verify]: {e:#}"))?,
+        None => None,
+    };
     file.images
         .into_iter()
         .map(|spec| {
@@ -167,7 +184,14 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                     bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
                 }
             }
+            let verify = match &spec.verify {
+                Some(policy) => policy
+                    .build(base, &TOML_NAMES)
+                    .map_err(|e| anyhow!("{label}: [image.verify] of {}: {e:#}", spec.source))?,
+                None => list_rule.clone(),
+            };
             Ok(Entry {
+                verify,
                 group: group.clone(),
                 source,
                 platforms: spec.platforms,
@@ -289,6 +313,50 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_list_policy_is_overridden_per_image_and_unknown_keys_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("signed.toml");
+        let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXBxi50INfE0VHdsYtvtjs4xH1Wz6\nYs7sfOhdQLeHPdTZOjgZJ/ZaXu8LweRMOztfYC0eNY4xoscVDZGXcKd6KA==\n-----END PUBLIC KEY-----\n";
+        std::fs::write(dir.path().join("k.pub"), key).unwrap();
+        let load_list = |text: &str| {
+            std::fs::write(&list, text).unwrap();
+            load(dir.path(), &[list.display().to_string()], &[])
+        };
+        let entries = load_list(
+            "description = \"x\"\n[verify]\nkeys = [\"k.pub\"]\n\
+             [[image]]\nsource = \"r.example/a:1\"\n\
+             [[image]]\nsource = \"r.example/b:1\"\n[image.verify]\nskip = \"unsigned upstream\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            entries[0].verify.as_deref(),
+            Some(Rule::Signed(_))
+        ));
+        assert!(
+            matches!(entries[1].verify.as_deref(), Some(Rule::Unverified(r)) if r == "unsigned upstream")
+        );
+        for (text, want) in [
+            (
+                "[verify]\nkeyz = [\"k.pub\"]\n",
+                "signed.toml:3: unknown field `keyz`",
+            ),
+            ("[verify]\nkeys = [\"missing.pub\"]\n", "[verify]: keys"),
+            (
+                "[verify]\nskip = \"x\"\nkeys = [\"k.pub\"]\n",
+                "skip excludes every other",
+            ),
+        ] {
+            let err = load_list(&format!(
+                "description = \"x\"\n{text}[[image]]\nsource = \"r.example/a:1\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! registry or through an OCI-layout archive, and emit what the cluster consumes.
 
 pub mod archive;
+mod bundle_verify;
 pub mod config;
 pub mod engine;
 pub mod lists;
 pub mod retag;
+pub mod verify;
 
 use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -66,6 +68,8 @@ pub fn plan(
                 source: entry.source.clone(),
                 destination: destination.clone(),
                 platforms,
+                rule: entry.verify.clone(),
+                signatures: Vec::new(),
             };
             let planned = Planned {
                 source: entry.source.to_string(),
@@ -84,6 +88,12 @@ pub struct ImageResult {
     #[serde(flatten)]
     pub outcome: Option<Outcome>,
     pub error: Option<String>,
+    /// Who signed it, or why it was not checked; on refusal, why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+    /// The signature policy refused it: nothing was written for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,7 +101,9 @@ pub struct Summary {
     pub images: Vec<ImageResult>,
     pub copied: usize,
     pub skipped: usize,
+    /// Includes the refused.
     pub failed: usize,
+    pub refused: usize,
     pub blobs_copied: u64,
     pub blobs_mounted: u64,
     pub blobs_present: u64,
@@ -117,7 +129,17 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
         );
     };
     let entries = lists::load(root, &args.lists, &args.images)?;
-    let planned = plan(entries, prefix, args.keep_host, &args.platform)?;
+    let mut planned = plan(entries, prefix, args.keep_host, &args.platform)?;
+    // The command line's policy is for images whose list names none.
+    let cli_rule = args
+        .trust
+        .spec()
+        .build(Path::new(""), &crate::trust::FLAG_NAMES)?;
+    for (_, job) in &mut planned {
+        if job.rule.is_none() {
+            job.rule = cli_rule.clone();
+        }
+    }
     // Checked before anything is copied.
     let mirror_ca = match &args.mirror_ca {
         Some(path) => Some(crate::text::read_ca_pem("--mirror-ca", path)?),
@@ -132,6 +154,14 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
         write_config(dir, args, &planned, &summary, mirror_ca)?;
     }
     report(&summary, args.json)?;
+    if summary.refused > 0 {
+        bail!(
+            "{} of {} images failed, {} of them refused by the signature policy (nothing was written for those)",
+            summary.failed,
+            summary.images.len(),
+            summary.refused
+        );
+    }
     if summary.failed > 0 {
         bail!(
             "{} of {} images failed; re-run to copy only what is missing",
@@ -219,7 +249,7 @@ pub async fn copy_all(
     }
     let semaphore = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut tasks = Vec::new();
-    for (planned, job) in planned.iter().cloned() {
+    for (planned, mut job) in planned.iter().cloned() {
         let engine = engine.clone();
         let semaphore = semaphore.clone();
         let images_bar = bars.images.clone();
@@ -228,12 +258,25 @@ pub async fn copy_all(
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            let outcome = engine.copy(&job).await;
+            // Checked before anything is written for it; the copy then takes exactly
+            // the digest and the signatures that were checked.
+            let checked = verify_first(&engine, &mut job).await;
+            let (outcome, verification, refused) = match checked {
+                Ok(Ok(note)) => (engine.copy(&job).await, note, false),
+                Ok(Err(why)) => (Err(anyhow::anyhow!("{why}")), Some(why), true),
+                Err(e) => (Err(e), None, false),
+            };
             images_bar.inc(1);
             let line = match &outcome {
+                Err(e) if refused => format!("REFUSED  {}: {e}", planned.source),
                 Ok(Outcome::Copied { digest }) => format!(
-                    "copied   {} -> {}@{digest}",
-                    planned.source, planned.destination
+                    "copied   {} -> {}@{digest}{}",
+                    planned.source,
+                    planned.destination,
+                    verification
+                        .as_ref()
+                        .map(|v| format!(" ({v})"))
+                        .unwrap_or_default()
                 ),
                 Ok(Outcome::Skipped { .. }) => format!(
                     "current  {} (already at {})",
@@ -258,6 +301,8 @@ pub async fn copy_all(
                     .err()
                     .map(|e| format!("{e:#}").replace('\n', " ")),
                 outcome: outcome.ok(),
+                verification,
+                refused,
             }
         }));
     }
@@ -277,6 +322,7 @@ pub async fn copy_all(
             .filter(|r| matches!(r.outcome, Some(Outcome::Skipped { .. })))
             .count(),
         failed: images.iter().filter(|r| r.error.is_some()).count(),
+        refused: images.iter().filter(|r| r.refused).count(),
         images,
         blobs_copied: engine.blobs.copied.load(Ordering::Relaxed),
         blobs_mounted: engine.blobs.mounted.load(Ordering::Relaxed),
@@ -290,6 +336,32 @@ pub async fn copy_all(
         seconds: started.elapsed().as_secs_f64(),
         destination_plain_http,
     })
+}
+
+/// The signature check of one job, when it has a policy: Ok(Ok(note)) pins the job to
+/// the checked digest and signatures; Ok(Err(why)) is a refusal.
+async fn verify_first(
+    engine: &Engine,
+    job: &mut CopyJob,
+) -> Result<Result<Option<String>, String>> {
+    if job.rule.is_none() {
+        return Ok(Ok(None));
+    }
+    let digest = engine.source_digest(job).await?;
+    let registry = engine.registries.get(&job.source.registry).await?;
+    let checked = verify::check(
+        &registry,
+        &job.source,
+        &digest,
+        job.platforms.as_deref(),
+        job.rule.as_ref(),
+    )
+    .await?;
+    Ok(checked.map(|verdict| {
+        job.source.digest = Some(digest);
+        job.signatures = verdict.signatures;
+        Some(verdict.note)
+    }))
 }
 
 /// Progress on a terminal; silent (but for the per-image lines) in pipelines.
@@ -331,11 +403,15 @@ fn report(summary: &Summary, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} copied, {} already current, {} failed; blobs: {} copied, {} mounted, {} already there; \
+        "{} copied, {} already current, {} failed{}; blobs: {} copied, {} mounted, {} already there; \
          {} moved in {:.1}s ({} requests, {} retries, {} resumed reads, {} resumed uploads, {} restarts)",
         summary.copied,
         summary.skipped,
         summary.failed,
+        match summary.refused {
+            0 => String::new(),
+            n => format!(" ({n} refused by the signature policy)"),
+        },
         summary.blobs_copied,
         summary.blobs_mounted,
         summary.blobs_present,
@@ -386,14 +462,33 @@ async fn dry_run(planned: &[(Planned, CopyJob)], args: &MirrorCopyArgs) -> Resul
             (Ok(_), Ok(Some(_))) => "copy (replaces the destination tag)".to_string(),
             (Ok(_), Ok(None)) => "copy".to_string(),
         };
+        let verdict = match (&source, &job.rule) {
+            (_, None) => "not verified (no policy)".to_string(),
+            (Err(_), Some(_)) => "cannot check".to_string(),
+            (Ok(digest), Some(rule)) => {
+                let checked = match engine.registries.get(&job.source.registry).await {
+                    Ok(registry) => {
+                        let platforms = job.platforms.as_deref();
+                        verify::check(&registry, &job.source, digest, platforms, Some(rule)).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match checked {
+                    Ok(Ok(verdict)) => verdict.note,
+                    Ok(Err(why)) => format!("REFUSED: {why}"),
+                    Err(e) => format!("cannot check: {}", format!("{e:#}").replace('\n', " ")),
+                }
+            }
+        };
         rows.push(vec![
             p.source.clone(),
             p.destination.clone(),
             action.clone(),
+            verdict.clone(),
         ]);
         documents.push(serde_json::json!({
             "source": p.source, "destination": p.destination, "group": p.entry.group,
-            "source_digest": source.ok(), "action": action,
+            "source_digest": source.ok(), "action": action, "verification": verdict,
         }));
     }
     if args.json {
@@ -402,7 +497,7 @@ async fn dry_run(planned: &[(Planned, CopyJob)], args: &MirrorCopyArgs) -> Resul
         println!("# Mirror plan (dry run: nothing is written)");
         print!(
             "{}",
-            crate::report::table(&["SOURCE", "DESTINATION", "ACTION"], &rows)
+            crate::report::table(&["SOURCE", "DESTINATION", "ACTION", "SIGNATURE"], &rows)
         );
     }
     Ok(())

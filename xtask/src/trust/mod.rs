@@ -1,0 +1,6 @@
+//! Trust: who signed an image, checked before anything is written.
+
+pub mod keys;
+pub mod verify;
+
+pub use verify::*;
