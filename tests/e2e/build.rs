@@ -197,13 +197,40 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
             "{image}: platform manifests differ on a rebuild\nfirst build:\n{before_text}\nrebuild:\n{}",
             describe(image, &after)
         );
-        // The provenance records when and by which invocation it was built.
-        let index = if *before == after {
-            "identical"
-        } else {
-            "differs in its attestations"
+        // What differs is the provenance: when, and by which invocation, it was built.
+        let repository = format!("e2e/kubeopencode-agent-{image}");
+        let statement = |digest: &str| -> serde_json::Value {
+            let manifest = skopeo_raw(&format!("{}/{repository}@{digest}", registry.addr));
+            let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+            let url = registry.url(&format!("/v2/{repository}/blobs/{layer}"));
+            serde_json::from_str(&run("curl", &["-sfk", &url])).unwrap()
         };
-        eprintln!("{image}: index {index} on a rebuild");
+        let attestations = |list: &[(String, String)]| -> Vec<String> {
+            let kept = list
+                .iter()
+                .filter(|(kind, _)| kind == "attestation-manifest");
+            kept.map(|(_, digest)| digest.clone()).collect()
+        };
+        for (old, new) in attestations(before).iter().zip(attestations(&after)) {
+            let mut rebuilt = statement(&new);
+            // The rebuild's own flag, recorded among its frontend arguments.
+            let parameters = &mut rebuilt["predicate"]["invocation"]["parameters"];
+            if let Some(args) = parameters["args"].as_object_mut() {
+                assert!(args.remove("no-cache").is_some(), "{args:?}");
+                if args.is_empty() {
+                    parameters.as_object_mut().unwrap().remove("args");
+                }
+            }
+            let mut differ = Vec::new();
+            differing_paths("", &statement(old), &rebuilt, &mut differ);
+            for path in &differ {
+                assert!(
+                    PROVENANCE_VARIES.contains(&path.as_str()),
+                    "{image}: the provenance differs at {path} too: {differ:?}"
+                );
+            }
+            eprintln!("{image}: provenance differs at {differ:?}");
+        }
     }
 
     let opencode = format!(
@@ -355,6 +382,41 @@ fn air_gapped_multi_arch_build_of_opencode_and_attach() {
         "{output}"
     );
     assert!(!output.contains("Permission denied"), "{output}");
+}
+
+/// The provenance fields BuildKit fills in per build (README, "Reproducible builds").
+const PROVENANCE_VARIES: &[&str] = &[
+    "predicate.metadata.buildInvocationID",
+    "predicate.metadata.buildStartedOn",
+    "predicate.metadata.buildFinishedOn",
+];
+
+/// The dotted paths of the leaves where `a` and `b` differ.
+fn differing_paths(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let null = serde_json::Value::Null;
+                let (l, r) = (x.get(key).unwrap_or(&null), y.get(key).unwrap_or(&null));
+                differing_paths(&join(key), l, r, out);
+            }
+        }
+        (serde_json::Value::Array(x), serde_json::Value::Array(y)) if x.len() == y.len() => {
+            for (i, (l, r)) in x.iter().zip(y).enumerate() {
+                differing_paths(&join(&i.to_string()), l, r, out);
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
 }
 
 struct VolumeGuard(String);

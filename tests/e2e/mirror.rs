@@ -1076,3 +1076,94 @@ fn a_plain_http_mirror_with_keep_host_is_written_as_such() {
     .unwrap_or_else(|e| panic!("{source}: {e}"));
     assert_eq!(pulled, app_digest);
 }
+
+#[test]
+fn a_helm_chart_is_copied_byte_for_byte_and_the_config_installs_it_from_the_mirror() {
+    use crate::support::upload::{push_blob, push_manifest};
+    need!(Registry, Skopeo);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let work = tempfile::tempdir().unwrap();
+    // A chart as `helm package` and `helm push` lay it out: a gzipped tar of demo/, and
+    // Chart.yaml's fields as the config, under Helm's media types.
+    let chart_dir = work.path().join("demo");
+    fs::create_dir_all(&chart_dir).unwrap();
+    fs::write(
+        chart_dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\nappVersion: v0.1.0\n",
+    )
+    .unwrap();
+    let tgz = work.path().join("demo-0.1.0.tgz");
+    let dir = work.path().to_str().unwrap();
+    run("tar", &["-C", dir, "-czf", tgz.to_str().unwrap(), "demo"]);
+    let chart = fs::read(&tgz).unwrap();
+    let config = br#"{"apiVersion":"v2","name":"demo","version":"0.1.0","appVersion":"v0.1.0"}"#;
+    let repository = "charts/demo";
+    let config_digest = push_blob(&src, repository, config);
+    let chart_digest = push_blob(&src, repository, &chart);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.cncf.helm.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            "digest": chart_digest,
+            "size": chart.len(),
+        }],
+        "annotations": {"org.opencontainers.image.title": "demo"},
+    });
+    push_manifest(&src, repository, Some("0.1.0"), &manifest.to_string());
+
+    let list = list_file(
+        work.path(),
+        &format!(
+            "[[image]]\nsource = \"{}/{repository}:0.1.0\"\n\
+             helm_chart = {{ release = \"demo\", namespace = \"demo-system\" }}\n",
+            src.addr
+        ),
+    );
+    let config_dir = work.path().join("cluster");
+    let prefix = format!("{}/m", dst.addr);
+    let args = ["--to", &prefix, list.to_str().unwrap(), "--json"];
+    let result = summary(&mirror(
+        &[&args[..], &["--write-config", config_dir.to_str().unwrap()]].concat(),
+    ));
+    assert_eq!(result["copied"], 1, "{result}");
+
+    // The same bytes: the manifest's digest, and each blob fetched back.
+    let (from, to) = (
+        format!("{}/{repository}:0.1.0", src.addr),
+        format!("{prefix}/{repository}:0.1.0"),
+    );
+    let (digest, _) = raw_digest(&from);
+    let (copied, copy) = raw_digest(&to);
+    assert_eq!(digest, copied);
+    assert_eq!(
+        copy["config"]["mediaType"],
+        "application/vnd.cncf.helm.config.v1+json"
+    );
+    for (blob, bytes) in [(&config_digest, &config[..]), (&chart_digest, &chart[..])] {
+        let url = dst.url(&format!("/v2/m/{repository}/blobs/{blob}"));
+        let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
+        assert!(out.status.success(), "{url}");
+        assert_eq!(out.stdout, bytes, "{blob}");
+    }
+
+    // How to install it, from the mirror, with the mirrored images' values.
+    let script = fs::read_to_string(config_dir.join("helm/install.sh")).unwrap();
+    let expected = format!(
+        "helm install 'demo' 'oci://{prefix}/{repository}' --version '0.1.0' \
+         --namespace 'demo-system' --create-namespace"
+    );
+    assert!(script.contains(&expected), "{script}");
+    assert!(script.contains("--plain-http"), "{script}");
+    let syntax = Command::new("sh")
+        .arg("-n")
+        .arg(config_dir.join("helm/install.sh"))
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax.stderr));
+}

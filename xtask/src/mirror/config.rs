@@ -108,7 +108,48 @@ pub fn render(
         "helm/kubeopencode-values.yaml".to_string(),
         helm_values(mirrored)?,
     );
+    if let Some(script) = helm_install(&options.access, mirrored)? {
+        files.insert("helm/install.sh".to_string(), script);
+        if let Some(ca) = &options.access.ca {
+            files.insert(format!("helm/{CA_FILE}"), ca.clone());
+        }
+    }
     Ok(files)
+}
+
+/// `helm install` of every chart the run mirrored, from the mirror, with the values that
+/// point at the mirrored images. Every word is a checked name or reference, quoted.
+fn helm_install(access: &MirrorAccess, mirrored: &[(&Planned, &str)]) -> Result<Option<String>> {
+    let mut lines = Vec::new();
+    for (p, _) in mirrored {
+        let Some(chart) = &p.entry.helm_chart else {
+            continue;
+        };
+        let destination = ImageRef::parse(&p.destination)?;
+        let version = destination
+            .tag
+            .as_ref()
+            .ok_or_else(|| anyhow!("the chart {} has no tag", p.destination))?;
+        let mut line = format!(
+            "helm install '{}' 'oci://{}/{}' --version '{version}' --namespace '{}' --create-namespace \\\n  --values \"$here/kubeopencode-values.yaml\"",
+            chart.release, destination.registry, destination.repository, chart.namespace
+        );
+        if access.plain_http {
+            line.push_str(" --plain-http");
+        } else if access.ca.is_some() {
+            line.push_str(&format!(" --ca-file \"$here/{CA_FILE}\""));
+        } else if access.skip_verify {
+            line.push_str(" --insecure-skip-tls-verify");
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "#!/bin/sh\n# {HEADER}\n# Installs each mirrored chart from the mirror, its images from the mirror too.\nset -eu\nhere=$(dirname \"$0\")\n{}\n",
+        lines.join("\n")
+    )))
 }
 
 fn pinned(p: &Planned, digest: &str) -> Result<String> {
@@ -518,6 +559,40 @@ mod tests {
         let (strict, _) = hosts_toml(MirrorAccess::new(false, false, None));
         let host = &strict["host"]["https://mirror.example:5000/v2/m"];
         assert_eq!((host.get("ca"), host.get("skip_verify")), (None, None));
+    }
+
+    #[test]
+    fn a_mirrored_chart_gets_an_install_line_from_the_mirror() {
+        let mut chart = entry(
+            "kubeopencode",
+            "ghcr.io/kubeopencode/helm-charts/kubeopencode:0.1.3",
+        );
+        chart.helm_chart = Some(crate::mirror::lists::HelmChart {
+            release: "kubeopencode".into(),
+            namespace: "kubeopencode-system".into(),
+        });
+        let image = entry("kubeopencode", "ghcr.io/kubeopencode/kubeopencode:v0.1.3");
+        let planned = plan_of(vec![chart, image], "mirror.example/m", false);
+        let files = render_all(&planned, &Options::default());
+        let script = &files["helm/install.sh"];
+        assert!(
+            script.contains(
+                "helm install 'kubeopencode' 'oci://mirror.example/m/kubeopencode/helm-charts/kubeopencode' \
+                 --version '0.1.3' --namespace 'kubeopencode-system' --create-namespace"
+            ),
+            "{script}"
+        );
+        assert_eq!(script.matches("helm install").count(), 1, "{script}");
+        let with_ca = Options {
+            access: MirrorAccess::new(false, false, Some("PEM".into())),
+            ..Options::default()
+        };
+        let files = render_all(&planned, &with_ca);
+        assert!(files["helm/install.sh"].contains("--ca-file \"$here/mirror-ca.pem\""));
+        assert_eq!(files["helm/mirror-ca.pem"], "PEM");
+        // No chart, no script.
+        let planned = plan_of(vec![entry("x", "ghcr.io/a/b:1")], "mirror.example/m", false);
+        assert!(!render_all(&planned, &Options::default()).contains_key("helm/install.sh"));
     }
 
     #[test]

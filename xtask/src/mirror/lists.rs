@@ -38,7 +38,16 @@ struct EntrySpec {
     #[serde(default)]
     helm_image: Vec<String>,
     agent_field: Option<String>,
+    helm_chart: Option<HelmChart>,
     verify: Option<PolicySpec>,
+}
+
+/// A Helm chart (an OCI artifact, not an image): how `--write-config` installs it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelmChart {
+    pub release: String,
+    pub namespace: String,
 }
 
 /// One image to mirror, with what the cluster-side outputs need to know about it.
@@ -54,6 +63,8 @@ pub struct Entry {
     pub helm_image: Vec<String>,
     /// The Agent CRD field this image goes in.
     pub agent_field: Option<String>,
+    /// The entry is a Helm chart, installed as this release.
+    pub helm_chart: Option<HelmChart>,
     /// Its signature policy, from the image or its list; none: the command line's.
     #[serde(skip)]
     pub verify: Option<Arc<Rule>>,
@@ -69,6 +80,7 @@ impl Entry {
             helm: vec![],
             helm_image: vec![],
             agent_field: None,
+            helm_chart: None,
             verify: None,
         }
     }
@@ -184,6 +196,17 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                     bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
                 }
             }
+            if let Some(chart) = &spec.helm_chart {
+                // Both end up in a shell script and in Kubernetes names.
+                for (what, name, max) in [("release", &chart.release, 53), ("namespace", &chart.namespace, 63)] {
+                    if !is_dns_label(name, max) {
+                        bail!("{label}: helm_chart.{what} '{}' is not a DNS label (a-z, 0-9, '-', at most {max})", name.escape_debug());
+                    }
+                }
+                if source.tag.is_none() {
+                    bail!("{label}: the chart '{}' needs a tag: helm installs a chart by its version", spec.source);
+                }
+            }
             let verify = match &spec.verify {
                 Some(policy) => policy
                     .build(base, &TOML_NAMES)
@@ -199,9 +222,21 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                 helm: spec.helm,
                 helm_image: spec.helm_image,
                 agent_field: spec.agent_field,
+                helm_chart: spec.helm_chart,
             })
         })
         .collect()
+}
+
+/// A Kubernetes name: lower-case letters, digits and '-', not at either end.
+fn is_dns_label(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A Helm values key or CRD field path: it is written into YAML as keys, so names only.
@@ -290,6 +325,18 @@ mod tests {
             (r#"override = "A=B""#, "override 'A=B'"),
             (r#"override = """#, "override ''"),
             (r#"override = "1X""#, "override '1X'"),
+            (
+                r#"helm_chart = { release = "x'; rm -rf /", namespace = "n" }"#,
+                "helm_chart.release 'x\\'; rm -rf /'",
+            ),
+            (
+                r#"helm_chart = { release = "x", namespace = "N" }"#,
+                "helm_chart.namespace 'N'",
+            ),
+            (
+                r#"helm_chart = { release = "x" }"#,
+                "missing field `namespace`",
+            ),
         ] {
             std::fs::write(
                 &list,
