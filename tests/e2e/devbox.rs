@@ -683,6 +683,9 @@ fn devbox_family_builds_offline_and_works() {
         "ripgrep runs",
         "pnpm runs (corepack, pinned)",
         "tools are on PATH",
+        "gh with no GitHub App mounted is the real gh, untouched",
+        "git's system config sends github.com credentials to the GitHub App helper",
+        "with no GitHub App mounted, the credential helper says nothing and git falls through",
     ] {
         if skipped.contains_key(check) {
             continue;
