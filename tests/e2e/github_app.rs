@@ -801,3 +801,107 @@ fn no_secret_reaches_a_command_line() {
     // The key from the environment went to a temp file that is gone.
     world.cache_file();
 }
+
+/// The fake refuses what GitHub refuses, so the tests above prove the JWT is right.
+#[test]
+fn the_fake_refuses_the_jwts_github_refuses() {
+    let world = World::new();
+    let public_key = fs::read(world.path("app.pub.der")).unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sign = |header: &str, claims: &str, key: &Path| {
+        let unsigned = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let data = world.path("unsigned");
+        fs::write(&data, &unsigned).unwrap();
+        let signature = Command::new("openssl")
+            .args(["dgst", "-sha256", "-binary", "-sign"])
+            .arg(key)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(signature.status.success());
+        format!("{unsigned}.{}", b64.encode(&signature.stdout))
+    };
+    let key = world.path("app.pem");
+    let rs256 = r#"{"alg":"RS256","typ":"JWT"}"#;
+    let claims =
+        |iat: i64, exp: i64, iss: &str| format!(r#"{{"iat":{iat},"exp":{exp},"iss":{iss}}}"#);
+    let t = now();
+    let good = claims(t - 60, t + 540, &format!("\"{APP_ID}\""));
+    assert_eq!(check_jwt(&sign(rs256, &good, &key), &public_key), Ok(()));
+    assert_eq!(
+        check_jwt(
+            &sign(rs256, &claims(t - 60, t + 540, APP_ID), &key),
+            &public_key
+        ),
+        Ok(()),
+        "iss as a number"
+    );
+    let other = world.path("other.pem");
+    run(
+        "openssl",
+        &["genrsa", "-out", other.to_str().unwrap(), "2048"],
+    );
+    for (jwt, why) in [
+        (sign(rs256, &good, &other), "wrong signature"),
+        (
+            sign(r#"{"alg":"HS256","typ":"JWT"}"#, &good, &key),
+            "alg \"HS256\"",
+        ),
+        (
+            sign(
+                rs256,
+                &claims(t - 60, t + 541, &format!("\"{APP_ID}\"")),
+                &key,
+            ),
+            "exp - iat = 601 > 600",
+        ),
+        (
+            sign(
+                rs256,
+                &claims(t - 700, t - 100, &format!("\"{APP_ID}\"")),
+                &key,
+            ),
+            "not valid now",
+        ),
+        (
+            sign(rs256, &claims(t - 60, t + 540, "\"1\""), &key),
+            "iss \"1\"",
+        ),
+    ] {
+        let refused = check_jwt(&jwt, &public_key).unwrap_err();
+        assert!(refused.starts_with(why), "{refused} is not {why}");
+    }
+}
+
+/// Without XDG_RUNTIME_DIR the cache is in /tmp/github-app-UID, 0700, its file 0600.
+#[test]
+fn without_a_runtime_dir_the_cache_is_private_under_tmp() {
+    let world = World::new();
+    let out = world
+        .command("github-app-token")
+        .arg("token")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let token = ok(&out, "github-app-token token");
+    let uid = run("id", &["-u"]);
+    let dir = PathBuf::from(format!("/tmp/github-app-{}", uid.trim()));
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let cached: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| fs::read_to_string(p).is_ok_and(|c| c.contains(token.trim())))
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        fs::metadata(&cached[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Only this test's files go: other runs share the folder.
+    let _ = fs::remove_file(format!("{}.lock", cached[0].display()));
+    fs::remove_file(&cached[0]).unwrap();
+}
