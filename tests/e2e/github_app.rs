@@ -636,6 +636,15 @@ fn a_token_near_its_expiry_is_minted_again() {
     assert!(fs::read_to_string(world.cache_file())
         .unwrap()
         .contains(&third));
+    // Not onto a terminal, though: `script` gives it one.
+    let on_a_tty = world.run("script", &["-qec", "github-app-token token", "/dev/null"]);
+    assert!(!on_a_tty.status.success());
+    let said = text(&on_a_tty.stdout);
+    assert!(!said.contains(&third), "the token reached a terminal");
+    assert!(
+        said.contains("github-app: refusing to print the token to a terminal"),
+        "{said}"
+    );
     // A token the server refuses is dropped when git erases it.
     let erase = world
         .command("git-credential-github-app")
