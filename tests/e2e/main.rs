@@ -6,6 +6,7 @@ mod build;
 mod checks;
 mod cli;
 mod devbox;
+mod github_app;
 mod hostile;
 mod mirror;
 mod preflight;

@@ -185,10 +185,14 @@ pub enum Need {
     Cosign,
     /// syft, which writes the SBOMs.
     Syft,
+    /// The GitHub CLI (Debian's `gh`).
+    Gh,
+    /// strace, to see every command line a script runs.
+    Strace,
 }
 
 impl Need {
-    const ALL: [Need; 8] = [
+    const ALL: [Need; 10] = [
         Need::Docker,
         Need::Registry,
         Need::Skopeo,
@@ -197,6 +201,8 @@ impl Need {
         Need::OtherAddress,
         Need::Cosign,
         Need::Syft,
+        Need::Gh,
+        Need::Strace,
     ];
 
     fn present(self) -> bool {
@@ -223,6 +229,8 @@ impl Need {
             Need::OtherAddress => non_loopback_address().is_some(),
             Need::Cosign => succeeds("cosign", &["version"]),
             Need::Syft => succeeds("syft", &["version"]),
+            Need::Gh => succeeds("gh", &["--version"]),
+            Need::Strace => succeeds("strace", &["-V"]),
         })
     }
 
@@ -236,6 +244,8 @@ impl Need {
             Need::OtherAddress => "no address other than loopback (`hostname -I`)",
             Need::Cosign => "no `cosign` binary",
             Need::Syft => "no `syft` binary",
+            Need::Gh => "no `gh` binary",
+            Need::Strace => "no `strace` binary",
         }
     }
 }
