@@ -12,6 +12,15 @@ use std::process::Command;
 
 const ISSUER: &str = "https://issuer.example.com";
 const IDENTITY: &str = "release@example.com";
+/// `cosign sign` with key `c` and the local CA's certificate for it (see `local_ca`).
+const CERTIFICATE: [&str; 6] = [
+    "--key",
+    "c.key",
+    "--certificate",
+    "leaf.pem",
+    "--certificate-chain",
+    "ca.pem",
+];
 
 /// cosign with the keys' password, in `dir`; fails the test on error.
 fn cosign(dir: &Path, args: &[&str]) -> String {
@@ -173,16 +182,8 @@ fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
     sign(keys, &format!("{r}/toponly/app:v1"), &a);
     sign(keys, &format!("{r}/otherkey/app:v1"), &["--key", "b.key"]);
     // The local CA's certificate, where the list wants another identity.
-    let certificate = [
-        "--key",
-        "c.key",
-        "--certificate",
-        "leaf.pem",
-        "--certificate-chain",
-        "ca.pem",
-    ];
-    sign(keys, &format!("{r}/otherid/app:v1"), &certificate);
-    sign(keys, &format!("{r}/good/cert:v1"), &certificate);
+    sign(keys, &format!("{r}/otherid/app:v1"), &CERTIFICATE);
+    sign(keys, &format!("{r}/good/cert:v1"), &CERTIFICATE);
     // A valid signature of :y, put where :v1's signature would be.
     let y = sign(keys, &format!("{r}/otherdigest/app:y"), &a);
     let (v1, _) = raw_digest(&format!("{r}/otherdigest/app:v1"));
@@ -730,14 +731,6 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let certificate = [
-        "--key",
-        "c.key",
-        "--certificate",
-        "leaf.pem",
-        "--certificate-chain",
-        "ca.pem",
-    ];
     // (repository, integratedTime, tampered SET); the leaf is valid from now for a day.
     for (i, (repository, time, tamper)) in [
         ("keyless/good", now + 60, false),
@@ -749,7 +742,7 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
     .enumerate()
     {
         tiny_image(&r, &format!("{repository}:v1"), 2000 + i as u64);
-        let digest = sign(dir, &format!("{r}/{repository}:v1"), &certificate);
+        let digest = sign(dir, &format!("{r}/{repository}:v1"), &CERTIFICATE);
         if time != 0 {
             rekor_entry(&src, dir, repository, &digest, time, tamper);
         }
@@ -761,68 +754,59 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
     // only for new-format bundles (it fetched Rekor's keys over TUF here), so its offline
     // path: the same CA as a chain and the same Rekor key, the SET checked at its time.
     openssl("ec -in rekor.key -pubout -out rekor.pem");
-    let verified = Command::new("cosign")
-        .args([
-            "verify",
-            "--certificate-chain",
-            "ca.pem",
-            "--certificate-identity",
-            IDENTITY,
-            "--certificate-oidc-issuer",
-            ISSUER,
-            "--insecure-ignore-sct",
-            "--offline",
-            "--allow-insecure-registry",
-            &format!("{r}/keyless/good:v1"),
-        ])
-        .env("SIGSTORE_REKOR_PUBLIC_KEY", dir.join("rekor.pem"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let cosign_verify = |repository: &str| {
+        Command::new("cosign")
+            .args([
+                "verify",
+                "--certificate-chain",
+                "ca.pem",
+                "--certificate-identity",
+                IDENTITY,
+                "--certificate-oidc-issuer",
+                ISSUER,
+                "--insecure-ignore-sct",
+                "--offline",
+                "--allow-insecure-registry",
+                &format!("{r}/{repository}:v1"),
+            ])
+            .env("SIGSTORE_REKOR_PUBLIC_KEY", dir.join("rekor.pem"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let verified = cosign_verify("keyless/good");
     assert!(
         verified.status.success(),
         "cosign verify: {}",
         text(&verified.stderr)
     );
-    let refused = Command::new("cosign")
-        .args([
-            "verify",
-            "--certificate-chain",
-            "ca.pem",
-            "--certificate-identity",
-            IDENTITY,
-            "--certificate-oidc-issuer",
-            ISSUER,
-            "--insecure-ignore-sct",
-            "--offline",
-            "--allow-insecure-registry",
-            &format!("{r}/keyless/tampered:v1"),
-        ])
-        .env("SIGSTORE_REKOR_PUBLIC_KEY", dir.join("rekor.pem"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let refused = cosign_verify("keyless/tampered");
     assert!(
         !refused.status.success(),
         "cosign refuses the tampered SET too"
     );
 
     let to = format!("{}/m", dst.addr);
-    let mirror = |repository: &str, root: &str, identity: &str| {
-        xtask(&[
-            "images",
-            "mirror",
-            "--image",
-            &format!("{r}/{repository}:v1"),
-            "--to",
-            &to,
+    // `command`, then the keyless policy.
+    let keyless = |command: &[&str], root: &str, identity: &str| {
+        let mut args = command.to_vec();
+        args.extend([
             "--trusted-root",
             root,
             "--certificate-identity",
             identity,
             "--certificate-oidc-issuer",
             ISSUER,
-        ])
+        ]);
+        xtask(&args)
+    };
+    let mirror = |repository: &str, root: &str, identity: &str| {
+        let image = format!("{r}/{repository}:v1");
+        keyless(
+            &["images", "mirror", "--image", &image, "--to", &to],
+            root,
+            identity,
+        )
     };
     for (repository, root, identity, why) in [
         (
@@ -862,21 +846,20 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
         assert!(refused[0].contains(why), "{repository}: {}", refused[0]);
         dst.assert_empty("a refused keyless signature writes nothing");
     }
-    let dry = xtask(&[
-        "images",
-        "mirror",
-        "--image",
-        &format!("{r}/keyless/good:v1"),
-        "--to",
-        &to,
-        "--trusted-root",
+    let image = format!("{r}/keyless/good:v1");
+    let dry = keyless(
+        &[
+            "images",
+            "mirror",
+            "--image",
+            &image,
+            "--to",
+            &to,
+            "--dry-run",
+        ],
         &root,
-        "--certificate-identity",
         IDENTITY,
-        "--certificate-oidc-issuer",
-        ISSUER,
-        "--dry-run",
-    ]);
+    );
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     assert!(
         text(&dry.stdout).contains(&format!("signed by {IDENTITY} (issuer {ISSUER})")),
@@ -906,35 +889,18 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
     assert!(save.status.success(), "{}", text(&save.stderr));
     drop(src);
     let to = format!("{}/air", dst.addr);
-    let load = xtask(&[
-        "images",
-        "mirror",
-        "load",
-        &bundle,
-        "--to",
-        &to,
-        "--trusted-root",
+    let load = keyless(
+        &["images", "mirror", "load", &bundle, "--to", &to],
         &root,
-        "--certificate-identity",
         IDENTITY,
-        "--certificate-oidc-issuer",
-        ISSUER,
-    ]);
+    );
     assert!(load.status.success(), "{}", text(&load.stderr));
-    let load = xtask(&[
-        "images",
-        "mirror",
-        "load",
-        &bundle,
-        "--to",
-        &format!("{}/air2", dst.addr),
-        "--trusted-root",
+    let to = format!("{}/air2", dst.addr);
+    let load = keyless(
+        &["images", "mirror", "load", &bundle, "--to", &to],
         &other_root,
-        "--certificate-identity",
         IDENTITY,
-        "--certificate-oidc-issuer",
-        ISSUER,
-    ]);
+    );
     let stderr = text(&load.stderr);
     assert!(
         !load.status.success() && stderr.contains("does not chain to the trusted root"),
