@@ -154,8 +154,10 @@ impl TrustedRoot {
         for (i, log) in raw.tlogs.iter().enumerate() {
             let what = format!("tlogs[{i}].publicKey");
             let der = base64(&format!("{what}.rawBytes"), &log.public_key.raw_bytes)?;
-            let key =
-                PublicKey::from_spki_der(&der).map_err(|e| anyhow!("{what}.rawBytes: {e:#}"))?;
+            // sigstore's roots also list Rekor v2 logs with ed25519 keys: not ours to use.
+            let Ok(key) = PublicKey::from_spki_der(&der) else {
+                continue;
+            };
             tlogs.push(Tlog {
                 key,
                 key_id: base64(&format!("tlogs[{i}].logId.keyId"), &log.log_id.key_id)?,
@@ -186,7 +188,7 @@ impl TrustedRoot {
             bail!("no certificateAuthorities: nothing could issue a signing certificate");
         }
         if tlogs.is_empty() {
-            bail!("no tlogs: no transparency log could vouch for a signature");
+            bail!("no tlogs with an ECDSA key: no transparency log could vouch for a signature");
         }
         Ok(TrustedRoot { authorities, tlogs })
     }
@@ -517,6 +519,18 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         assert!(TrustedRoot::parse(b"[]").is_err());
+        // A log with an ed25519 key (Rekor v2) is left out, not fatal.
+        let ed25519 = b64(&[
+            &hex::decode("302a300506032b6570032100").unwrap()[..],
+            &[1u8; 32],
+        ]
+        .concat());
+        let mut json: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let mut log = json["tlogs"][0].clone();
+        log["publicKey"]["rawBytes"] = ed25519.into();
+        json["tlogs"].as_array_mut().unwrap().insert(0, log);
+        let both = TrustedRoot::parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(both.tlogs.len(), 1);
     }
 
     #[test]
