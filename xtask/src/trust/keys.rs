@@ -142,15 +142,11 @@ fn is_ca(cert: &Certificate) -> bool {
     )
 }
 
-/// The leaf chains to a certificate of `trusted` (the site's CA file: roots and
-/// intermediates), each link signed, valid now and, above the leaf, a CA. The chain the
-/// signature carries is not trusted: it is the signer's own claim.
-pub fn verify_chain(leaf: &Certificate, trusted: &[Certificate]) -> Result<()> {
-    verify_chain_at(leaf, trusted, None, "--certificate-chain")
-}
-
-/// As `verify_chain`, with every link valid at `at` (a transparency log's time: Fulcio
-/// certificates live minutes) or, for None, now. `anchor` names `trusted` in messages.
+/// The leaf chains to a certificate of `trusted` (a site's CA file, or a trusted root's
+/// Fulcio CAs: roots and intermediates), each link signed, valid at `at` (a transparency
+/// log's time: Fulcio certificates live minutes) or, for None, now, and above the leaf
+/// a CA. The chain the signature carries is not trusted: it is the signer's own claim.
+/// `anchor` names `trusted` in messages.
 pub fn verify_chain_at(
     leaf: &Certificate,
     trusted: &[Certificate],

@@ -65,8 +65,8 @@ struct Identity {
 /// What a signing certificate must chain to.
 #[derive(Debug)]
 enum Anchors {
-    /// A site's own CA, checked now.
-    Chain(Vec<x509_cert::Certificate>),
+    /// A site's own CA, checked now; and how the setting is spelled, for messages.
+    Chain(Vec<x509_cert::Certificate>, &'static str),
     /// Fulcio CAs, checked at the time a Rekor log of the root recorded the signature.
     Root(TrustedRoot),
 }
@@ -198,7 +198,7 @@ impl PolicySpec {
                     let roots = keys::certificates(&String::from_utf8_lossy(&bytes)).with_context(
                         || format!("{} {}", names.certificate_chain, path.display()),
                     )?;
-                    Anchors::Chain(roots)
+                    Anchors::Chain(roots, names.certificate_chain)
                 }
                 (None, Some(file)) => {
                     let (path, bytes) = read(names.trusted_root, file)?;
@@ -382,7 +382,9 @@ fn signed_by(policy: &Policy, layer: &Layer) -> Result<String, Option<String>> {
     }
     let why = |e: anyhow::Error| Some(format!("{e:#}"));
     match &identity.anchors {
-        Anchors::Chain(roots) => keys::verify_chain(&cert, roots).map_err(why)?,
+        Anchors::Chain(roots, name) => {
+            keys::verify_chain_at(&cert, roots, None, name).map_err(why)?
+        }
         Anchors::Root(root) => {
             let Some(bundle) = layer.annotations[BUNDLE].as_str() else {
                 return Err(Some(
