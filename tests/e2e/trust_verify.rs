@@ -12,6 +12,15 @@ use std::process::Command;
 
 const ISSUER: &str = "https://issuer.example.com";
 const IDENTITY: &str = "release@example.com";
+/// `cosign sign` with key `c` and the local CA's certificate for it (see `local_ca`).
+const CERTIFICATE: [&str; 6] = [
+    "--key",
+    "c.key",
+    "--certificate",
+    "leaf.pem",
+    "--certificate-chain",
+    "ca.pem",
+];
 
 /// cosign with the keys' password, in `dir`; fails the test on error.
 fn cosign(dir: &Path, args: &[&str]) -> String {
@@ -173,16 +182,8 @@ fn signed_and_hostile(src: &Registry, keys: &Path) -> std::path::PathBuf {
     sign(keys, &format!("{r}/toponly/app:v1"), &a);
     sign(keys, &format!("{r}/otherkey/app:v1"), &["--key", "b.key"]);
     // The local CA's certificate, where the list wants another identity.
-    let certificate = [
-        "--key",
-        "c.key",
-        "--certificate",
-        "leaf.pem",
-        "--certificate-chain",
-        "ca.pem",
-    ];
-    sign(keys, &format!("{r}/otherid/app:v1"), &certificate);
-    sign(keys, &format!("{r}/good/cert:v1"), &certificate);
+    sign(keys, &format!("{r}/otherid/app:v1"), &CERTIFICATE);
+    sign(keys, &format!("{r}/good/cert:v1"), &CERTIFICATE);
     // A valid signature of :y, put where :v1's signature would be.
     let y = sign(keys, &format!("{r}/otherdigest/app:y"), &a);
     let (v1, _) = raw_digest(&format!("{r}/otherdigest/app:v1"));
@@ -518,7 +519,7 @@ fn bad_policy_input_is_one_line_and_writes_nothing() {
         ),
         (
             vec!["--image", &image, "--trusted-root", &missing],
-            "not supported yet",
+            "needs --certificate-identity",
         ),
         (vec![&bad_list], "unknown field `keyz`"),
     ];
@@ -587,4 +588,327 @@ fn an_index_signed_without_its_children_is_refused_until_they_are_signed() {
     assert!(copied.status.success(), "{}", text(&copied.stderr));
     let (digest, _) = raw_digest(&image);
     assert_eq!(raw_digest(&format!("{to}/index/app:v1")).0, digest);
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | *b as u32) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ABC[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The DER bytes of every PEM certificate in `pem`.
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    let mut ders = Vec::new();
+    for block in pem.split("-----BEGIN CERTIFICATE-----").skip(1) {
+        let body = block.split("-----END").next().unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(
+            file.path(),
+            format!("-----BEGIN CERTIFICATE-----{body}-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+        let out = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        ders.push(out.stdout);
+    }
+    ders
+}
+
+/// A sigstore trusted_root.json naming `ca` (PEM) as Fulcio and `rekor` (DER SPKI) as Rekor.
+fn trusted_root(ca: &str, rekor: &[u8]) -> String {
+    let certs: Vec<serde_json::Value> = pem_ders(ca)
+        .iter()
+        .map(|der| serde_json::json!({"rawBytes": base64(der)}))
+        .collect();
+    serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [{"baseUrl": "https://rekor.test", "hashAlgorithm": "SHA2_256",
+            "publicKey": {"rawBytes": base64(rekor), "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                          "validFor": {"start": "2000-01-01T00:00:00Z"}},
+            "logId": {"keyId": base64(&sha2::Sha256::digest(rekor))}}],
+        "certificateAuthorities": [{"subject": {"organization": "test", "commonName": "fulcio"},
+            "uri": "https://fulcio.test", "certChain": {"certificates": certs},
+            "validFor": {"start": "2000-01-01T00:00:00Z"}}],
+        "ctlogs": [], "timestampAuthorities": []
+    })
+    .to_string()
+}
+
+/// Plays Rekor for a signature cosign made with a certificate: records a hashedrekord
+/// entry at `time` and attaches it, with its SET by `dir/rekor.key`, to the layer.
+fn rekor_entry(
+    src: &Registry,
+    dir: &Path,
+    repository: &str,
+    digest: &str,
+    time: i64,
+    tamper: bool,
+) {
+    let tag = sig_tag(digest);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&get(src, &format!("/v2/{repository}/manifests/{tag}"))).unwrap();
+    let layer = &manifest["layers"][0];
+    let payload = get(
+        src,
+        &format!(
+            "/v2/{repository}/blobs/{}",
+            layer["digest"].as_str().unwrap()
+        ),
+    );
+    let annotations = &layer["annotations"];
+    let body = serde_json::json!({"apiVersion": "0.0.1", "kind": "hashedrekord",
+        "spec": {"data": {"hash": {"algorithm": "sha256", "value": hex::encode(sha2::Sha256::digest(&payload))}},
+                 "signature": {"content": annotations["dev.cosignproject.cosign/signature"],
+                     "publicKey": {"content": base64(annotations["dev.sigstore.cosign/certificate"].as_str().unwrap().as_bytes())}}}});
+    let body = base64(body.to_string().as_bytes());
+    let log_id = hex::encode(sha2::Sha256::digest(
+        fs::read(dir.join("rekor.der")).unwrap(),
+    ));
+    let canonical =
+        format!(r#"{{"body":"{body}","integratedTime":{time},"logID":"{log_id}","logIndex":1}}"#);
+    fs::write(dir.join("entry.json"), canonical).unwrap();
+    let set = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign", "rekor.key", "entry.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    // Signed at `time`, shown at another: the SET no longer covers the entry.
+    let shown = if tamper { time + 1 } else { time };
+    let bundle = serde_json::json!({"SignedEntryTimestamp": base64(&set.stdout),
+        "Payload": {"body": body, "integratedTime": shown, "logIndex": 1, "logID": log_id}});
+    manifest["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"] = bundle.to_string().into();
+    push_manifest(src, repository, Some(&tag), &manifest.to_string());
+}
+
+#[test]
+fn keyless_signatures_verify_against_a_trusted_root_offline() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let keys = tempfile::tempdir().unwrap();
+    let dir = keys.path();
+    let r = src.addr.clone();
+    key_pair(dir, "c");
+    local_ca(dir, "c");
+    let openssl = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    openssl("ecparam -name prime256v1 -genkey -noout -out rekor.key");
+    openssl("ec -in rekor.key -pubout -outform DER -out rekor.der");
+    openssl("ecparam -name prime256v1 -genkey -noout -out other.key");
+    openssl("req -x509 -new -key other.key -subj /CN=TestCA -days 2 -out other-ca.pem -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign");
+    let rekor = fs::read(dir.join("rekor.der")).unwrap();
+    let ca = fs::read_to_string(dir.join("ca.pem")).unwrap();
+    fs::write(dir.join("root.json"), trusted_root(&ca, &rekor)).unwrap();
+    let other = fs::read_to_string(dir.join("other-ca.pem")).unwrap();
+    fs::write(dir.join("other-root.json"), trusted_root(&other, &rekor)).unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // (repository, integratedTime, tampered SET); the leaf is valid from now for a day.
+    for (i, (repository, time, tamper)) in [
+        ("keyless/good", now + 60, false),
+        ("keyless/tampered", now + 60, true),
+        ("keyless/early", now - 2 * 86400, false),
+        ("keyless/nobundle", 0, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tiny_image(&r, &format!("{repository}:v1"), 2000 + i as u64);
+        let digest = sign(dir, &format!("{r}/{repository}:v1"), &CERTIFICATE);
+        if time != 0 {
+            rekor_entry(&src, dir, repository, &digest, time, tamper);
+        }
+    }
+    let root = dir.join("root.json").display().to_string();
+    let other_root = dir.join("other-root.json").display().to_string();
+
+    // cosign, the independent party, accepts the fixture. cosign 2.5 reads --trusted-root
+    // only for new-format bundles (it fetched Rekor's keys over TUF here), so its offline
+    // path: the same CA as a chain and the same Rekor key, the SET checked at its time.
+    openssl("ec -in rekor.key -pubout -out rekor.pem");
+    let cosign_verify = |repository: &str| {
+        Command::new("cosign")
+            .args([
+                "verify",
+                "--certificate-chain",
+                "ca.pem",
+                "--certificate-identity",
+                IDENTITY,
+                "--certificate-oidc-issuer",
+                ISSUER,
+                "--insecure-ignore-sct",
+                "--offline",
+                "--allow-insecure-registry",
+                &format!("{r}/{repository}:v1"),
+            ])
+            .env("SIGSTORE_REKOR_PUBLIC_KEY", dir.join("rekor.pem"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let verified = cosign_verify("keyless/good");
+    assert!(
+        verified.status.success(),
+        "cosign verify: {}",
+        text(&verified.stderr)
+    );
+    let refused = cosign_verify("keyless/tampered");
+    assert!(
+        !refused.status.success(),
+        "cosign refuses the tampered SET too"
+    );
+
+    let to = format!("{}/m", dst.addr);
+    // `command`, then the keyless policy.
+    let keyless = |command: &[&str], root: &str, identity: &str| {
+        let mut args = command.to_vec();
+        args.extend([
+            "--trusted-root",
+            root,
+            "--certificate-identity",
+            identity,
+            "--certificate-oidc-issuer",
+            ISSUER,
+        ]);
+        xtask(&args)
+    };
+    let mirror = |repository: &str, root: &str, identity: &str| {
+        let image = format!("{r}/{repository}:v1");
+        keyless(
+            &["images", "mirror", "--image", &image, "--to", &to],
+            root,
+            identity,
+        )
+    };
+    for (repository, root, identity, why) in [
+        (
+            "keyless/good",
+            &root,
+            "someone-else@example.com",
+            "no signature verifies with identity someone-else@example.com",
+        ),
+        (
+            "keyless/tampered",
+            &root,
+            IDENTITY,
+            "SignedEntryTimestamp does not verify",
+        ),
+        (
+            "keyless/good",
+            &other_root,
+            IDENTITY,
+            "does not chain to the trusted root",
+        ),
+        ("keyless/early", &root, IDENTITY, "was not valid at"),
+        (
+            "keyless/nobundle",
+            &root,
+            IDENTITY,
+            "no Rekor entry: keyless signatures need one",
+        ),
+    ] {
+        let output = mirror(repository, root, identity);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{repository}: {stderr}");
+        let refused: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("REFUSED  "))
+            .collect();
+        assert_eq!(refused.len(), 1, "{stderr}");
+        assert!(refused[0].contains(why), "{repository}: {}", refused[0]);
+        dst.assert_empty("a refused keyless signature writes nothing");
+    }
+    let image = format!("{r}/keyless/good:v1");
+    let dry = keyless(
+        &[
+            "images",
+            "mirror",
+            "--image",
+            &image,
+            "--to",
+            &to,
+            "--dry-run",
+        ],
+        &root,
+        IDENTITY,
+    );
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        text(&dry.stdout).contains(&format!("signed by {IDENTITY} (issuer {ISSUER})")),
+        "{}",
+        text(&dry.stdout)
+    );
+    dst.assert_empty("--dry-run writes nothing");
+
+    let output = mirror("keyless/good", &root, IDENTITY);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        raw_digest(&format!("{to}/keyless/good:v1")).0,
+        raw_digest(&format!("{r}/keyless/good:v1")).0
+    );
+
+    // Inside the air gap: a bundle, the source gone.
+    let bundle = dir.join("keyless.tar").display().to_string();
+    let save = xtask(&[
+        "images",
+        "mirror",
+        "save",
+        "--image",
+        &format!("{r}/keyless/good:v1"),
+        "--out",
+        &bundle,
+    ]);
+    assert!(save.status.success(), "{}", text(&save.stderr));
+    drop(src);
+    let to = format!("{}/air", dst.addr);
+    let load = keyless(
+        &["images", "mirror", "load", &bundle, "--to", &to],
+        &root,
+        IDENTITY,
+    );
+    assert!(load.status.success(), "{}", text(&load.stderr));
+    let to = format!("{}/air2", dst.addr);
+    let load = keyless(
+        &["images", "mirror", "load", &bundle, "--to", &to],
+        &other_root,
+        IDENTITY,
+    );
+    let stderr = text(&load.stderr);
+    assert!(
+        !load.status.success() && stderr.contains("does not chain to the trusted root"),
+        "{stderr}"
+    );
+    assert!(
+        !dst.tags().iter().any(|t| t.starts_with("air2/")),
+        "{:?}",
+        dst.tags()
+    );
 }

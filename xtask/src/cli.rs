@@ -421,10 +421,14 @@ pub struct TrustArgs {
     /// The OIDC issuer must match this regular expression (whole value).
     #[arg(long, value_name = "REGEXP")]
     pub certificate_oidc_issuer_regexp: Option<String>,
-    /// The CA certificates (PEM) signing certificates must chain to: a site's own CA.
+    /// The CA certificates (PEM) signing certificates must chain to: a site's own CA,
+    /// checked now. Excludes --trusted-root.
     #[arg(long, value_name = "FILE")]
     pub certificate_chain: Option<PathBuf>,
-    /// sigstore's trusted_root.json, for keyless signatures offline (not supported yet).
+    /// sigstore's trusted_root.json, for keyless signatures offline: the certificate
+    /// must chain to one of its Fulcio CAs, and carry a Rekor entry signed by one of its
+    /// logs, at whose time the certificate was valid. Needs --certificate-identity and
+    /// --certificate-oidc-issuer. SCTs and timestamp authorities are not checked.
     #[arg(long, value_name = "FILE")]
     pub trusted_root: Option<PathBuf>,
 }

@@ -130,10 +130,9 @@ fn signed_by(cert: &Certificate, issuer: &Certificate) -> bool {
     }
 }
 
-fn valid_now(cert: &Certificate) -> bool {
-    let now = SystemTime::now();
+fn valid_at(cert: &Certificate, at: SystemTime) -> bool {
     let validity = cert.tbs_certificate().validity();
-    validity.not_before.to_system_time() <= now && now <= validity.not_after.to_system_time()
+    validity.not_before.to_system_time() <= at && at <= validity.not_after.to_system_time()
 }
 
 fn is_ca(cert: &Certificate) -> bool {
@@ -143,12 +142,34 @@ fn is_ca(cert: &Certificate) -> bool {
     )
 }
 
-/// The leaf chains to a certificate of `trusted` (the site's CA file: roots and
-/// intermediates), each link signed, valid now and, above the leaf, a CA. The chain the
-/// signature carries is not trusted: it is the signer's own claim.
-pub fn verify_chain(leaf: &Certificate, trusted: &[Certificate]) -> Result<()> {
-    if !valid_now(leaf) {
-        bail!("the signing certificate is not valid now (expired, or not yet valid)");
+/// The leaf chains to a certificate of `trusted` (a site's CA file, or a trusted root's
+/// Fulcio CAs: roots and intermediates), each link signed, valid at `at` (a transparency
+/// log's time: Fulcio certificates live minutes) or, for None, now, and above the leaf
+/// a CA. The chain the signature carries is not trusted: it is the signer's own claim.
+/// `anchor` names `trusted` in messages.
+pub fn verify_chain_at(
+    leaf: &Certificate,
+    trusted: &[Certificate],
+    at: Option<SystemTime>,
+    anchor: &str,
+) -> Result<()> {
+    let (when, shown) = match at {
+        Some(t) => (
+            t,
+            format!(
+                "at {} (when Rekor recorded it)",
+                humantime::format_rfc3339(t)
+            ),
+        ),
+        None => (SystemTime::now(), "now".to_string()),
+    };
+    if !valid_at(leaf, when) {
+        let validity = leaf.tbs_certificate().validity();
+        bail!(
+            "the signing certificate was not valid {shown}: it is valid from {} to {}",
+            validity.not_before,
+            validity.not_after
+        );
     }
     let eku = leaf.tbs_certificate().get_extension::<ExtendedKeyUsage>();
     let code_signing =
@@ -164,10 +185,10 @@ pub fn verify_chain(leaf: &Certificate, trusted: &[Certificate]) -> Result<()> {
             c.tbs_certificate().subject() == current.tbs_certificate().issuer()
                 && signed_by(&current, c)
         }) else {
-            bail!("the signing certificate does not chain to --certificate-chain");
+            bail!("the signing certificate does not chain to {anchor}");
         };
-        if !valid_now(issuer) || !is_ca(issuer) {
-            bail!("a certificate of --certificate-chain is not a CA valid now");
+        if !valid_at(issuer, when) || !is_ca(issuer) {
+            bail!("a certificate of {anchor} is not a CA valid {shown}");
         }
         if issuer.tbs_certificate().subject() == issuer.tbs_certificate().issuer() {
             return Ok(());

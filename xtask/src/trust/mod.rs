@@ -1,6 +1,7 @@
 //! Trust: who signed an image, checked before anything is written.
 
 pub mod keys;
+pub mod root;
 pub mod verify;
 
 pub use verify::*;

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::keys::{self, PublicKey};
+use super::root::{self, TrustedRoot};
 use crate::naming::ImageRef;
 use crate::oci::{Digest, Tag};
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 const SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 const CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+const BUNDLE: &str = "dev.sigstore.cosign/bundle";
 const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// A simple-signing payload is a few hundred bytes; anything near this is not one.
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
@@ -57,7 +59,16 @@ pub struct Policy {
 struct Identity {
     subject: Matcher,
     issuer: Matcher,
-    roots: Vec<x509_cert::Certificate>,
+    anchors: Anchors,
+}
+
+/// What a signing certificate must chain to.
+#[derive(Debug)]
+enum Anchors {
+    /// A site's own CA, checked now; and how the setting is spelled, for messages.
+    Chain(Vec<x509_cert::Certificate>, &'static str),
+    /// Fulcio CAs, checked at the time a Rekor log of the root recorded the signature.
+    Root(TrustedRoot),
 }
 
 #[derive(Debug)]
@@ -136,13 +147,6 @@ impl PolicySpec {
             }
             return Ok(Some(Arc::new(Rule::Unverified(reason.clone()))));
         }
-        if self.trusted_root.is_some() {
-            bail!(
-                "{} (keyless signatures against a sigstore trusted root, offline) is not supported yet; \
-                 verify with {} or with {} and {}",
-                names.trusted_root, names.keys, names.identity, names.certificate_chain
-            );
-        }
         let mut keys = Vec::new();
         let mut key_names = Vec::new();
         for path in &self.keys {
@@ -159,7 +163,8 @@ impl PolicySpec {
             || self.identity_regexp.is_some()
             || self.issuer.is_some()
             || self.issuer_regexp.is_some()
-            || self.certificate_chain.is_some();
+            || self.certificate_chain.is_some()
+            || self.trusted_root.is_some();
         let identity = if wants_identity {
             let subject = Matcher::new(
                 names.identity,
@@ -168,29 +173,44 @@ impl PolicySpec {
                 &self.identity_regexp,
             )?;
             let issuer = Matcher::new(names.issuer, names.sep, &self.issuer, &self.issuer_regexp)?;
-            let Some(chain) = &self.certificate_chain else {
-                bail!(
-                    "{} needs {} (the CA that issued the signing certificates): keyless \
-                     Fulcio certificates need {}, which is not supported yet",
+            let read = |name: &str, file: &Path| {
+                let path = base.join(file);
+                let bytes = read_limited(&path, root::MAX_TRUSTED_ROOT_BYTES)
+                    .map_err(|e| anyhow!("{name} {}: {e}", path.display()))?;
+                Ok::<_, anyhow::Error>((path, bytes))
+            };
+            let anchors = match (&self.certificate_chain, &self.trusted_root) {
+                (Some(_), Some(_)) => bail!(
+                    "{} and {} exclude each other: a site's CA is checked now, a trusted \
+                     root's Fulcio CAs at the time of a Rekor entry",
+                    names.certificate_chain,
+                    names.trusted_root
+                ),
+                (None, None) => bail!(
+                    "{} needs {} (the CA that issued the signing certificates) or {} \
+                     (sigstore's trusted_root.json, for keyless Fulcio certificates)",
                     names.identity,
                     names.certificate_chain,
                     names.trusted_root
-                );
+                ),
+                (Some(chain), None) => {
+                    let (path, bytes) = read(names.certificate_chain, chain)?;
+                    let roots = keys::certificates(&String::from_utf8_lossy(&bytes)).with_context(
+                        || format!("{} {}", names.certificate_chain, path.display()),
+                    )?;
+                    Anchors::Chain(roots, names.certificate_chain)
+                }
+                (None, Some(file)) => {
+                    let (path, bytes) = read(names.trusted_root, file)?;
+                    let root = TrustedRoot::parse(&bytes)
+                        .with_context(|| format!("{} {}", names.trusted_root, path.display()))?;
+                    Anchors::Root(root)
+                }
             };
-            let path = base.join(chain);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                anyhow!(
-                    "{} {}: cannot read it: {e}",
-                    names.certificate_chain,
-                    path.display()
-                )
-            })?;
-            let roots = keys::certificates(&text)
-                .with_context(|| format!("{} {}", names.certificate_chain, path.display()))?;
             Some(Identity {
                 subject,
                 issuer,
-                roots,
+                anchors,
             })
         } else {
             None
@@ -201,6 +221,20 @@ impl PolicySpec {
             identity,
         }))))
     }
+}
+
+/// A file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| anyhow!("cannot read it: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > limit {
+        bail!("more than {limit} bytes; refusing it");
+    }
+    Ok(bytes)
 }
 
 /// How each setting is spelled where it came from.
@@ -297,8 +331,13 @@ pub fn check(
         policy.describe()
     );
     for layer in layers {
-        let Some(signer) = signed_by(policy, layer) else {
-            continue;
+        let signer = match signed_by(policy, layer) {
+            Ok(signer) => signer,
+            Err(Some(why)) => {
+                reason = why;
+                continue;
+            }
+            Err(None) => continue,
         };
         // A verified signature says what it is about: that must be this image.
         match claims(&layer.payload, digest, source) {
@@ -312,29 +351,55 @@ pub fn check(
     Err(reason)
 }
 
-/// The signer, when the layer's signature over its payload verifies under the policy.
-fn signed_by(policy: &Policy, layer: &Layer) -> Option<String> {
+/// The signer, when the layer's signature over its payload verifies under the policy;
+/// otherwise why, when a certificate for the identity failed a check (None: not a
+/// signature of this policy's signers at all).
+fn signed_by(policy: &Policy, layer: &Layer) -> Result<String, Option<String>> {
     use base64::Engine as _;
-    let signature = layer.annotations[SIGNATURE].as_str()?;
+    let signature = layer.annotations[SIGNATURE].as_str().ok_or(None)?;
     let signature = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
-        .ok()?;
+        .map_err(|_| None)?;
     for (key, name) in policy.keys.iter().zip(&policy.key_names) {
         if key.verify_sha256(&layer.payload, &signature) {
-            return Some(format!("key {name}"));
+            return Ok(format!("key {name}"));
         }
     }
-    let identity = policy.identity.as_ref()?;
-    let cert = keys::certificate(layer.annotations[CERTIFICATE].as_str()?).ok()?;
-    keys::verify_chain(&cert, &identity.roots).ok()?;
+    let identity = policy.identity.as_ref().ok_or(None)?;
+    let pem = layer.annotations[CERTIFICATE].as_str().ok_or(None)?;
+    let cert = keys::certificate(pem).map_err(|_| None)?;
+    // Only a certificate for the identity is worth a reason of its own.
     let subject = keys::identities(&cert)
         .into_iter()
-        .find(|s| identity.subject.matches(s))?;
-    let issuer = keys::oidc_issuer(&cert).filter(|i| identity.issuer.matches(i))?;
-    keys::public_key(&cert)
-        .ok()?
-        .verify_sha256(&layer.payload, &signature)
-        .then(|| format!("{subject} (issuer {issuer})"))
+        .find(|s| identity.subject.matches(s))
+        .ok_or(None)?;
+    let issuer = keys::oidc_issuer(&cert)
+        .filter(|i| identity.issuer.matches(i))
+        .ok_or(None)?;
+    let key = keys::public_key(&cert).map_err(|_| None)?;
+    if !key.verify_sha256(&layer.payload, &signature) {
+        return Err(None);
+    }
+    let why = |e: anyhow::Error| Some(format!("{e:#}"));
+    match &identity.anchors {
+        Anchors::Chain(roots, name) => {
+            keys::verify_chain_at(&cert, roots, None, name).map_err(why)?
+        }
+        Anchors::Root(root) => {
+            let Some(bundle) = layer.annotations[BUNDLE].as_str() else {
+                return Err(Some(
+                    "no Rekor entry: keyless signatures need one, from a transparency log in the trusted root"
+                        .to_string(),
+                ));
+            };
+            let entry = root::verify_entry(root, bundle, &layer.payload, &signature, &cert)
+                .map_err(Some)?;
+            let authorities = root.authorities_at(entry.time);
+            keys::verify_chain_at(&cert, &authorities, Some(entry.time), "the trusted root")
+                .map_err(why)?;
+        }
+    }
+    Ok(format!("{subject} (issuer {issuer})"))
 }
 
 /// The payload is a cosign image signature for `digest` and `source`'s repository.
@@ -492,7 +557,26 @@ mod tests {
                     trusted_root: Some("t.json".into()),
                     ..Default::default()
                 },
-                "not supported yet",
+                "needs --certificate-identity",
+            ),
+            (
+                PolicySpec {
+                    identity: Some("a".into()),
+                    issuer: Some("i".into()),
+                    certificate_chain: Some("c".into()),
+                    trusted_root: Some("t.json".into()),
+                    ..Default::default()
+                },
+                "exclude each other",
+            ),
+            (
+                PolicySpec {
+                    identity: Some("a".into()),
+                    issuer: Some("i".into()),
+                    trusted_root: Some("private.pem".into()),
+                    ..Default::default()
+                },
+                "--trusted-root",
             ),
         ] {
             let err = format!("{:#}", spec.build(dir.path(), &FLAG_NAMES).unwrap_err());
