@@ -40,15 +40,6 @@ const IMAGES: [&str; 7] = [
     "sandbox-developer",
 ];
 
-/// What `verify --platform linux/arm64` checks: the devbox family and both sandboxes.
-const ARM64_VERIFIED: [&str; 5] = [
-    "devbox",
-    "devbox-dind",
-    "devbox-dind-rootless",
-    "sandbox-base",
-    "sandbox-developer",
-];
-
 fn sh(script: &str) -> String {
     run("sh", &["-euc", script])
 }
@@ -647,17 +638,9 @@ fn devbox_family_builds_offline_and_works() {
     pin_bases(project.path(), &["tiny"], &prefix);
 
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
-    // Every image for both platforms; arm64 runs emulated (qemu), its downloads do not.
-    let started = std::time::Instant::now();
-    let built = build(
-        "linux/amd64,linux/arm64",
-        &[&["opencode"][..], &IMAGES[..]].concat(),
-    );
-    eprintln!(
-        "built {} images for linux/amd64 and linux/arm64 in {:.0?}",
-        IMAGES.len() + 1,
-        started.elapsed()
-    );
+    // amd64 only: the stand-in Debian base is amd64 alone, and an arm64 build FROM it
+    // would run amd64 binaries natively under an arm64 label (see README, arm64).
+    let built = build("linux/amd64", &[&["opencode"][..], &IMAGES[..]].concat());
     let log = text(&built.stderr);
     assert!(
         built.status.success(),
@@ -693,12 +676,8 @@ fn devbox_family_builds_offline_and_works() {
     eprintln!("{}", text(&size.stdout));
     assert!(size.status.success(), "size: {}", text(&size.stderr));
 
-    // Conventions and each image's checks, as its own user and as an arbitrary UID, on
-    // both platforms: arm64 emulated, the devbox family and the sandboxes.
-    for (platform, images) in [
-        ("linux/amd64", &IMAGES[..]),
-        ("linux/arm64", &ARM64_VERIFIED[..]),
-    ] {
+    // Conventions and each image's checks, as its own user and as an arbitrary UID.
+    for (platform, images) in [("linux/amd64", &IMAGES[..])] {
         let started = std::time::Instant::now();
         let verify = xtask_in(
             project.path(),
