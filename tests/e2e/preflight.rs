@@ -178,3 +178,50 @@ fn dry_run_shows_cache_and_provenance_without_an_engine() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: --cache-to 'ref=x' must look like type=registry"));
 }
+
+#[test]
+fn a_base_without_a_target_platform_is_refused_before_buildx() {
+    need!(Docker, Registry, Debootstrap);
+    let registry = Registry::start();
+    let prefix = format!("{}/mirror", registry.addr);
+    // `docker import` makes a single-platform image: this machine's alone.
+    push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
+    let project = project_copy();
+    pin_bases(project.path(), &["devbox"], &prefix);
+    let out = tempfile::tempdir().unwrap();
+    let npm = npm_registry();
+    let native = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let other = if native == "amd64" { "arm64" } else { "amd64" };
+    let platforms = format!("linux/{native},linux/{other}");
+    let output = xtask_in(
+        project.path(),
+        &[
+            "images",
+            "build",
+            "devbox",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--platform",
+            &platforms,
+            "--base-registry",
+            &prefix,
+            "--npm-registry",
+            &npm,
+        ],
+        &[],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line, or buildx ran: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: base image {prefix}/library/debian:bookworm-slim@sha256:"
+        )) && lines[0].contains(&format!("has no linux/{other} (it lists linux/{native})"))
+            && lines[0].contains("drop it from --platform"),
+        "{stderr}"
+    );
+}

@@ -4,7 +4,7 @@
 //! says what to do; all problems are reported at once, since they are independent.
 
 use anyhow::{bail, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,9 @@ const LIMIT: Duration = Duration::from_secs(6);
 pub struct Needs {
     builder: Option<String>,
     platforms: BTreeSet<String>,
-    bases: BTreeSet<String>,
+    /// Each base, with the target platforms a stage runs it at (none when every stage
+    /// that uses it runs on the build platform).
+    bases: BTreeMap<String, BTreeSet<String>>,
     /// `Some(None)`: a template needs npm and no registry is known.
     npm: Option<Option<String>>,
 }
@@ -33,9 +35,13 @@ impl Needs {
         rendered: &[Rendered],
         base_registry: Option<&str>,
     ) -> Result<Needs> {
-        let mut bases = BTreeSet::new();
+        let mut bases: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (image, rendered) in images.iter().zip(rendered) {
-            for reference in image.bases.values() {
+            let platforms = plan
+                .target(&image.name)
+                .map(|t| t.platforms.clone())
+                .unwrap_or_default();
+            for (role, reference) in &image.bases {
                 let reference = match base_registry {
                     Some(prefix) => reference.under_prefix(prefix)?,
                     None => reference.clone(),
@@ -45,7 +51,12 @@ impl Needs {
                 let used = rendered.dockerfile.contains(&text)
                     || rendered.base_args.values().any(|v| *v == text);
                 if used {
-                    bases.insert(text);
+                    let arg = crate::render::base_arg_name(role);
+                    let at_target = runs_at_target(&rendered.dockerfile, &[&text, &arg]);
+                    let entry = bases.entry(text).or_default();
+                    if at_target {
+                        entry.extend(platforms.iter().cloned());
+                    }
                 }
             }
         }
@@ -149,9 +160,9 @@ impl Needs {
     async fn network(&self) -> Vec<String> {
         let registries = Registries::new(Vec::new());
         let late = format!("gave no answer within {} s", LIMIT.as_secs());
-        let bases = self.bases.iter().map(|b| {
+        let bases = self.bases.iter().map(|(b, platforms)| {
             let late = format!("base image {b} {late}: {BASE_FIX}");
-            within(base(&registries, b), late)
+            within(base(&registries, b, platforms), late)
         });
         let npm = async {
             match &self.npm {
@@ -207,7 +218,7 @@ const BASE_FIX: &str = "pass --base-registry PREFIX naming a mirror that has it 
      (fill one with `cargo xtask images mirror base --to PREFIX`, or across an air gap \
      `images mirror save` then `images mirror load BUNDLE --to PREFIX`)";
 
-async fn base(registries: &Registries, text: &str) -> Option<String> {
+async fn base(registries: &Registries, text: &str, platforms: &BTreeSet<String>) -> Option<String> {
     let reference = match ImageRef::parse(text) {
         Ok(reference) => reference,
         Err(e) => return Some(format!("base image {text}: {e}")),
@@ -227,10 +238,91 @@ async fn base(registries: &Registries, text: &str) -> Option<String> {
         .head_manifest(&reference.repository, &reference.pointer())
         .await
     {
-        Ok(Some(_)) => None,
+        Ok(Some(_)) if platforms.is_empty() => None,
+        Ok(Some(_)) => missing_platforms(&client, &reference, platforms)
+            .await
+            .map(|missing| {
+                format!(
+                    "base image {text} has no {missing}: BuildKit would run another \
+                     platform's binaries under that label (a single-platform base works \
+                     only for its own platform); mirror a base that lists it, or drop it \
+                     from --platform"
+                )
+            }),
         Ok(None) => fail(format!("is not in {}", reference.registry)),
         Err(e) => fail(format!("cannot be read ({})", short(&e.to_string()))),
     }
+}
+
+/// Whether a `FROM` line names one of `names` at the target platform (no `--platform`,
+/// or `$TARGETPLATFORM`): that stage runs the base at each platform built.
+fn runs_at_target(dockerfile: &str, names: &[&str]) -> bool {
+    dockerfile.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+            && !words.iter().any(|w| {
+                w.strip_prefix("--platform=")
+                    .is_some_and(|p| p.trim_matches(['$', '{', '}']) != "TARGETPLATFORM")
+            })
+            && words[1..].iter().any(|w| {
+                !w.starts_with("--")
+                    && names
+                        .iter()
+                        .any(|n| *w == *n || w.trim_matches(['$', '{', '}']) == *n)
+            })
+    })
+}
+
+/// The asked-for platforms the base does not list, as one phrase; None when it has all.
+/// A platform without a variant matches any variant of it (`linux/arm64/v8`).
+async fn missing_platforms(
+    client: &crate::oci::registry::Client,
+    reference: &ImageRef,
+    platforms: &BTreeSet<String>,
+) -> Option<String> {
+    let read = async {
+        let (bytes, _, digest) = client
+            .resolve(&reference.repository, &reference.pointer())
+            .await?;
+        let source = crate::oci::image::RegistrySource {
+            registry: client,
+            repository: &reference.repository,
+        };
+        crate::oci::image::platform_images(&source, &bytes, &digest).await
+    };
+    let has: Vec<String> = match read.await {
+        Ok(images) => images.into_iter().map(|i| i.platform).collect(),
+        Err(e) => {
+            return Some(format!(
+                "readable platform list ({})",
+                short(&e.to_string())
+            ))
+        }
+    };
+    let missing: Vec<&str> = platforms
+        .iter()
+        .filter(|want| {
+            !has.iter().any(|p| {
+                p == *want
+                    || p.strip_prefix(want.as_str())
+                        .is_some_and(|v| v.starts_with('/'))
+            })
+        })
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} (it lists {})",
+            missing.join(", "),
+            if has.is_empty() {
+                "nothing".to_string()
+            } else {
+                has.join(", ")
+            }
+        )
+    })
 }
 
 /// Resolves `host[:port]` (443 by default) and opens a TCP connection to it.
@@ -307,7 +399,7 @@ mod tests {
         Needs {
             builder: None,
             platforms: platforms.iter().map(|p| p.to_string()).collect(),
-            bases: BTreeSet::new(),
+            bases: BTreeMap::new(),
             npm: None,
         }
     }
@@ -343,6 +435,36 @@ mod tests {
             line.starts_with("buildx builder 'release' does not exist"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn only_stages_at_the_target_platform_need_every_platform_built() {
+        let base = "mirror/debian:12@sha256:ab";
+        let fetch_only = format!("FROM --platform=$BUILDPLATFORM {base} AS fetch\nFROM scratch\n");
+        assert!(!runs_at_target(&fetch_only, &[base]));
+        let braced = format!("from --platform=${{BUILDPLATFORM}} {base}\n");
+        assert!(!runs_at_target(&braced, &[base]));
+        let both = format!("{fetch_only}FROM {base}\nRUN true\n");
+        assert!(runs_at_target(&both, &[base]));
+        let target = format!("FROM --platform=$TARGETPLATFORM {base} AS x\n");
+        assert!(runs_at_target(&target, &[base]));
+        // A stage pinned to one platform is that platform's business, not --platform's.
+        let pinned = format!("FROM --platform=linux/arm64 {base} AS x\n");
+        assert!(!runs_at_target(&pinned, &[base]));
+        // Plain Dockerfiles name the base through its build arg.
+        assert!(runs_at_target(
+            "ARG BASE_DEBIAN\nFROM ${BASE_DEBIAN}\n",
+            &[base, "BASE_DEBIAN"]
+        ));
+        assert!(!runs_at_target(
+            "FROM $BASE_DEBIAN_SLIM\n",
+            &[base, "BASE_DEBIAN"]
+        ));
+        // A mention outside FROM is not a stage.
+        assert!(!runs_at_target(
+            &format!("# {base}\nLABEL b={base}\n"),
+            &[base]
+        ));
     }
 
     #[test]
