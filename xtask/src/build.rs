@@ -386,6 +386,7 @@ fn check(
     let engine = verify::Engine {
         platform,
         local: !output.is_registry(),
+        jobs: None,
     };
     let mut verify = verify::Check::for_catalog(catalog, &names, publish, engine)?;
     for (name, reference) in pinned {

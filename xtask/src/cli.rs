@@ -198,6 +198,10 @@ pub struct VerifyArgs {
     /// Check the local engine's copies as they are, without pulling them first.
     #[arg(long)]
     pub local: bool,
+    /// Images checked at once (default: the machine's CPUs); each image's checks run in
+    /// order, and the report keeps the order the images were named in.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,

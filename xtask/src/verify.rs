@@ -86,6 +86,7 @@ impl VerifyArgs {
             engine: Engine {
                 platform: self.platform.clone(),
                 local: self.local,
+                jobs: self.jobs.map(usize::from),
             },
         };
         let report = check.run()?;
@@ -198,6 +199,8 @@ fn catalog_init_image(
 pub struct Engine {
     pub platform: Option<String>,
     pub local: bool,
+    /// Images checked at once (default: the CPUs): an emulated platform is CPU-bound.
+    pub jobs: Option<usize>,
 }
 
 fn verify(
@@ -212,10 +215,30 @@ fn verify(
             docker::inspect_image(tools_image, engine.platform.as_deref(), engine.local)?;
         }
     }
-    for subject in subjects {
-        eprintln!("==> verifying {} ({})", subject.name, subject.reference);
-        let checker = Checker::new(subject, tools_image, engine)?;
-        outcomes.extend(checker.run_all());
+    let jobs = engine
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, subjects.len().max(1));
+    // Each image's checks stay in order; images run `jobs` at a time, reported in order.
+    let results: Vec<std::sync::Mutex<Option<Result<Vec<Outcome>>>>> =
+        subjects.iter().map(|_| Default::default()).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(subject) = subjects.get(index) else {
+                    break;
+                };
+                eprintln!("==> verifying {} ({})", subject.name, subject.reference);
+                let result = Checker::new(subject, tools_image, engine).map(Checker::run_all);
+                *results[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            });
+        }
+    });
+    for result in results {
+        let result = result.into_inner().unwrap_or_else(|e| e.into_inner());
+        outcomes.extend(result.expect("every image was taken by a worker")?);
     }
     Ok(outcomes)
 }
