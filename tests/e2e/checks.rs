@@ -169,8 +169,7 @@ impl Checks<'_> {
 
     fn verify(&self, image: &str) -> (bool, String, serde_json::Value) {
         let out = self.xtask(&["images", "verify", image, "--json"]);
-        let outcomes = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&out.stderr)));
+        let outcomes = verify_outcomes(&out);
         (out.status.success(), text(&out.stderr), outcomes)
     }
 }

@@ -435,7 +435,8 @@ fn devbox_family_builds_offline_and_works() {
         fs::read_to_string(project_root().join("agents/devbox/tools.toml")).unwrap();
     let registry = Registry::start();
     let prefix = format!("{}/mirror", registry.addr);
-    push_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
+    // Two real platforms, so the arm64 build runs arm64 binaries under emulation.
+    push_two_platform_base_image(&format!("{prefix}/library/debian:bookworm-slim"));
     let project = project_copy();
     // The copy's bases pinned to the stand-in the mirror holds. sandbox-base's debian
     // flavour takes the same pin; its alpine base is unused and keeps the real one.
@@ -638,9 +639,10 @@ fn devbox_family_builds_offline_and_works() {
     pin_bases(project.path(), &["tiny"], &prefix);
 
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
-    // amd64 only: the stand-in Debian base is amd64 alone, and an arm64 build FROM it
-    // would run amd64 binaries natively under an arm64 label (see README, arm64).
-    let built = build("linux/amd64", &[&["opencode"][..], &IMAGES[..]].concat());
+    let built = build(
+        "linux/amd64,linux/arm64",
+        &[&["opencode"][..], &IMAGES[..]].concat(),
+    );
     let log = text(&built.stderr);
     assert!(
         built.status.success(),
@@ -655,14 +657,7 @@ fn devbox_family_builds_offline_and_works() {
         "the production lock changed"
     );
 
-    let naming = [
-        "--registry",
-        registry.addr.as_str(),
-        "--org",
-        "e2e",
-        "--version",
-        version.as_str(),
-    ];
+    let naming = e2e_naming(&registry.addr, &version);
     let size = xtask_in(
         project.path(),
         &[
@@ -677,7 +672,9 @@ fn devbox_family_builds_offline_and_works() {
     assert!(size.status.success(), "size: {}", text(&size.stderr));
 
     // Conventions and each image's checks, as its own user and as an arbitrary UID.
-    for (platform, images) in [("linux/amd64", &IMAGES[..])] {
+    // arm64 runs under QEMU: each check proves the arm64 build, not the host.
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let images = &IMAGES[..];
         let started = std::time::Instant::now();
         let verify = xtask_in(
             project.path(),
@@ -690,13 +687,16 @@ fn devbox_family_builds_offline_and_works() {
             &[],
         );
         eprintln!("verify --platform {platform}: {:.0?}", started.elapsed());
-        let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
-            .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
-        assert!(
-            verify.status.success(),
-            "verify: {}\n{outcomes:#}",
-            text(&verify.stderr)
-        );
+        let outcomes = passing_outcomes(&verify);
+        // Images are checked --jobs at a time, and reported in the order named.
+        let mut reported: Vec<&str> = Vec::new();
+        for o in outcomes.as_array().unwrap() {
+            let image = o["image"].as_str().unwrap();
+            if reported.last() != Some(&image) {
+                reported.push(image);
+            }
+        }
+        assert_eq!(reported, images, "{platform}: report order");
         // What the copy skips as not provable here (script stand-ins) says so in the report.
         let spec = fs::read_to_string(project.path().join("agents/devbox/image.toml")).unwrap();
         let spec: toml::Table = spec.parse().unwrap();
@@ -857,8 +857,7 @@ fn devbox_family_builds_offline_and_works() {
         ],
         &[],
     );
-    let outcomes: serde_json::Value = serde_json::from_slice(&verify.stdout)
-        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)));
+    let outcomes = verify_outcomes(&verify);
     assert!(
         !verify.status.success(),
         "a go that cannot compile passed: {outcomes:#}"

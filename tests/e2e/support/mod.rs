@@ -657,26 +657,37 @@ pub fn npm_registry() -> String {
 
 pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// A Debian bookworm minbase image made with debootstrap from the machine's mirror, as a
-/// tarball cached under target/ so later runs skip debootstrap.
+/// A Debian bookworm minbase rootfs for this machine's architecture, made with
+/// debootstrap from the machine's mirror, as a tarball cached under target/.
 pub fn debian_rootfs_tarball() -> PathBuf {
+    debian_rootfs_tarball_for(None)
+}
+
+/// The same for a foreign `arch` (Debian's name): debootstrap's second stage runs under
+/// qemu, which takes minutes, so the tarball is cached per architecture.
+pub fn debian_rootfs_tarball_for(arch: Option<&str>) -> PathBuf {
     let cache = project_root().join("target/e2e-cache");
     fs::create_dir_all(&cache).unwrap();
-    let tarball = cache.join("debian-bookworm-minbase.tar");
-    let lock = fs::File::create(cache.join("debian.lock")).unwrap();
+    let name = match arch {
+        None => "debian-bookworm-minbase".to_string(),
+        Some(arch) => format!("debian-bookworm-minbase-{arch}"),
+    };
+    let tarball = cache.join(format!("{name}.tar"));
+    let lock = fs::File::create(cache.join(format!("{name}.lock"))).unwrap();
     lock.lock().unwrap();
     if !tarball.exists() {
         let rootfs = tempfile::tempdir_in(&cache).unwrap();
         let target = rootfs.path().join("root");
-        run(
-            "debootstrap",
-            &[
-                "--variant=minbase",
-                "bookworm",
-                target.to_str().unwrap(),
-                &debian_mirror(),
-            ],
-        );
+        let arch_flag = arch.map(|a| format!("--arch={a}"));
+        let mut args: Vec<&str> = arch_flag.iter().map(String::as_str).collect();
+        let mirror = debian_mirror();
+        args.extend([
+            "--variant=minbase",
+            "bookworm",
+            target.to_str().unwrap(),
+            &mirror,
+        ]);
+        run("debootstrap", &args);
         for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
             for entry in fs::read_dir(target.join(dir)).unwrap().flatten() {
                 if entry.path().is_file() {
@@ -684,7 +695,7 @@ pub fn debian_rootfs_tarball() -> PathBuf {
                 }
             }
         }
-        let partial = cache.join("debian-bookworm-minbase.tar.partial");
+        let partial = cache.join(format!("{name}.tar.partial"));
         run(
             "tar",
             &[
@@ -705,6 +716,41 @@ pub fn push_base_image(reference: &str) {
     let tarball = debian_rootfs_tarball();
     run("docker", &["import", tarball.to_str().unwrap(), reference]);
     run("docker", &["push", "--quiet", reference]);
+}
+
+/// Pushes a real two-platform base (linux/amd64 and linux/arm64, each its own
+/// debootstrap) as an index, so an arm64 build runs arm64 binaries, not amd64 ones
+/// under an arm64 label as a single-arch `docker import` would.
+pub fn push_two_platform_base_image(reference: &str) {
+    let native = run("dpkg", &["--print-architecture"]);
+    let cache = project_root().join("target/e2e-cache");
+    fs::create_dir_all(&cache).unwrap();
+    // Hard links need the context on the cache's file system.
+    let context = tempfile::tempdir_in(&cache).unwrap();
+    for arch in ["amd64", "arm64"] {
+        let tarball = debian_rootfs_tarball_for((arch != native.trim()).then_some(arch));
+        fs::hard_link(&tarball, context.path().join(format!("rootfs-{arch}.tar"))).unwrap();
+    }
+    fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nADD rootfs-${TARGETARCH}.tar /\nCMD [\"bash\"]\n",
+    )
+    .unwrap();
+    run(
+        "docker",
+        &[
+            "buildx",
+            "build",
+            "--quiet",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--provenance=false",
+            "--tag",
+            reference,
+            "--push",
+            context.path().to_str().unwrap(),
+        ],
+    );
 }
 
 /// `skopeo inspect <flag>` of a reference in a loopback registry: the exact text.
@@ -735,4 +781,26 @@ pub fn manifest_status(url: &str) -> Option<u16> {
     let accept = "Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
     curl_status(&["-I", "-H", accept, url])
+}
+
+/// `images verify --json`'s outcomes; panics with verify's stderr when it printed none.
+pub fn verify_outcomes(verify: &Output) -> serde_json::Value {
+    serde_json::from_slice(&verify.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", text(&verify.stderr)))
+}
+
+/// The outcomes of a verify that must pass: every check, for the failure message.
+pub fn passing_outcomes(verify: &Output) -> serde_json::Value {
+    let outcomes = verify_outcomes(verify);
+    assert!(
+        verify.status.success(),
+        "verify: {}\n{outcomes:#}",
+        text(&verify.stderr)
+    );
+    outcomes
+}
+
+/// The flags that name a test build's images: `--registry R --org e2e --version V`.
+pub fn e2e_naming<'a>(registry: &'a str, version: &'a str) -> [&'a str; 6] {
+    ["--registry", registry, "--org", "e2e", "--version", version]
 }
