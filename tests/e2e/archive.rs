@@ -559,9 +559,9 @@ fn load_counts_only_what_it_verified_in_any_member_order() {
     let image = tiny("example.com/team/tiny:v1");
     let good = raw_tar(work.path(), "good.tar", &files(&image.members));
     let out = loaded(&load(&good, &format!("{}/m", good_registry.addr), &[]));
-    assert!(out.contains("1 loaded, 0 already current; blobs: 2 verified and uploaded, 0 mounted, 0 already there"), "{out}");
+    assert!(out.contains("1 loaded, 0 already current; blobs: 2 verified and uploaded, 0 mounted, 0 already there; 1.0 MiB moved"), "{out}");
     let out = loaded(&load(&good, &format!("{}/m", good_registry.addr), &[]));
-    assert!(out.contains("0 loaded, 1 already current; blobs: 0 verified and uploaded, 0 mounted, 2 already there"), "{out}");
+    assert!(out.contains("0 loaded, 1 already current; blobs: 0 verified and uploaded, 0 mounted, 2 already there; 0 B moved"), "{out}");
     let mut reversed = files(&image.members);
     reversed.reverse();
     let reversed = raw_tar(work.path(), "reversed.tar", &reversed);

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::engine::{attached, is_foreign};
@@ -442,6 +441,8 @@ struct Blob {
 #[derive(Default)]
 struct Counts {
     verified: u64,
+    /// Bytes of the verified uploads: a load copies nothing registry to registry.
+    uploaded_bytes: u64,
     mounted: u64,
     present: u64,
 }
@@ -850,6 +851,7 @@ impl Loader {
             }
             self.handle.block_on(upload)??;
             self.counts.verified += 1;
+            self.counts.uploaded_bytes += size;
         }
         self.blobs
             .get_mut(digest)
@@ -1098,7 +1100,7 @@ pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
         counts.verified,
         counts.mounted,
         counts.present,
-        super::human_bytes(registry.stats.bytes_copied.load(Ordering::Relaxed)),
+        super::human_bytes(counts.uploaded_bytes),
         started.elapsed().as_secs_f64()
     );
     if !refused.lines.is_empty() {
