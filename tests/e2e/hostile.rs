@@ -403,6 +403,47 @@ fn a_redirect_from_a_relaxed_registry_gets_verified_tls() {
     );
 }
 
+#[test]
+fn an_unreachable_registry_gets_the_hint_its_failure_calls_for() {
+    need!(Registry, OtherAddress);
+    let destination = Registry::plain();
+    // Off loopback TLS is verified, so only a failed handshake may suggest --insecure.
+    let self_signed = TlsServer::start(&other_host());
+    let closed = format!("{}:{}", other_host(), free_port());
+    let unresolvable = "registry.invalid".to_string();
+    for (source, hint) in [
+        (
+            self_signed.addr.clone(),
+            format!("pass --insecure {}", self_signed.addr),
+        ),
+        (closed, "nothing listens there".to_string()),
+        (
+            unresolvable,
+            "the name registry.invalid does not resolve".to_string(),
+        ),
+    ] {
+        let out = mirror(
+            &format!("{source}/app/img:v1"),
+            &destination.addr,
+            &[],
+            None,
+        );
+        let stderr = text(&out.stderr);
+        let failed = format!("{source}/app/img:v1: registry {source} is unreachable");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&failed))
+            .unwrap_or_default();
+        assert!(!out.status.success(), "{stderr}");
+        assert!(line.contains(&hint), "expected '{hint}': {stderr}");
+        assert_eq!(
+            line.contains("--insecure"),
+            hint.contains("--insecure"),
+            "{stderr}"
+        );
+    }
+}
+
 // ---- Finding 4: nothing a server sends is read without a bound.
 
 #[test]

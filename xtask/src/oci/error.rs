@@ -31,7 +31,11 @@ pub enum Error {
     },
     /// The connection failed, timed out, or a body broke off.
     #[error("{detail}")]
-    Network { detail: String, retryable: bool },
+    Network {
+        detail: String,
+        retryable: bool,
+        cause: NetworkCause,
+    },
     /// No registry answers at that address.
     #[error("{0}")]
     Unreachable(String),
@@ -41,6 +45,17 @@ pub enum Error {
     /// What was being done when `source` happened.
     #[error("{context}: {source}")]
     Context { context: String, source: Box<Error> },
+}
+
+/// Why a connection failed, which decides the hint a user gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkCause {
+    /// The TLS handshake failed: no TLS, or a certificate we do not trust.
+    Tls,
+    /// Something answered, but nothing listens on that port.
+    Refused,
+    TimedOut,
+    Other,
 }
 
 impl Error {
@@ -59,6 +74,14 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self.root() {
             Error::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Why the connection failed, when it did.
+    pub fn network_cause(&self) -> Option<NetworkCause> {
+        match self.root() {
+            Error::Network { cause, .. } => Some(*cause),
             _ => None,
         }
     }
@@ -91,6 +114,7 @@ impl Error {
         Error::Network {
             detail: detail.into(),
             retryable: true,
+            cause: NetworkCause::Other,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::auth::{challenge_of, credential_for, Auth, Challenge};
-use super::error::{Error, Result};
+use super::error::{Error, NetworkCause, Result};
 use super::name::{Digest, Reference, Registry, Repository};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
 use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
@@ -111,10 +111,11 @@ impl Client {
             match probe(https.clone(), true).await {
                 Ok(response) => (https, response),
                 Err(e) => {
+                    let hint = unreachable_hint(host, &https, &e).await;
                     return Err(Error::Unreachable(format!(
-                        "registry {host} is unreachable: {}; check the address, or pass --insecure {host} for a registry without valid TLS",
+                        "registry {host} is unreachable: {}; {hint}",
                         e.root()
-                    )))
+                    )));
                 }
             }
         };
@@ -726,6 +727,31 @@ impl Client {
             }
         })
         .await
+    }
+}
+
+/// What to try next when `host` did not answer over verified HTTPS: only a failed TLS
+/// handshake points at --insecure; a name that does not resolve or a closed port do not.
+async fn unreachable_hint(host: &Registry, https: &Url, error: &Error) -> String {
+    match error.network_cause() {
+        Some(NetworkCause::Tls) => format!(
+            "if it serves no TLS or a certificate no trusted CA signed, pass --insecure {host}"
+        ),
+        Some(NetworkCause::Refused) => {
+            "nothing listens there; check the port and that the registry is running".into()
+        }
+        Some(NetworkCause::TimedOut) => {
+            "no answer in time; check the address, the network and any proxy".into()
+        }
+        _ => {
+            let (Some(name), Some(port)) = (https.host_str(), https.port_or_known_default()) else {
+                return "check the address".into();
+            };
+            match tokio::net::lookup_host((name, port)).await {
+                Err(_) => format!("the name {name} does not resolve; check the host name"),
+                Ok(_) => "check the address and the network".into(),
+            }
+        }
     }
 }
 

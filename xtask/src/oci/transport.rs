@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::error::{Error, Result};
+use super::error::{Error, NetworkCause, Result};
 use super::name::is_loopback;
 use crate::text::printable;
 
@@ -31,7 +31,36 @@ impl From<reqwest::Error> for Error {
         Error::Network {
             detail: describe_reqwest(&e),
             retryable,
+            cause: cause_of(&e),
         }
+    }
+}
+
+/// Reads the cause from the error's types: rustls and io errors sit under hyper's.
+fn cause_of(e: &reqwest::Error) -> NetworkCause {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<rustls::Error>() {
+            return NetworkCause::Tls;
+        }
+        source = match s.downcast_ref::<std::io::Error>() {
+            Some(io) => {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return NetworkCause::Refused,
+                    std::io::ErrorKind::TimedOut => return NetworkCause::TimedOut,
+                    _ => {}
+                }
+                // io::Error::source skips the error it wraps; nested ones hide rustls's.
+                io.get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static))
+            }
+            None => s.source(),
+        };
+    }
+    if e.is_timeout() {
+        NetworkCause::TimedOut
+    } else {
+        NetworkCause::Other
     }
 }
 
