@@ -914,3 +914,51 @@ fn without_a_runtime_dir_the_cache_is_private_under_tmp() {
     let _ = fs::remove_file(format!("{}.lock", cached[0].display()));
     fs::remove_file(&cached[0]).unwrap();
 }
+
+#[test]
+fn a_ghe_com_host_gets_its_own_api_and_the_token_variable_gh_reads_for_it() {
+    need!(Gh);
+    let world = World::new();
+    // HOST.ghe.com serves its API at api.HOST, not HOST/api/v3 (it does not resolve here).
+    let token = world
+        .command("github-app-token")
+        .env("GH_HOST", "acme.ghe.com")
+        .arg("token")
+        .output()
+        .unwrap();
+    let stderr = text(&token.stderr);
+    assert!(!token.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "github-app: cannot reach the GitHub API at https://api.acme.ghe.com/app/installations/"
+        ),
+        "{stderr}"
+    );
+    // gh reads GH_TOKEN for a ghe.com host and GH_ENTERPRISE_TOKEN only for Enterprise
+    // Server (go-gh auth.IsEnterprise). A stand-in for the real gh, named as one, says
+    // which variable the wrapper gave it.
+    let probe = world.path("gh-token-variable-probe");
+    fs::write(
+        &probe,
+        "#!/bin/sh\nenv | sed -n 's/^\\(GH_TOKEN\\|GH_ENTERPRISE_TOKEN\\)=.*/\\1/p'\n",
+    )
+    .unwrap();
+    fs::set_permissions(&probe, fs::Permissions::from_mode(0o755)).unwrap();
+    let api = format!("https://{}/api/v3", world.github.addr);
+    let given = |host: &str| {
+        let out = world
+            .command("gh")
+            .env("GH_HOST", host)
+            .env("GH_APP_API_URL", &api)
+            .env("GH_APP_REAL_GH", &probe)
+            .args(["api", "/repos/acme/widgets"])
+            .output()
+            .unwrap();
+        ok(&out, &format!("gh for {host}"))
+    };
+    assert_eq!(given("acme.ghe.com"), "GH_TOKEN\n");
+    assert_eq!(given("ghes.example"), "GH_ENTERPRISE_TOKEN\n");
+    // The cache is per API, app and installation: the same API gave one token to both.
+    assert_eq!(world.tokens().len(), 1);
+}
