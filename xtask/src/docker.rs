@@ -21,14 +21,45 @@ pub fn require_daemon() -> Result<()> {
     Ok(())
 }
 
+/// An image that a check pulled into the engine's store, removed again when dropped:
+/// verifying a family on two platforms would otherwise leave every unpacked image behind.
+/// An image that was there before the pull stays.
+pub struct Pulled {
+    reference: Option<String>,
+}
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        let Some(reference) = self.reference.take() else {
+            return;
+        };
+        let removed = Command::new("docker")
+            .args(["image", "rm", &reference])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match removed {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: could not remove {reference}, pulled for the check: {}",
+                last_line(&out.stderr)
+            ),
+            Err(e) => eprintln!("warning: could not remove {reference}, pulled for the check: {e}"),
+        }
+    }
+}
+
 /// `docker image inspect` of the engine's copy, after pulling it from its registry first
-/// unless `local` (so a tag rebuilt and pushed elsewhere is never checked stale).
+/// unless `local` (so a tag rebuilt and pushed elsewhere is never checked stale). Keep
+/// the guard while the image is in use.
 pub fn inspect_image(
     reference: &str,
     platform: Option<&str>,
     local: bool,
-) -> Result<serde_json::Value> {
+) -> Result<(serde_json::Value, Pulled)> {
+    let mut pulled_here = Pulled { reference: None };
     if !local {
+        let was_here = image_inspect(reference)?.is_some();
         let mut pull = Command::new("docker");
         pull.args(["pull", "--quiet"]);
         if let Some(platform) = platform {
@@ -42,17 +73,28 @@ pub fn inspect_image(
                 last_line(&pulled.stderr)
             );
         }
+        if !was_here {
+            pulled_here.reference = Some(reference.to_string());
+        }
     }
+    match image_inspect(reference)? {
+        Some(inspected) => Ok((inspected, pulled_here)),
+        None => bail!(
+            "{reference} is not in the local image store; build it with --load, or drop --local \
+             to pull it from its registry"
+        ),
+    }
+}
+
+fn image_inspect(reference: &str) -> Result<Option<serde_json::Value>> {
     let output = Command::new("docker")
         .args(["image", "inspect", "--format", "{{json .}}", reference])
         .output()?;
     if !output.status.success() {
-        bail!(
-            "{reference} is not in the local image store; build it with --load, or drop --local \
-             to pull it from its registry"
-        );
+        return Ok(None);
     }
     serde_json::from_slice(&output.stdout)
+        .map(Some)
         .with_context(|| format!("reading `docker image inspect {reference}`"))
 }
 

@@ -210,11 +210,13 @@ fn verify(
 ) -> Result<Vec<Outcome>> {
     docker::require_daemon()?;
     let mut outcomes = Vec::new();
-    if let Some(tools_image) = tools_image {
-        if !subjects.iter().any(|s| s.reference == tools_image) {
-            docker::inspect_image(tools_image, engine.platform.as_deref(), engine.local)?;
-        }
-    }
+    // Pulled first, even when it is a subject too: every image's checks run it, so it
+    // stays until the last of them.
+    let _tools_pulled = tools_image
+        .map(|tools_image| {
+            docker::inspect_image(tools_image, engine.platform.as_deref(), engine.local)
+        })
+        .transpose()?;
     let jobs = engine
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -272,6 +274,8 @@ struct Checker<'a> {
     restricted: bool,
     users: Vec<Option<String>>,
     outcomes: std::cell::RefCell<Vec<Outcome>>,
+    /// Removes the image once its checks are done, if they pulled it.
+    _pulled: docker::Pulled,
 }
 
 static CONTAINERS: AtomicUsize = AtomicUsize::new(0);
@@ -291,7 +295,8 @@ impl<'a> Checker<'a> {
         engine: &'a Engine,
     ) -> Result<Checker<'a>> {
         let platform = engine.platform.as_deref();
-        let inspected = docker::inspect_image(&subject.reference, platform, engine.local)?;
+        let (inspected, pulled) =
+            docker::inspect_image(&subject.reference, platform, engine.local)?;
         let config = inspected["Config"].clone();
         let conventions = subject.role != Role::Other;
         let skipped = |name: &str| subject.spec.skip.contains_key(name);
@@ -310,6 +315,7 @@ impl<'a> Checker<'a> {
             restricted,
             users,
             outcomes: Default::default(),
+            _pulled: pulled,
         })
     }
 
