@@ -520,8 +520,8 @@ fn devbox_family_builds_offline_and_works() {
     let npm = npm_registry();
     let ca_bundle = tempfile::NamedTempFile::new().unwrap();
     fs::copy(HOST_CA_BUNDLE, ca_bundle.path()).unwrap();
-    // Refusals fail in the fetch stage, on the build platform: amd64 alone shows them.
-    let build = |platform: &str, images: &[&str]| {
+    let naming = e2e_naming(&registry.addr, &version);
+    let build_with = |platform: &str, images: &[&str], extra: &[&str]| {
         let mut args = vec![
             "images",
             "build",
@@ -530,12 +530,10 @@ fn devbox_family_builds_offline_and_works() {
             platform,
             "--progress",
             "plain",
-            "--registry",
-            &registry.addr,
-            "--org",
-            "e2e",
-            "--version",
-            &version,
+        ];
+        args.extend(naming);
+        args.extend(extra);
+        args.extend([
             "--base-registry",
             &prefix,
             "--artifact-mirror",
@@ -544,10 +542,12 @@ fn devbox_family_builds_offline_and_works() {
             &npm,
             "--ca-bundle",
             ca_bundle.path().to_str().unwrap(),
-        ];
+        ]);
         args.extend(images);
         xtask_in(project.path(), &args, &[])
     };
+    let build = |platform: &str, images: &[&str]| build_with(platform, images, &[]);
+    // Refusals fail in the fetch stage, on the build platform: amd64 alone shows them.
     let failed = build("linux/amd64", &["devbox"]);
     let log = text(&failed.stderr);
     assert!(!failed.status.success(), "a tampered kubectl was accepted");
@@ -638,17 +638,42 @@ fn devbox_family_builds_offline_and_works() {
 
     pin_bases(project.path(), &["tiny"], &prefix);
 
+    // One platform at a time, by digest, then merged into one index per image, as
+    // release runners do. The build cache goes between the two: the family's cache for
+    // both platforms at once is most of this test's disk.
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
-    let built = build(
-        "linux/amd64,linux/arm64",
-        &[&["opencode"][..], &IMAGES[..]].concat(),
+    let records = tempfile::tempdir().unwrap();
+    let mut record_dirs = Vec::new();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let dir = records.path().join(platform.replace('/', "-"));
+        let dir = dir.to_str().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let built = build_with(
+            platform,
+            &[&["opencode"][..], &IMAGES[..]].concat(),
+            &["--by-digest", &dir],
+        );
+        let log = text(&built.stderr);
+        assert!(
+            built.status.success(),
+            "build {platform}: {}",
+            &log[log.len().saturating_sub(6000)..]
+        );
+        eprintln!("build {platform}: {:.0?}", started.elapsed());
+        sh("docker buildx prune --all --force >/dev/null");
+        record_dirs.push(dir);
+    }
+    let merge = xtask_in(
+        project.path(),
+        &[
+            &["images", "merge"][..],
+            &record_dirs.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            &naming[..],
+        ]
+        .concat(),
+        &[],
     );
-    let log = text(&built.stderr);
-    assert!(
-        built.status.success(),
-        "build: {}",
-        &log[log.len().saturating_sub(6000)..]
-    );
+    assert!(merge.status.success(), "merge: {}", text(&merge.stderr));
     let served = server.served.load(std::sync::atomic::Ordering::Relaxed) - served_before;
     eprintln!("artifact mirror served {served} files during the build");
     assert_eq!(
@@ -657,7 +682,6 @@ fn devbox_family_builds_offline_and_works() {
         "the production lock changed"
     );
 
-    let naming = e2e_naming(&registry.addr, &version);
     let size = xtask_in(
         project.path(),
         &[
