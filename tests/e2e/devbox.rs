@@ -639,8 +639,8 @@ fn devbox_family_builds_offline_and_works() {
     pin_bases(project.path(), &["tiny"], &prefix);
 
     // One platform at a time, by digest, then merged into one index per image, as
-    // release runners do (merge wants every catalog image, so attach too). The build cache goes between the two: the family's cache for
-    // both platforms at once is most of this test's disk.
+    // release runners do (merge wants every catalog image, so attach too). The build
+    // cache goes between the two: both platforms' cache at once is most of the disk.
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
     let records = tempfile::tempdir().unwrap();
     let mut record_dirs = Vec::new();

@@ -38,14 +38,12 @@ impl Drop for Pulled {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output();
-        match removed {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "warning: could not remove {reference}, pulled for the check: {}",
-                last_line(&out.stderr)
-            ),
-            Err(e) => eprintln!("warning: could not remove {reference}, pulled for the check: {e}"),
-        }
+        let why = match removed {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => last_line(&out.stderr),
+            Err(e) => e.to_string(),
+        };
+        eprintln!("warning: could not remove {reference}, pulled for the check: {why}");
     }
 }
 
