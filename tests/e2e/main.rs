@@ -1,11 +1,13 @@
 //! The end-to-end tests: one binary, a module per area, and one `support` module. Each
 //! test runs the real xtask binary and says what else it needs (`support::require`).
 
+// The longest test (the devbox family on two platforms) is in `agents`: libtest starts
+// tests in name order, so it starts first and the rest run beside it.
+mod agents;
 mod archive;
 mod build;
 mod checks;
 mod cli;
-mod devbox;
 mod github_app;
 mod hostile;
 mod mirror;
