@@ -225,3 +225,86 @@ fn a_base_without_a_target_platform_is_refused_before_buildx() {
         "{stderr}"
     );
 }
+
+#[test]
+fn preflight_honours_insecure() {
+    need!(Docker, OtherAddress);
+    // TLS off loopback with a self-signed certificate: verified unless named --insecure,
+    // so preflight cannot read the mirror without it.
+    let registry = Registry::tls_on(&other_host());
+    let prefix = format!("{}/mirror", registry.addr);
+    let (_, lines) = build(&["attach", "--base-registry", &prefix], &[]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // The client retries a failed handshake until preflight's limit.
+    assert!(
+        lines[0].starts_with(&format!("error: base image {prefix}/"))
+            && !lines[0].contains(" is not in "),
+        "{lines:?}"
+    );
+    // Named, the certificate is let through: preflight reaches the registry and finds
+    // the base missing from it, one line as for any mirror without it.
+    let (_, lines) = build(
+        &[
+            "attach",
+            "--base-registry",
+            &prefix,
+            "--insecure",
+            &registry.addr,
+        ],
+        &[],
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!(" is not in {}", registry.addr)),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_timeout_bounds_the_whole_build_not_each_phase() {
+    use crate::support::scripted::{Reply, Scripted};
+    use std::time::{Duration, Instant};
+    need!(Docker);
+    // Every answer takes 1.5 s. Build avoidance (the ping, then a HEAD per tag) and
+    // preflight (a ping and a HEAD per base) each fit in the 4 s alone; not together.
+    let slow = Scripted::start(
+        "127.0.0.1",
+        Box::new(|request| {
+            std::thread::sleep(Duration::from_millis(1500));
+            match request.path.as_str() {
+                "/v2/" => Reply::new(200),
+                _ => Reply::new(404),
+            }
+        }),
+    );
+    let prefix = format!("{}/mirror", slow.addr);
+    let started = Instant::now();
+    let output = images_build(
+        &[
+            "attach",
+            "--push",
+            "--registry",
+            &slow.addr,
+            "--base-registry",
+            &prefix,
+            "--timeout",
+            "4s",
+        ],
+        &[],
+    );
+    let elapsed = started.elapsed();
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped at the --timeout of 4s"),
+        "{elapsed:?}: {stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(7), "{elapsed:?}: {stderr}");
+    // Both phases ran: avoidance asked for the tags, preflight for a base.
+    let paths: Vec<String> = slow.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().any(|p| p.contains("/kubeopencode/")),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|p| p.contains("/mirror/")), "{paths:?}");
+}

@@ -25,7 +25,8 @@ struct Base {
 }
 
 impl BasesArgs {
-    pub fn run(self, root: &std::path::Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root)?;
         let mut bases = Vec::new();
         for image in catalog.select(&self.images)? {
@@ -44,12 +45,11 @@ impl BasesArgs {
             }
         }
         if self.update {
-            let timeout = self.registry.timeout.map(Into::into);
-            let registries = Registries::new(self.registry.insecure.clone());
+            let registries = &ctx.registries;
             let prefix = self.base_registry.as_deref();
-            crate::oci::block_on_within(timeout, async {
+            ctx.block_on(async {
                 for base in bases.iter_mut() {
-                    let digest = resolve(&registries, &base.reference, prefix)
+                    let digest = resolve(registries, &base.reference, prefix)
                         .await
                         .with_context(|| format!("{} bases.{}", base.image, base.role))?;
                     base.updated = Some(base.digest.as_ref() != Some(&digest));

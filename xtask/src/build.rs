@@ -5,13 +5,14 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::SystemTime;
-use xshell::{cmd, Shell};
 
 use crate::avoid;
 use crate::by_digest;
 use crate::catalog::{Catalog, Image};
 use crate::cli::{BuildArgs, RenderArgs};
+use crate::context::Ctx;
 use crate::naming::ImageRef;
 use crate::oci::{Digest, Registries};
 use crate::plan::{
@@ -56,7 +57,8 @@ fn prepare<'a>(catalog: &'a Catalog, args: &RenderArgs) -> Result<Prepared<'a>> 
 }
 
 impl RenderArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root)?;
         let prepared = prepare(&catalog, &self)?;
         for r in &prepared.rendered {
@@ -70,15 +72,15 @@ impl RenderArgs {
 }
 
 impl BuildArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
-        let catalog = Catalog::load(root)?;
-        let inputs = plan_inputs(root, &self)?;
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let catalog = Catalog::load(&ctx.root)?;
+        let inputs = plan_inputs(ctx, &self)?;
         let pushing = match inputs.output {
             Output::Push => Pushing::Yes,
             Output::ByDigest => Pushing::ByDigest,
             Output::Load | Output::Cache => Pushing::No,
         };
-        let trust = self.trust.trust(pushing, &self.registry.insecure)?;
+        let trust = self.trust.trust(pushing, &ctx.insecure)?;
         let prepared = prepare(&catalog, &self.render)?;
         let mut plan = BuildPlan::new(
             &prepared.images,
@@ -92,24 +94,76 @@ impl BuildArgs {
         let bake_path = prepared.out.join("bake.json");
         write_bake(&plan, &bake_path)?;
         if self.dry_run {
-            let docker_args = plan.bake_args(&bake_path, &prepared.out.join("metadata.json"));
-            let after_push = match &trust {
-                Some(trust) => {
-                    let images: Vec<(String, String)> = plan
-                        .requested()
-                        .filter_map(|t| Some((t.name.clone(), t.tags.first()?.clone())))
-                        .collect();
-                    trust.planned(&images, &prepared.out)?
-                }
-                None => Vec::new(),
-            };
-            print_plan(&plan, &docker_args, self.json, &after_push)?;
-            return Ok(());
+            return self.print_dry_run(&plan, &prepared.out, &bake_path, trust.as_ref());
         }
         if let Some(trust) = &trust {
             trust.preflight()?;
         }
-        if self.check && inputs.output == Output::Cache {
+        self.refuse_unusable_outputs(inputs.output)?;
+        let found = self.find_in_place(ctx, &plan, inputs.output)?;
+        let full = plan.clone();
+        keep_only_what_to_build(&mut plan, &found);
+        retag_in_place(ctx, &full, &found, inputs.output)?;
+        let metadata_path = prepared.out.join("metadata.json");
+        if plan.requested().next().is_some() {
+            let needs = crate::preflight::Needs::of(
+                &plan,
+                &prepared.images,
+                &prepared.rendered,
+                self.render.base_registry.as_deref(),
+            )?;
+            needs.check(ctx)?;
+            bake(ctx, &plan, &prepared.out, &metadata_path)?;
+        }
+        let mut digests = built_digests(&plan, &metadata_path);
+        if inputs.output == Output::Push {
+            push_built(ctx, &plan, &mut digests)?;
+        }
+        if let Some(trust) = &trust {
+            trust.run(ctx, &subjects(&full, &found, &digests)?, &prepared.out)?;
+        }
+        if let Some(dir) = &self.by_digest {
+            let pushed = ctx.block_on(publish_by_digest(
+                &ctx.registries,
+                &full,
+                &plan,
+                &found,
+                dir,
+            ))?;
+            digests.extend(pushed);
+        }
+        let outcomes = outcomes(&full, &found, &digests, inputs.output);
+        report(&outcomes, self.json)?;
+        if self.check {
+            check_built(ctx, &catalog, &full, &inputs, &outcomes)?;
+        }
+        Ok(())
+    }
+
+    /// `--dry-run`: the plan, the bake command and what signing would run.
+    fn print_dry_run(
+        &self,
+        plan: &BuildPlan,
+        out: &Path,
+        bake_path: &Path,
+        trust: Option<&crate::sign::Trust>,
+    ) -> Result<()> {
+        let docker_args = plan.bake_args(bake_path, &out.join("metadata.json"));
+        let after_push = match trust {
+            Some(trust) => {
+                let images: Vec<(String, String)> = plan
+                    .requested()
+                    .filter_map(|t| Some((t.name.clone(), t.tags.first()?.clone())))
+                    .collect();
+                trust.planned(&images, out)?
+            }
+            None => Vec::new(),
+        };
+        print_plan(plan, &docker_args, self.json, &after_push)
+    }
+
+    fn refuse_unusable_outputs(&self, output: Output) -> Result<()> {
+        if self.check && output == Output::Cache {
             bail!("--check measures and runs what was built: add --push or --load");
         }
         if let Some(dir) = self
@@ -122,172 +176,193 @@ impl BuildArgs {
                 dir.display()
             );
         }
-        let timeout = self.registry.timeout.map(Into::into);
-        let insecure = &self.registry.insecure;
-        let found = if self.force || self.no_cache || inputs.output == Output::Cache {
-            BTreeMap::new()
-        } else if inputs.output.is_registry() {
-            crate::oci::block_on_within(timeout, async {
-                avoid::in_registry(&plan, &Registries::new(insecure.clone())).await
-            })?
-        } else {
-            avoid::in_engine(&plan)?
-        };
-        let full = plan.clone();
-        let build: BTreeSet<String> = plan
-            .requested()
-            .filter(|t| !found.contains_key(&t.name))
-            .map(|t| t.name.clone())
-            .collect();
-        let available: BTreeMap<String, String> = found
-            .iter()
-            .filter_map(|(name, f)| Some((name.clone(), f.by_digest.clone()?)))
-            .collect();
-        plan.keep_only(&build, &available);
-
-        // Tags missing from images already in place: written where they live, no build.
-        let retag: Vec<&avoid::Found> = full
-            .requested()
-            .filter_map(|t| found.get(&t.name))
-            .filter(|f| !f.missing.is_empty())
-            .collect();
-        match inputs.output {
-            Output::Push => crate::oci::block_on_within(timeout, async {
-                let registries = Registries::new(insecure.clone());
-                for f in &retag {
-                    avoid::retag_in_registry(&registries, f).await?;
-                }
-                Ok(())
-            })?,
-            Output::Load => retag.iter().try_for_each(|f| avoid::retag_in_engine(f))?,
-            // By digest, nothing is tagged; merge writes the tags.
-            Output::ByDigest | Output::Cache => {}
-        }
-
-        let metadata_path = prepared.out.join("metadata.json");
-        if plan.requested().next().is_some() {
-            crate::preflight::Needs::of(
-                &plan,
-                &prepared.images,
-                &prepared.rendered,
-                self.render.base_registry.as_deref(),
-            )?
-            .check()?;
-            let sh = Shell::new()?;
-            let build_bake = prepared.out.join("bake.build.json");
-            write_bake(&plan, &build_bake)?;
-            let docker_args = plan.bake_args(&build_bake, &metadata_path);
-            let _ = fs::remove_file(&metadata_path);
-            for t in plan.requested() {
-                if t.output.is_registry() {
-                    let _ = fs::remove_dir_all(&t.layout);
-                }
-            }
-            eprintln!(
-                "==> building {} ({} target(s) in the bake file {})",
-                plan.requested()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                plan.targets.len(),
-                build_bake.display()
-            );
-            cmd!(sh, "docker {docker_args...}").run().map_err(|_| {
-                anyhow!(
-                    "docker buildx bake failed; the build log above names the failing step \
-                     (re-run with --progress plain for the full log)"
-                )
-            })?;
-        }
-        let metadata: serde_json::Value = if plan.requested().next().is_some() {
-            fs::read_to_string(&metadata_path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default()
-        } else {
-            serde_json::Value::Null
-        };
-        let mut digests: BTreeMap<String, String> = plan
-            .requested()
-            .filter_map(|t| {
-                let digest = metadata[&t.name]["containerimage.digest"].as_str()?;
-                Some((t.name.clone(), digest.to_string()))
-            })
-            .collect();
-        if inputs.output == Output::Push {
-            crate::oci::block_on_within(timeout, async {
-                let registries = Registries::new(insecure.clone());
-                for t in plan.requested() {
-                    let digest = avoid::push_tagged(&registries, t)
-                        .await
-                        .with_context(|| format!("pushing {}", t.name))?;
-                    digests.insert(t.name.clone(), digest.to_string());
-                    let _ = fs::remove_dir_all(&t.layout);
-                }
-                Ok(())
-            })?;
-        }
-        if let Some(trust) = &trust {
-            trust.run(&subjects(&full, &found, &digests)?, &prepared.out, timeout)?;
-        }
-        if let Some(dir) = &self.by_digest {
-            let pushed = crate::oci::block_on_within(
-                timeout,
-                publish_by_digest(&full, &plan, &found, dir, insecure),
-            )?;
-            digests.extend(pushed);
-        }
-        let outcomes: Vec<Outcome> = full
-            .requested()
-            .map(|t| {
-                let (status, digest) = match found.get(&t.name) {
-                    Some(f) => (f.status(), Some(f.digest.to_string())),
-                    None => (avoid::Status::Built, digests.get(&t.name).cloned()),
-                };
-                let status = match (status, inputs.output) {
-                    (avoid::Status::Retagged, Output::ByDigest) => avoid::Status::UpToDate,
-                    (status, _) => status,
-                };
-                Outcome {
-                    image: t.name.clone(),
-                    status,
-                    digest,
-                    input_digest: t.inputs.digest.to_string(),
-                    tags: t.tags.clone(),
-                    platforms: t.platforms.clone(),
-                    output: t.output,
-                }
-            })
-            .collect();
-        report(&outcomes, self.json)?;
-        if self.check {
-            // By digest nothing is tagged: the checks read each image by its digest.
-            let pinned: BTreeMap<String, String> = outcomes
-                .iter()
-                .filter(|_| inputs.output == Output::ByDigest)
-                .filter_map(|o| {
-                    let repository = inputs.publish.repository(&o.image);
-                    Some((
-                        o.image.clone(),
-                        format!("{repository}@{}", o.digest.as_ref()?),
-                    ))
-                })
-                .collect();
-            let platform = match inputs.platforms.as_slice() {
-                [one] => Some(one.clone()),
-                _ => None,
-            };
-            check(
-                &catalog,
-                &full,
-                inputs.output,
-                &inputs.publish,
-                &pinned,
-                platform,
-            )?;
-        }
         Ok(())
     }
+
+    /// The images already in place with this build's input digests (build avoidance).
+    fn find_in_place(
+        &self,
+        ctx: &Ctx,
+        plan: &BuildPlan,
+        output: Output,
+    ) -> Result<BTreeMap<String, avoid::Found>> {
+        if self.force || self.no_cache || output == Output::Cache {
+            Ok(BTreeMap::new())
+        } else if output.is_registry() {
+            ctx.block_on(avoid::in_registry(plan, &ctx.registries))
+        } else {
+            avoid::in_engine(plan)
+        }
+    }
+}
+
+/// Drops from `plan` what is already in place; children build FROM those by digest.
+fn keep_only_what_to_build(plan: &mut BuildPlan, found: &BTreeMap<String, avoid::Found>) {
+    let build: BTreeSet<String> = plan
+        .requested()
+        .filter(|t| !found.contains_key(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let available: BTreeMap<String, String> = found
+        .iter()
+        .filter_map(|(name, f)| Some((name.clone(), f.by_digest.clone()?)))
+        .collect();
+    plan.keep_only(&build, &available);
+}
+
+/// Tags missing from images already in place: written where they live, no build.
+fn retag_in_place(
+    ctx: &Ctx,
+    full: &BuildPlan,
+    found: &BTreeMap<String, avoid::Found>,
+    output: Output,
+) -> Result<()> {
+    let retag: Vec<&avoid::Found> = full
+        .requested()
+        .filter_map(|t| found.get(&t.name))
+        .filter(|f| !f.missing.is_empty())
+        .collect();
+    match output {
+        Output::Push => ctx.block_on(async {
+            for f in &retag {
+                avoid::retag_in_registry(&ctx.registries, f).await?;
+            }
+            Ok(())
+        }),
+        Output::Load => retag.iter().try_for_each(|f| avoid::retag_in_engine(f)),
+        // By digest, nothing is tagged; merge writes the tags.
+        Output::ByDigest | Output::Cache => Ok(()),
+    }
+}
+
+/// Runs `docker buildx bake` on what is left to build, within the run's deadline.
+fn bake(ctx: &Ctx, plan: &BuildPlan, out: &Path, metadata_path: &Path) -> Result<()> {
+    let build_bake = out.join("bake.build.json");
+    write_bake(plan, &build_bake)?;
+    let docker_args = plan.bake_args(&build_bake, metadata_path);
+    let _ = fs::remove_file(metadata_path);
+    for t in plan.requested() {
+        if t.output.is_registry() {
+            let _ = fs::remove_dir_all(&t.layout);
+        }
+    }
+    eprintln!(
+        "==> building {} ({} target(s) in the bake file {})",
+        plan.requested()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.targets.len(),
+        build_bake.display()
+    );
+    let mut command = vec!["docker".to_string()];
+    command.extend(docker_args.iter().cloned());
+    eprintln!("$ {}", shell_words(&command));
+    let mut docker = Command::new("docker");
+    docker.args(&docker_args);
+    let status = ctx.run_command(&mut docker, "docker buildx bake")?;
+    if !status.success() {
+        bail!(
+            "docker buildx bake failed; the build log above names the failing step \
+             (re-run with --progress plain for the full log)"
+        );
+    }
+    Ok(())
+}
+
+/// The digests bake recorded in its metadata file, by image.
+fn built_digests(plan: &BuildPlan, metadata_path: &Path) -> BTreeMap<String, String> {
+    if plan.requested().next().is_none() {
+        return BTreeMap::new();
+    }
+    let metadata: serde_json::Value = fs::read_to_string(metadata_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    plan.requested()
+        .filter_map(|t| {
+            let digest = metadata[&t.name]["containerimage.digest"].as_str()?;
+            Some((t.name.clone(), digest.to_string()))
+        })
+        .collect()
+}
+
+/// `--push`: each layout BuildKit wrote goes to the registry, then its tags.
+fn push_built(ctx: &Ctx, plan: &BuildPlan, digests: &mut BTreeMap<String, String>) -> Result<()> {
+    ctx.block_on(async {
+        for t in plan.requested() {
+            let digest = avoid::push_tagged(&ctx.registries, t)
+                .await
+                .with_context(|| format!("pushing {}", t.name))?;
+            digests.insert(t.name.clone(), digest.to_string());
+            let _ = fs::remove_dir_all(&t.layout);
+        }
+        Ok(())
+    })
+}
+
+fn outcomes(
+    full: &BuildPlan,
+    found: &BTreeMap<String, avoid::Found>,
+    digests: &BTreeMap<String, String>,
+    output: Output,
+) -> Vec<Outcome> {
+    full.requested()
+        .map(|t| {
+            let (status, digest) = match found.get(&t.name) {
+                Some(f) => (f.status(), Some(f.digest.to_string())),
+                None => (avoid::Status::Built, digests.get(&t.name).cloned()),
+            };
+            let status = match (status, output) {
+                (avoid::Status::Retagged, Output::ByDigest) => avoid::Status::UpToDate,
+                (status, _) => status,
+            };
+            Outcome {
+                image: t.name.clone(),
+                status,
+                digest,
+                input_digest: t.inputs.digest.to_string(),
+                tags: t.tags.clone(),
+                platforms: t.platforms.clone(),
+                output: t.output,
+            }
+        })
+        .collect()
+}
+
+/// `--check`: size and verify on what was built; by digest, each image is read by its
+/// digest since nothing is tagged.
+fn check_built(
+    ctx: &Ctx,
+    catalog: &Catalog,
+    full: &BuildPlan,
+    inputs: &PlanInputs,
+    outcomes: &[Outcome],
+) -> Result<()> {
+    let pinned: BTreeMap<String, String> = outcomes
+        .iter()
+        .filter(|_| inputs.output == Output::ByDigest)
+        .filter_map(|o| {
+            let repository = inputs.publish.repository(&o.image);
+            Some((
+                o.image.clone(),
+                format!("{repository}@{}", o.digest.as_ref()?),
+            ))
+        })
+        .collect();
+    let platform = match inputs.platforms.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    };
+    check(
+        ctx,
+        catalog,
+        full,
+        inputs.output,
+        &inputs.publish,
+        &pinned,
+        platform,
+    )
 }
 
 /// What `--sign`/`--sbom` cover: the images just pushed, and those already in place
@@ -317,13 +392,12 @@ fn write_bake(plan: &BuildPlan, path: &Path) -> Result<()> {
 /// `--by-digest`: pushes each layout just built by digest, and writes every requested
 /// image's records, built or found up to date. The pushed index digests, by image.
 async fn publish_by_digest(
+    registries: &Registries,
     full: &BuildPlan,
     built: &BuildPlan,
     found: &BTreeMap<String, avoid::Found>,
     dir: &Path,
-    insecure: &[String],
 ) -> Result<BTreeMap<String, String>> {
-    let registries = Registries::new(insecure.to_vec());
     let mut pushed = BTreeMap::new();
     let mut records = Vec::new();
     for t in full.requested() {
@@ -360,6 +434,7 @@ async fn publish_by_digest(
 /// `images size` and `images verify` on the images just built, from where they went,
 /// through the same checks those commands run.
 fn check(
+    ctx: &Ctx,
     catalog: &Catalog,
     plan: &BuildPlan,
     output: Output,
@@ -380,7 +455,7 @@ fn check(
             target.reference = ImageRef::parse(reference)?;
         }
     }
-    let sizes = sizes.run()?;
+    let sizes = sizes.run(ctx)?;
     // Tables to stderr: stdout stays the build's own result (`--json` included).
     sizes.print(&mut std::io::stderr(), false, layers)?;
     let engine = verify::Engine {
@@ -413,10 +488,11 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     })
 }
 
-fn plan_inputs(root: &Path, args: &BuildArgs) -> Result<PlanInputs> {
+fn plan_inputs(ctx: &Ctx, args: &BuildArgs) -> Result<PlanInputs> {
+    let root = ctx.root.as_path();
     let mut build_args = BTreeMap::new();
     let mut secrets = Vec::new();
-    if let Some(ca) = &args.ca_bundle {
+    if let Some(ca) = &ctx.ca_bundle {
         secrets.push(format!(
             "id={CA_BUNDLE_SECRET},src={}",
             check_ca_bundle(ca)?.display()

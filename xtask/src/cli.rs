@@ -559,3 +559,42 @@ pub struct RetagArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
+
+impl Command {
+    /// The flags the run context is made of, from whichever subcommand carries them.
+    pub fn run_options(&self) -> crate::context::RunOptions {
+        let registry = match self {
+            Command::Images(images) => match images.as_ref() {
+                ImagesCommand::Build(args) => Some(&args.registry),
+                ImagesCommand::Merge(args) => Some(&args.registry),
+                ImagesCommand::Mirror(args) => Some(match &args.action {
+                    Some(MirrorAction::Save(save)) => &save.registry,
+                    Some(MirrorAction::Load(load)) => &load.registry,
+                    None => &args.copy.registry,
+                }),
+                ImagesCommand::Retag(args) => Some(&args.registry),
+                ImagesCommand::Size(args) => Some(&args.registry),
+                ImagesCommand::Sbom(args) => Some(&args.registry),
+                ImagesCommand::Bases(args) => Some(&args.registry),
+                ImagesCommand::List(_)
+                | ImagesCommand::Render(_)
+                | ImagesCommand::Verify(_)
+                | ImagesCommand::Tools(_)
+                | ImagesCommand::New(_) => None,
+            },
+            Command::Bench(_) => None,
+        };
+        let ca_bundle = match self {
+            Command::Images(images) => match images.as_ref() {
+                ImagesCommand::Build(args) => args.ca_bundle.clone(),
+                _ => None,
+            },
+            Command::Bench(_) => None,
+        };
+        crate::context::RunOptions {
+            insecure: registry.map(|r| r.insecure.clone()).unwrap_or_default(),
+            timeout: registry.and_then(|r| r.timeout.map(Into::into)),
+            ca_bundle,
+        }
+    }
+}

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use serde::Serialize;
-use std::path::Path;
 
 use crate::catalog::{Catalog, SizeBudget};
 use crate::cli::ListArgs;
@@ -20,7 +19,8 @@ struct Entry<'a> {
 }
 
 impl ListArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root)?;
         let entries: Vec<Entry> = catalog
             .build_order(&[])?

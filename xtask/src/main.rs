@@ -5,6 +5,7 @@ mod build;
 mod by_digest;
 mod catalog;
 mod cli;
+mod context;
 mod docker;
 mod index;
 mod inputs;
@@ -33,26 +34,8 @@ use cli::{BenchCommand, Cli, Command, ImagesCommand};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let root = cli.project_dir.unwrap_or_else(project::project_root);
-    let result = match cli.command {
-        Command::Images(images) => match *images {
-            ImagesCommand::List(args) => args.run(&root),
-            ImagesCommand::Render(args) => args.run(&root),
-            ImagesCommand::Build(args) => (*args).run(&root),
-            ImagesCommand::Merge(args) => args.run(&root),
-            ImagesCommand::Mirror(args) => (*args).run(&root),
-            ImagesCommand::Retag(args) => args.run(&root),
-            ImagesCommand::Size(args) => args.run(&root),
-            ImagesCommand::Verify(args) => args.run(&root),
-            ImagesCommand::Tools(args) => args.run(&root),
-            ImagesCommand::New(args) => args.run(&root),
-            ImagesCommand::Sbom(args) => args.run(&root),
-            ImagesCommand::Bases(args) => args.run(&root),
-        },
-        Command::Bench(bench) => match *bench {
-            BenchCommand::Mirror(args) => args.run(&root),
-            BenchCommand::Build(args) => args.run(&root),
-        },
-    };
+    let result =
+        context::Ctx::new(root, cli.command.run_options()).and_then(|ctx| run(cli.command, &ctx));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -60,5 +43,28 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn run(command: Command, ctx: &context::Ctx) -> anyhow::Result<()> {
+    match command {
+        Command::Images(images) => match *images {
+            ImagesCommand::List(args) => args.run(ctx),
+            ImagesCommand::Render(args) => args.run(ctx),
+            ImagesCommand::Build(args) => (*args).run(ctx),
+            ImagesCommand::Merge(args) => args.run(ctx),
+            ImagesCommand::Mirror(args) => (*args).run(ctx),
+            ImagesCommand::Retag(args) => args.run(ctx),
+            ImagesCommand::Size(args) => args.run(ctx),
+            ImagesCommand::Verify(args) => args.run(ctx),
+            ImagesCommand::Tools(args) => args.run(ctx),
+            ImagesCommand::New(args) => args.run(ctx),
+            ImagesCommand::Sbom(args) => args.run(ctx),
+            ImagesCommand::Bases(args) => args.run(ctx),
+        },
+        Command::Bench(bench) => match *bench {
+            BenchCommand::Mirror(args) => args.run(ctx),
+            BenchCommand::Build(args) => args.run(ctx),
+        },
     }
 }

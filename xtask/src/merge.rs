@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::by_digest::Record;
 use crate::catalog::Catalog;
@@ -25,19 +25,18 @@ use crate::sign::{Pushing, Subject};
 pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 impl MergeArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root)?;
         let publish = self.publish.publish();
         publish.tags()?;
-        let trust = self.trust.trust(Pushing::Yes, &self.registry.insecure)?;
+        let trust = self.trust.trust(Pushing::Yes, &ctx.insecure)?;
         let records = read_records(&self.dirs)?;
         let plans = plan(&catalog, &publish, &records)?;
         if let Some(trust) = &trust {
             trust.preflight()?;
         }
-        let timeout = self.registry.timeout.map(Into::into);
-        let registries = Registries::new(self.registry.insecure.clone());
-        let merged = crate::oci::block_on_within(timeout, write_all(&registries, plans))?;
+        let merged = ctx.block_on(write_all(&ctx.registries, plans))?;
         if let Some(trust) = &trust {
             let mut subjects = Vec::new();
             for m in &merged {
@@ -45,7 +44,7 @@ impl MergeArgs {
                     subjects.push(Subject::new(&m.image, tag, digest, true)?);
                 }
             }
-            trust.run(&subjects, &crate::project::images_out(root), timeout)?;
+            trust.run(ctx, &subjects, &crate::project::images_out(root))?;
         }
         let refused: Vec<&Merged> = merged.iter().filter(|m| m.refused.is_some()).collect();
         for m in &refused {

@@ -3,13 +3,13 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
-use std::path::Path;
 
 use crate::catalog::{is_valid_image_name, Catalog, AGENTS_DIR, MANIFEST};
 use crate::cli::{NewArgs, NewFrom};
 
 impl NewArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let name = &self.name;
         if !is_valid_image_name(name) {
             bail!(

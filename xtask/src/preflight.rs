@@ -81,7 +81,7 @@ impl Needs {
     }
 
     /// Runs every check; Ok when all pass, else each problem on its own `error:` line.
-    pub fn check(&self) -> Result<()> {
+    pub fn check(&self, ctx: &crate::context::Ctx) -> Result<()> {
         let started = Instant::now();
         if let Some(problem) = engine() {
             bail!("{problem}");
@@ -95,7 +95,7 @@ impl Needs {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        let mut problems = crate::oci::block_on(self.network())?;
+        let mut problems = ctx.block_on(async { Ok(self.network(&ctx.registries).await) })?;
         let network_done = started.elapsed();
         let output = inspect.wait_with_output()?;
         // Asked only now, off the path of a healthy run: is the plugin there at all?
@@ -157,12 +157,11 @@ impl Needs {
         })
     }
 
-    async fn network(&self) -> Vec<String> {
-        let registries = Registries::new(Vec::new());
+    async fn network(&self, registries: &Registries) -> Vec<String> {
         let late = format!("gave no answer within {} s", LIMIT.as_secs());
         let bases = self.bases.iter().map(|(b, platforms)| {
             let late = format!("base image {b} {late}: {BASE_FIX}");
-            within(base(&registries, b, platforms), late)
+            within(base(registries, b, platforms), late)
         });
         let npm = async {
             match &self.npm {

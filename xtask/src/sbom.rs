@@ -144,19 +144,16 @@ struct Report<'a> {
 }
 
 impl SbomArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root).ok();
         let catalog_image = catalog.as_ref().and_then(|c| c.get(&self.image).ok());
         let reference = match catalog_image {
             Some(image) => self.publish.publish().reference(&image.name)?,
             None => ImageRef::parse(&self.image)?,
         };
-        let timeout = self.registry.timeout.map(Into::into);
-        let registries = Registries::new(self.registry.insecure.clone());
-        let (platform, digest, document) = crate::oci::block_on_within(
-            timeout,
-            read(&registries, &reference, self.platform.as_deref()),
-        )?;
+        let (platform, digest, document) =
+            ctx.block_on(read(&ctx.registries, &reference, self.platform.as_deref()))?;
         let packages = packages(&document);
         let tools_lock = catalog_image.and_then(|i| i.tools.as_ref()).map(|lock| {
             lock.tools

@@ -274,13 +274,8 @@ impl Trust {
     }
 
     /// Signs and attests `subjects`, after their push. SBOM files go to `out/sbom/`.
-    pub fn run(
-        &self,
-        subjects: &[Subject],
-        out: &Path,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<()> {
-        let work = crate::oci::block_on_within(timeout, self.survey(subjects))?;
+    pub fn run(&self, ctx: &crate::context::Ctx, subjects: &[Subject], out: &Path) -> Result<()> {
+        let work = ctx.block_on(self.survey(&ctx.registries, subjects))?;
         for w in work {
             let subject = w.subject;
             let repository = &subject.repository;
@@ -305,8 +300,11 @@ impl Trust {
     }
 
     /// What each subject needs: for one already there, only what is missing.
-    async fn survey<'a>(&self, subjects: &'a [Subject]) -> Result<Vec<Work<'a>>> {
-        let registries = Registries::new(self.insecure.clone());
+    async fn survey<'a>(
+        &self,
+        registries: &Registries,
+        subjects: &'a [Subject],
+    ) -> Result<Vec<Work<'a>>> {
         let mut work = Vec::new();
         for subject in subjects {
             let client = registries.get(&subject.repository.registry).await?;

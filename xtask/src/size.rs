@@ -88,7 +88,8 @@ pub struct LayerReport {
 }
 
 impl SizeArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let source = if self.local {
             Source::Engine
         } else {
@@ -100,11 +101,9 @@ impl SizeArgs {
             options: Options {
                 uncompressed: !self.compressed_only,
                 layers: self.layers,
-                insecure: self.registry.insecure.clone(),
-                timeout: self.registry.timeout.map(Into::into),
             },
         };
-        let report = check.run()?;
+        let report = check.run(ctx)?;
         report.print(&mut std::io::stdout(), self.json, self.layers)?;
         report.verdict()
     }
@@ -134,8 +133,8 @@ impl Check {
         })
     }
 
-    pub fn run(&self) -> Result<Report> {
-        measure(&self.targets, self.source, &self.options)
+    pub fn run(&self, ctx: &crate::context::Ctx) -> Result<Report> {
+        measure(ctx, &self.targets, self.source, &self.options)
     }
 }
 
@@ -214,8 +213,6 @@ pub struct Options {
     /// Also measure uncompressed sizes, which costs a download of every layer.
     pub uncompressed: bool,
     pub layers: usize,
-    pub insecure: Vec<String>,
-    pub timeout: Option<std::time::Duration>,
 }
 
 /// The flags' defaults.
@@ -224,22 +221,25 @@ impl Default for Options {
         Options {
             uncompressed: true,
             layers: 3,
-            insecure: Vec::new(),
-            timeout: None,
         }
     }
 }
 
-fn measure(targets: &[Target], source: Source, options: &Options) -> Result<Report> {
-    crate::oci::block_on_within(options.timeout, async {
-        let registries = Registries::new(options.insecure.clone());
+fn measure(
+    ctx: &crate::context::Ctx,
+    targets: &[Target],
+    source: Source,
+    options: &Options,
+) -> Result<Report> {
+    let registries = &ctx.registries;
+    ctx.block_on(async {
         let sizes = LayerSizes::default();
         let mut images = Vec::new();
         for target in targets {
             eprintln!("==> measuring {} ({})", target.name, target.reference);
             let measured = match source {
                 Source::Registry => {
-                    measure_in_registry(&registries, target, &sizes, options).await?
+                    measure_in_registry(registries, target, &sizes, options).await?
                 }
                 Source::Engine => measure_in_engine(target, &sizes, options).await?,
             };
@@ -1082,8 +1082,8 @@ mod tests {
             ..Options::default()
         };
         let sizes = LayerSizes::default();
-        let image = crate::oci::block_on(measure_layout(&target, &layout, &sizes, &options))
-            .unwrap()
+        let image = crate::context::for_tests()
+            .block_on(measure_layout(&target, &layout, &sizes, &options))
             .unwrap();
         let report = Report::of(vec![image]);
         // arm64 unpacks to over the 4 MiB image-wide limit; amd64 has its own compressed one.

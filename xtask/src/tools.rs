@@ -51,7 +51,8 @@ pub fn artifacts(catalog: &Catalog, names: &[String]) -> Result<Vec<Artifact>> {
 }
 
 impl ToolsArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         let catalog = Catalog::load(root)?;
         let artifacts = artifacts(&catalog, &self.images)?;
         for image in catalog.select(&self.images)? {
@@ -62,7 +63,7 @@ impl ToolsArgs {
             }
         }
         if let Some(dir) = &self.fetch {
-            return fetch(&artifacts, dir, self.from.as_deref());
+            return fetch(ctx, &artifacts, dir, self.from.as_deref());
         }
         print_list(
             self.json,
@@ -107,8 +108,13 @@ pub fn mirror_path(url: &str) -> Result<PathBuf> {
 /// Downloads every artifact (and signature), verifies each, and lays them out as
 /// `dir/<host>/<path>`. A file is written under a temporary name and renamed only once
 /// verified, so the tree never holds an unverified artifact.
-fn fetch(artifacts: &[Artifact], dir: &Path, from: Option<&str>) -> Result<()> {
-    crate::oci::block_on(async {
+fn fetch(
+    ctx: &crate::context::Ctx,
+    artifacts: &[Artifact],
+    dir: &Path,
+    from: Option<&str>,
+) -> Result<()> {
+    ctx.block_on(async {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(15))
             .read_timeout(std::time::Duration::from_secs(120))
@@ -149,7 +155,7 @@ fn fetch(artifacts: &[Artifact], dir: &Path, from: Option<&str>) -> Result<()> {
             dir.display()
         );
         Ok(())
-    })?
+    })
 }
 
 async fn download(http: &reqwest::Client, url: &str, target: &Path, sha256: &str) -> Result<()> {

@@ -55,7 +55,8 @@ pub struct Outcome {
 }
 
 impl VerifyArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         // One catalog load serves the subjects and the init image of the two-container check.
         let catalog = Catalog::load(root)?;
         let publish = self.publish.publish();

@@ -378,6 +378,12 @@ impl Registry {
         Registry::spawn(true, None)
     }
 
+    /// A registry with TLS on another of this machine's addresses, `ip`: its self-signed
+    /// certificate is verified, as for any host off loopback.
+    pub fn tls_on(ip: &str) -> Registry {
+        Registry::spawn_on(ip, true, None)
+    }
+
     /// A plain-HTTP registry, for the mirror tests' proxies to sit in front of.
     pub fn plain() -> Registry {
         Registry::spawn(false, None)
@@ -389,14 +395,18 @@ impl Registry {
     }
 
     fn spawn(tls: bool, login: Option<(&str, &str)>) -> Registry {
+        Registry::spawn_on("127.0.0.1", tls, login)
+    }
+
+    fn spawn_on(ip: &str, tls: bool, login: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         let tls_config = if !tls {
             String::new()
         } else {
-            self_signed_cert(&cert, &key, "127.0.0.1");
+            self_signed_cert(&cert, &key, ip);
             format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 cert.display(),

@@ -89,7 +89,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 impl BenchBuildArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         crate::docker::require_daemon()?;
         let work: PathBuf = root.join("target/bench");
         std::fs::create_dir_all(&work)?;

@@ -7,13 +7,12 @@ use bytes::Bytes;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::BenchMirrorArgs;
 
 mod build;
-use crate::oci::registry::{Client, Stats};
+use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Registry, Repository};
 
 const MIB: u64 = 1 << 20;
@@ -416,7 +415,8 @@ struct Row {
 }
 
 impl BenchMirrorArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        let root = ctx.root.as_path();
         for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
             if Command::new("sh")
                 .arg("-c")
@@ -431,13 +431,10 @@ impl BenchMirrorArgs {
         }
         let work: PathBuf = root.join("target/bench");
         std::fs::create_dir_all(&work)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
         let source = LocalRegistry::start(&work)?;
         let source_host = Registry::parse(&source.addr)?;
-        let (images, big_size, big_digest) = runtime.block_on(async {
-            let registry = Client::connect(&source_host, &[], Arc::new(Stats::default())).await?;
+        let (images, big_size, big_digest) = ctx.block_on(async {
+            let registry = ctx.registries.get(&source_host).await?;
             let (images, big_size) =
                 build_corpus(&registry, self.images, self.big_layer_mib).await?;
             let big = Repository::parse("corpus/big")?;

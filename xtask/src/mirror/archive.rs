@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::engine::{attached, is_foreign};
 use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
+use crate::context::Ctx;
 use crate::naming::{is_registry_host, ImageRef};
 use crate::oci::blobs::{read_blob, upload_verified};
 use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
@@ -46,13 +47,13 @@ struct Collected {
     blob_sources: HashMap<Digest, (Registry, Repository)>,
 }
 
-pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
-    let entries = lists::load(root, &args.lists, &args.images)?;
+pub async fn save(ctx: &Ctx, args: &MirrorSaveArgs) -> Result<()> {
+    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
     // Local first: an unwritable --out is named as such, before any registry is asked.
     let partial = partial_path(&args.out);
     let file = File::create(&partial)
         .with_context(|| format!("cannot write the archive to {}", args.out.display()))?;
-    let saved = save_into(args, &entries, file, &partial).await;
+    let saved = save_into(&ctx.registries, args, &entries, file, &partial).await;
     if saved.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
@@ -60,12 +61,12 @@ pub async fn save(root: &Path, args: &MirrorSaveArgs) -> Result<()> {
 }
 
 async fn save_into(
+    registries: &Registries,
     args: &MirrorSaveArgs,
     entries: &[lists::Entry],
     file: File,
     partial: &Path,
 ) -> Result<()> {
-    let registries = Registries::new(args.registry.insecure.clone());
     let cli_rule = args
         .trust
         .spec()
@@ -132,7 +133,7 @@ async fn save_into(
         &serde_json::json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": tops }),
     )?;
 
-    write_archive(&registries, &collected, Bytes::from(index), file).await?;
+    write_archive(registries, &collected, Bytes::from(index), file).await?;
     std::fs::rename(partial, &args.out)
         .with_context(|| format!("moving the archive to {}", args.out.display()))?;
     let total: u64 = collected.blobs.values().sum();
@@ -996,9 +997,9 @@ impl Loader {
     }
 }
 
-pub async fn load(args: &MirrorLoadArgs) -> Result<()> {
+pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
     let started = std::time::Instant::now();
-    let registries = Registries::new(args.registry.insecure.clone());
+    let registries = &ctx.registries;
     let destination_host = ImageRef::parse(&format!("{}/x", args.to.trim_end_matches('/')))
         .map_err(|e| anyhow!("--to {}: {e}", args.to))?
         .registry;

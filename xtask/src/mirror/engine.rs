@@ -59,7 +59,7 @@ type Placement = Arc<OnceCell<Repository>>;
 type Ensured = Arc<OnceCell<()>>;
 
 pub struct Engine {
-    pub registries: Registries,
+    pub registries: Arc<Registries>,
     blob_slots: Semaphore,
     /// Where each blob already is at a destination registry in this run, for mounts.
     placed: Mutex<HashMap<(Registry, Digest), Placement>>,
@@ -77,9 +77,9 @@ struct Side<'a> {
 }
 
 impl Engine {
-    pub fn new(insecure: Vec<String>, blob_jobs: usize, on_bytes: OnBytes) -> Engine {
+    pub fn new(registries: Arc<Registries>, blob_jobs: usize, on_bytes: OnBytes) -> Engine {
         Engine {
-            registries: Registries::new(insecure),
+            registries,
             blob_slots: Semaphore::new(blob_jobs.max(1)),
             placed: Mutex::new(HashMap::new()),
             ensured: Mutex::new(HashMap::new()),

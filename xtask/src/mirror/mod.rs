@@ -18,21 +18,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
+use crate::context::Ctx;
+use crate::oci::Registries;
 use engine::{CopyJob, Engine, Outcome};
 use lists::Entry;
 
 impl MirrorArgs {
-    pub fn run(self, root: &Path) -> Result<()> {
-        let timeout = match &self.action {
-            Some(MirrorAction::Save(save)) => save.registry.timeout,
-            Some(MirrorAction::Load(load)) => load.registry.timeout,
-            None => self.copy.registry.timeout,
-        };
-        crate::oci::block_on_within(timeout.map(Into::into), async {
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        ctx.block_on(async {
             match &self.action {
-                Some(MirrorAction::Save(save)) => archive::save(root, save).await,
-                Some(MirrorAction::Load(load)) => archive::load(load).await,
-                None => copy(root, &self.copy).await,
+                Some(MirrorAction::Save(save)) => archive::save(ctx, save).await,
+                Some(MirrorAction::Load(load)) => archive::load(ctx, load).await,
+                None => copy(ctx, &self.copy).await,
             }
         })
     }
@@ -122,13 +119,13 @@ pub struct Summary {
     pub destination_plain_http: bool,
 }
 
-async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
+async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
     let Some(prefix) = &args.to else {
         bail!(
             "--to PREFIX is required: where the images go, e.g. --to registry.example.com/mirror"
         );
     };
-    let entries = lists::load(root, &args.lists, &args.images)?;
+    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
     let mut planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // The command line's policy is for images whose list names none.
     let cli_rule = args
@@ -147,9 +144,9 @@ async fn copy(root: &Path, args: &MirrorCopyArgs) -> Result<()> {
     };
     warn_about_subsets(&planned);
     if args.dry_run {
-        return dry_run(&planned, args).await;
+        return dry_run(ctx, &planned, args).await;
     }
-    let summary = copy_all(&planned, args.jobs, &args.registry.insecure).await?;
+    let summary = copy_all(&ctx.registries, &planned, args.jobs).await?;
     if let Some(dir) = &args.write_config {
         write_config(dir, args, &planned, &summary, mirror_ca)?;
     }
@@ -224,15 +221,15 @@ fn warn_about_subsets(planned: &[(Planned, CopyJob)]) {
 
 /// Copies every planned image with `jobs` images (and 2×`jobs` blobs) in flight.
 pub async fn copy_all(
+    registries: &Arc<Registries>,
     planned: &[(Planned, CopyJob)],
     jobs: usize,
-    insecure: &[String],
 ) -> Result<Summary> {
     let started = Instant::now();
     let bars = Bars::new(planned.len());
     let bytes_bar = bars.bytes.clone();
     let engine = Arc::new(Engine::new(
-        insecure.to_vec(),
+        registries.clone(),
         jobs * 2,
         Arc::new(move |n| bytes_bar.inc(n)),
     ));
@@ -442,8 +439,8 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// What would happen, from HEAD requests only; nothing is written.
-async fn dry_run(planned: &[(Planned, CopyJob)], args: &MirrorCopyArgs) -> Result<()> {
-    let engine = Engine::new(args.registry.insecure.clone(), 1, Arc::new(|_| {}));
+async fn dry_run(ctx: &Ctx, planned: &[(Planned, CopyJob)], args: &MirrorCopyArgs) -> Result<()> {
+    let engine = Engine::new(ctx.registries.clone(), 1, Arc::new(|_| {}));
     let mut rows = Vec::new();
     let mut documents = Vec::new();
     for (p, job) in planned {

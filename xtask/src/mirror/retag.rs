@@ -3,7 +3,6 @@
 
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::RetagArgs;
@@ -12,8 +11,8 @@ use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Registries, Repository, Tag};
 
 impl RetagArgs {
-    pub fn run(self, _root: &Path) -> Result<()> {
-        crate::oci::block_on_within(self.registry.timeout.map(Into::into), retag(&self))
+    pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
+        ctx.block_on(retag(&ctx.registries, &self))
     }
 }
 
@@ -45,10 +44,9 @@ fn targets(source: &ImageRef, targets: &[String]) -> Result<Vec<(ImageRef, Tag)>
         .collect()
 }
 
-async fn retag(args: &RetagArgs) -> Result<()> {
+async fn retag(registries: &Registries, args: &RetagArgs) -> Result<()> {
     let source = ImageRef::parse(&args.source).map_err(|e| anyhow!("SRC: {e}"))?;
     let targets = targets(&source, &args.targets)?;
-    let registries = Registries::new(args.registry.insecure.clone());
     let registry = registries.get(&source.registry).await?;
     let (bytes, header_type, digest) = registry
         .resolve(&source.repository, &source.pointer())

@@ -49,37 +49,3 @@ impl Registries {
             .cloned()
     }
 }
-
-/// The one tokio runtime shape every async command runs on.
-pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    Ok(runtime.block_on(future))
-}
-
-/// `block_on` with the run's `--timeout`: past it, the run stops where it is. Tags are
-/// written last, so what was cut short is never tagged; a re-run continues.
-pub fn block_on_within<T, F>(timeout: Option<std::time::Duration>, future: F) -> anyhow::Result<T>
-where
-    F: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let Some(limit) = timeout else {
-        return runtime.block_on(future);
-    };
-    match runtime.block_on(async { tokio::time::timeout(limit, future).await }) {
-        Ok(result) => result,
-        Err(_) => {
-            // Blocking readers may still hold a file; do not wait for them.
-            runtime.shutdown_background();
-            anyhow::bail!(
-                "stopped at the --timeout of {}; nothing cut short was tagged, so a re-run \
-                 continues from what is in place",
-                humantime::format_duration(limit)
-            )
-        }
-    }
-}
