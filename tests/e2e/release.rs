@@ -398,6 +398,80 @@ fn platforms_built_apart_are_merged_into_one_index() {
 }
 
 #[test]
+fn a_runner_set_that_built_a_subset_merges_that_subset() {
+    need!(Docker, Registry, Skopeo);
+    let release = Release::start();
+    let registry = &release.registry;
+    let runners = tempfile::tempdir().unwrap();
+    let (amd, arm) = (runners.path().join("amd64"), runners.path().join("arm64"));
+    // Only the child and its parent, one platform per runner; `other` is never built.
+    for (platform, dir) in [("linux/amd64", &amd), ("linux/arm64", &arm)] {
+        let args = ["base", "child", "--platform", platform];
+        let built = release.build(
+            &[&args[..], &["--by-digest", dir.to_str().unwrap()]].concat(),
+            "v1.0.0",
+        );
+        assert_eq!(built.keys().collect::<Vec<_>>(), ["base", "child"]);
+    }
+    let merge = |extra: &[&str]| {
+        let mut args = vec![
+            "images",
+            "merge",
+            amd.to_str().unwrap(),
+            arm.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        release.run(&args, "v1.0.0")
+    };
+    let out = merge(&[]);
+    assert!(out.status.success(), "merge: {}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("refused"),
+        "{}",
+        text(&out.stderr)
+    );
+    for image in ["base", "child"] {
+        let index = skopeo_raw(&release.reference(image, "v1.0.0"));
+        let mut architectures: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["platform"]["architecture"].as_str())
+            .filter(|a| *a != "unknown")
+            .collect();
+        architectures.sort();
+        assert_eq!(architectures, ["amd64", "arm64"], "{image}: {index}");
+    }
+    let tags = registry.tags();
+    assert!(tags.iter().all(|t| !t.contains("-other:")), "{tags:?}");
+
+    // Named, an image with no records is refused in one line, and nothing else is merged.
+    let before = registry.tags();
+    let out = merge(&["other"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let refused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("refused: "))
+        .collect();
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert!(
+        refused[0].starts_with("refused: other: no folder has linux/amd64"),
+        "{stderr}"
+    );
+    assert_eq!(registry.tags(), before);
+    // Named, a child comes with its parent.
+    let out = merge(&["child"]);
+    assert!(out.status.success(), "merge child: {}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("base") && report.contains("child"),
+        "{report}"
+    );
+    assert!(!report.contains("other"), "{report}");
+}
+
+#[test]
 fn load_skips_what_the_engine_already_has() {
     need!(Docker);
     let project = project();

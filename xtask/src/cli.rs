@@ -372,9 +372,10 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// The --by-digest folders of every runner.
-    #[arg(required = true)]
-    pub dirs: Vec<PathBuf>,
+    /// The --by-digest folders of every runner, then optionally the images to merge
+    /// (default: every image with records in them); each comes with its parents.
+    #[arg(required = true, value_name = "DIRS... [IMAGES...]")]
+    pub paths: Vec<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -31,8 +31,20 @@ impl MergeArgs {
         let publish = self.publish.publish();
         publish.tags()?;
         let trust = self.trust.trust(Pushing::Yes, &ctx.insecure)?;
-        let records = read_records(&self.dirs)?;
-        let plans = plan(&catalog, &publish, &records)?;
+        let (dirs, named) = dirs_and_images(&catalog, &self.paths)?;
+        let records = read_records(&dirs)?;
+        let selected = if named.is_empty() {
+            with_records(&catalog, &records)
+        } else {
+            named
+        };
+        if selected.is_empty() {
+            bail!(
+                "no record in {} is for an image of this catalog",
+                display_dirs(&dirs)
+            );
+        }
+        let plans = plan(&catalog, &publish, &records, &selected)?;
         if let Some(trust) = &trust {
             trust.preflight()?;
         }
@@ -86,6 +98,45 @@ impl MergeArgs {
         }
         Ok(())
     }
+}
+
+/// The leading arguments that are folders, and the catalog images after them.
+fn dirs_and_images(catalog: &Catalog, paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let split = paths
+        .iter()
+        .position(|p| !p.is_dir())
+        .unwrap_or(paths.len());
+    let (dirs, rest) = paths.split_at(split);
+    if dirs.is_empty() {
+        bail!(
+            "{} is not a folder: name the `build --by-digest` folders first, then any images",
+            paths[0].display()
+        );
+    }
+    let images = rest
+        .iter()
+        .map(|p| {
+            let name = p.to_string_lossy();
+            match catalog.get(&name) {
+                Ok(image) => Ok(image.name.clone()),
+                Err(_) => Err(anyhow!(
+                    "'{}' is neither a `build --by-digest` folder nor a catalog image \
+                     (folders come first, then images)",
+                    crate::text::printable(&name)
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((dirs.to_vec(), images))
+}
+
+/// The catalog images some record is for, in catalog order.
+fn with_records(catalog: &Catalog, records: &[Read]) -> Vec<String> {
+    catalog
+        .names()
+        .into_iter()
+        .filter(|name| records.iter().any(|r| &r.record.image == name))
+        .collect()
 }
 
 /// A record and the file it came from, for messages.
@@ -151,11 +202,16 @@ struct Plan {
     refused: Option<String>,
 }
 
-/// Every catalog image, parents first, with its records checked against each other,
-/// the catalog, and its parent's merge.
-fn plan(catalog: &Catalog, publish: &Publish, records: &[Read]) -> Result<Vec<Plan>> {
+/// The `selected` catalog images and their parents, parents first, with their records
+/// checked against each other, the catalog, and the parent's merge.
+fn plan(
+    catalog: &Catalog,
+    publish: &Publish,
+    records: &[Read],
+    selected: &[String],
+) -> Result<Vec<Plan>> {
     let mut plans: Vec<Plan> = Vec::new();
-    for image in catalog.build_order(&[])? {
+    for image in catalog.build_order(selected)? {
         let mut by_platform: BTreeMap<&str, Vec<&Read>> = BTreeMap::new();
         for read in records.iter().filter(|r| r.record.image == image.name) {
             by_platform
@@ -383,15 +439,27 @@ mod tests {
     }
 
     fn refusals(records: &[Read]) -> BTreeMap<String, Option<String>> {
-        let dir = project(&[("a", &spec(None)), ("b", &spec(Some("a")))]);
+        merged(records, &["a".into(), "b".into()])
+    }
+
+    fn merged(records: &[Read], selected: &[String]) -> BTreeMap<String, Option<String>> {
+        let dir = project(&[
+            ("a", &spec(None)),
+            ("b", &spec(Some("a"))),
+            ("c", &spec(None)),
+        ]);
         let catalog = Catalog::load(dir.path()).unwrap();
+        let selected = match selected {
+            [] => with_records(&catalog, records),
+            named => named.to_vec(),
+        };
         let publish = Publish {
             registry: "r.example".into(),
             org: "o".into(),
             version: "v1.0.0".into(),
             release_tags: false,
         };
-        plan(&catalog, &publish, records)
+        plan(&catalog, &publish, records, &selected)
             .unwrap()
             .into_iter()
             .map(|p| (p.image, p.refused))
@@ -423,5 +491,25 @@ mod tests {
             .as_deref()
             .unwrap()
             .starts_with("no folder has linux/amd64"));
+    }
+
+    #[test]
+    fn what_was_built_is_merged_with_its_parents_and_nothing_else() {
+        let child_only = merged(&[read("a", 'a', None), read("b", 'b', Some('a'))], &[]);
+        assert_eq!(child_only.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(child_only.values().all(Option::is_none), "{child_only:?}");
+        // Named: that image and its parents, whatever else has records.
+        let named = merged(
+            &[read("a", 'a', None), read("b", 'b', Some('a'))],
+            &["c".into()],
+        );
+        assert_eq!(named.keys().collect::<Vec<_>>(), ["c"]);
+        assert!(named["c"]
+            .as_deref()
+            .unwrap()
+            .starts_with("no folder has linux/amd64"));
+        let parent_too = merged(&[read("b", 'b', Some('a'))], &[]);
+        assert_eq!(parent_too.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(parent_too["b"].as_deref(), Some("its parent a was refused"));
     }
 }
