@@ -3,16 +3,18 @@
 //! a tag that is missing, or points elsewhere, is written from the manifest that does
 //! carry the digest (registry-side for `--push`, `docker tag` for `--load`).
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use crate::index::{child_for, platform_name};
 use crate::inputs::{Inputs, KEY};
 use crate::naming::ImageRef;
+use crate::oci::image::{
+    child_for, config_platform, descriptor_digest, Document, ImageConfiguration, ImageManifest,
+};
 use crate::oci::registry::Client;
-use crate::oci::{Digest, Reference, Registries, Registry, Repository};
+use crate::oci::{Digest, Reference, Registries};
 use crate::plan::{BuildPlan, BuildTarget};
 
 /// A config blob larger than this is not an image config.
@@ -127,38 +129,53 @@ async fn survey_registry(target: &BuildTarget, registries: &Registries) -> Resul
 /// that platform's input digest: an index's children by their annotation, a lone
 /// manifest by its config's label.
 async fn carries(client: &Client, at: &ImageRef, bytes: &Bytes, inputs: &Inputs) -> Result<bool> {
-    let Ok(document) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Ok(false);
+    let document = match Document::parse(bytes, "manifest") {
+        Ok(Document::Artifact(_)) | Err(_) => return Ok(false),
+        Ok(document) => document,
     };
-    if document.get("manifests").is_some() {
-        for (platform, digest) in &inputs.platforms {
-            let Some(child) = child_for(&document, platform) else {
-                return Ok(false);
-            };
-            let child = Digest::parse(child["digest"].as_str().unwrap_or_default())?;
-            let (child_bytes, _) = client
-                .get_manifest(&at.repository, &Reference::Digest(child))
-                .await?;
-            let child: serde_json::Value = serde_json::from_slice(&child_bytes).unwrap_or_default();
-            if child["annotations"][KEY].as_str() != Some(digest.as_str()) {
-                return Ok(false);
+    let image = match document {
+        Document::Index(index) => {
+            for (platform, digest) in &inputs.platforms {
+                let Some(child) = child_for(&index, platform) else {
+                    return Ok(false);
+                };
+                let (child_bytes, _) = client
+                    .get_manifest(
+                        &at.repository,
+                        &Reference::Digest(descriptor_digest(child)?),
+                    )
+                    .await?;
+                let annotated = serde_json::from_slice::<ImageManifest>(&child_bytes)
+                    .ok()
+                    .and_then(|m| m.annotations().as_ref()?.get(KEY).cloned());
+                if annotated.as_deref() != Some(digest.as_str()) {
+                    return Ok(false);
+                }
             }
+            return Ok(true);
         }
-        return Ok(true);
-    }
+        Document::Image(image) => image,
+        Document::Artifact(_) => return Ok(false),
+    };
     if inputs.platforms.len() != 1 {
         return Ok(false);
     }
-    let Some(config) = document["config"]["digest"].as_str() else {
+    let config = client
+        .get_small_blob(
+            &at.repository,
+            &descriptor_digest(image.config())?,
+            MAX_CONFIG_BYTES,
+        )
+        .await?;
+    let Ok(config) = serde_json::from_slice::<ImageConfiguration>(&config) else {
         return Ok(false);
     };
-    let config = client
-        .get_small_blob(&at.repository, &Digest::parse(config)?, MAX_CONFIG_BYTES)
-        .await?;
-    let config: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
-    let platform = platform_name(&config);
-    let label = config["config"]["Labels"][KEY].as_str();
-    Ok(label == Some(inputs.digest.as_str()) && inputs.platforms.contains_key(&platform))
+    let label = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().as_ref()?.get(KEY).cloned());
+    Ok(label.as_deref() == Some(inputs.digest.as_str())
+        && inputs.platforms.contains_key(&config_platform(&config)))
 }
 
 /// Writes the missing tags of `found` from its manifest, byte for byte: the manifest's
@@ -174,33 +191,6 @@ pub async fn retag_in_registry(registries: &Registries, found: &Found) -> Result
             .await?;
     }
     Ok(())
-}
-
-/// Pushes the OCI layout BuildKit wrote for `target` by digest, then writes each of its
-/// tags from those exact bytes, one at a time. Returns the index's digest.
-pub async fn push_tagged(registries: &Registries, target: &BuildTarget) -> Result<Digest> {
-    let mut pushed: Vec<(Registry, Repository)> = Vec::new();
-    let mut index: Option<(Bytes, String)> = None;
-    for tag in &target.tags {
-        let tag = ImageRef::parse(tag)?;
-        let client = registries.get(&tag.registry).await?;
-        let place = (tag.registry.clone(), tag.repository.clone());
-        if !pushed.contains(&place) {
-            let bytes = crate::by_digest::push_layout(&client, &tag, &target.layout).await?;
-            let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)?["mediaType"]
-                .as_str()
-                .unwrap_or(crate::merge::INDEX_TYPE)
-                .to_string();
-            index = Some((bytes, media_type));
-            pushed.push(place);
-        }
-        let (bytes, media_type) = index.as_ref().expect("pushed above");
-        client
-            .put_manifest(&tag.repository, &tag.pointer(), bytes, media_type)
-            .await?;
-    }
-    let (bytes, _) = index.ok_or_else(|| anyhow!("{} has no tag to push", target.name))?;
-    Ok(Digest::of_sha256(&bytes))
 }
 
 /// Every target of `plan` already in the local engine under one of its tags, labelled

@@ -291,7 +291,7 @@ fn built_digests(plan: &BuildPlan, metadata_path: &Path) -> BTreeMap<String, Str
 fn push_built(ctx: &Ctx, plan: &BuildPlan, digests: &mut BTreeMap<String, String>) -> Result<()> {
     ctx.block_on(async {
         for t in plan.requested() {
-            let digest = avoid::push_tagged(&ctx.registries, t)
+            let digest = by_digest::push_tagged(&ctx.registries, t)
                 .await
                 .with_context(|| format!("pushing {}", t.name))?;
             digests.insert(t.name.clone(), digest.to_string());
@@ -409,8 +409,7 @@ async fn publish_by_digest(
                 None => continue,
             },
             (None, Some(b)) if b.requested => {
-                let client = registries.get(&to.registry).await?;
-                let bytes = by_digest::push_layout(&client, &to, &b.layout)
+                let bytes = by_digest::push_layout(registries, &to, &b.layout)
                     .await
                     .with_context(|| format!("pushing {} by digest", t.name))?;
                 pushed.insert(t.name.clone(), Digest::of_sha256(&bytes).to_string());

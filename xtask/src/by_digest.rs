@@ -1,19 +1,20 @@
-//! `images build --push --by-digest DIR`: each image is pushed under its repository
-//! with no tag, and one small JSON record per image and platform goes to `DIR` for
-//! `images merge` to join. BuildKit writes an OCI layout (buildx's docker driver has no
-//! `push-by-digest`); our registry client pushes it, blobs and manifests by digest.
+//! Pushing the OCI layouts BuildKit writes (buildx's docker driver has no
+//! `push-by-digest`), through `oci::layout`: tagged for `images build --push`, or by
+//! digest for `--by-digest DIR`, where each image is pushed under its repository with no
+//! tag and one small JSON record per image and platform goes to `DIR` for
+//! `images merge` to join. A service under `build` and `merge`.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::index::{attestations_for, child_for, children};
 use crate::naming::ImageRef;
-use crate::oci::registry::{Client, MAX_MANIFEST_BYTES};
-use crate::oci::{Digest, Reference, Repository};
+use crate::oci::image::{
+    attestations_for, child_for, descriptor_digest, Descriptor, Document, ImageIndex, Platform,
+};
+use crate::oci::{layout, media, Digest, Registries, Registry, Repository};
 use crate::plan::BuildTarget;
 
 /// What one runner built for one image and platform.
@@ -27,9 +28,9 @@ pub struct Record {
     pub size: u64,
     pub media_type: String,
     pub input_digest: Digest,
-    /// The attestation manifests' descriptors, exactly as BuildKit wrote them.
+    /// The attestation manifests' descriptors, as BuildKit wrote them.
     #[serde(default)]
-    pub attestations: Vec<serde_json::Value>,
+    pub attestations: Vec<Descriptor>,
     /// The parent's manifest for this platform that this image was built from.
     #[serde(default)]
     pub parent: Option<Digest>,
@@ -37,21 +38,20 @@ pub struct Record {
 
 impl Record {
     /// The index entry for this platform's image.
-    pub fn descriptor(&self) -> serde_json::Value {
-        let mut platform = serde_json::Map::new();
+    pub fn descriptor(&self) -> Result<Descriptor> {
         let mut parts = self.platform.splitn(3, '/');
         let (os, arch) = (parts.next(), parts.next());
-        platform.insert("architecture".into(), arch.unwrap_or_default().into());
-        platform.insert("os".into(), os.unwrap_or_default().into());
-        if let Some(variant) = parts.next() {
-            platform.insert("variant".into(), variant.into());
-        }
-        serde_json::json!({
-            "mediaType": self.media_type,
-            "digest": self.digest,
-            "size": self.size,
-            "platform": platform,
-        })
+        let mut platform = Platform::default();
+        platform.set_os(os.unwrap_or_default().into());
+        platform.set_architecture(arch.unwrap_or_default().into());
+        platform.set_variant(parts.next().map(String::from));
+        let mut descriptor = Descriptor::new(
+            self.media_type.as_str().into(),
+            self.size,
+            self.digest.as_str().parse::<oci_spec::image::Digest>()?,
+        );
+        descriptor.set_platform(Some(platform));
+        Ok(descriptor)
     }
 }
 
@@ -62,8 +62,10 @@ pub fn record_path(dir: &Path, image: &str, platform: &str) -> PathBuf {
 
 /// The records of `target` from the index it was pushed (or found) as.
 pub fn records(target: &BuildTarget, repository: &str, index: &Bytes) -> Result<Vec<Record>> {
-    let document: serde_json::Value = serde_json::from_slice(index)
-        .with_context(|| format!("{repository}: the pushed index is not JSON"))?;
+    let Document::Index(document) = Document::parse(index, &format!("{repository}'s index"))?
+    else {
+        return Err(anyhow!("{repository}: the pushed manifest is not an index"));
+    };
     target
         .inputs
         .platforms
@@ -71,19 +73,14 @@ pub fn records(target: &BuildTarget, repository: &str, index: &Bytes) -> Result<
         .map(|(platform, input_digest)| {
             let child = child_for(&document, platform)
                 .ok_or_else(|| anyhow!("{repository}: the index has no {platform} image"))?;
-            let digest = Digest::parse(child["digest"].as_str().unwrap_or_default())?;
+            let digest = descriptor_digest(child)?;
             Ok(Record {
                 image: target.name.clone(),
                 repository: repository.to_string(),
                 platform: platform.clone(),
-                size: child["size"]
-                    .as_u64()
-                    .ok_or_else(|| anyhow!("{repository}@{digest}: no size in the index"))?,
-                media_type: child["mediaType"]
-                    .as_str()
-                    .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-                    .to_string(),
-                attestations: attestations_for(&document, digest.as_str()),
+                size: child.size(),
+                media_type: child.media_type().to_string(),
+                attestations: attestations_for(&document, &digest),
                 digest,
                 input_digest: input_digest.clone(),
                 parent: None,
@@ -122,98 +119,44 @@ pub fn link_parents(records: &mut [Record], parents: &BTreeMap<String, String>) 
 
 /// Pushes the OCI layout BuildKit wrote for `target` to `to`, by digest: its index's
 /// exact bytes.
-pub async fn push_layout(client: &Client, to: &ImageRef, layout: &Path) -> Result<Bytes> {
-    let top = std::fs::read(layout.join("index.json"))
-        .with_context(|| format!("reading the OCI layout {}", layout.display()))?;
-    let top: serde_json::Value = serde_json::from_slice(&top)
-        .with_context(|| format!("{}/index.json is not JSON", layout.display()))?;
-    let Some(root) = children(&top).next() else {
-        bail!("{}/index.json lists no image", layout.display());
-    };
-    let digest = Digest::parse(root["digest"].as_str().unwrap_or_default())?;
-    let media_type = root["mediaType"].as_str().unwrap_or_default().to_string();
-    push_tree(client, &to.repository, layout, digest, media_type).await
+pub async fn push_layout(registries: &Registries, to: &ImageRef, dir: &Path) -> Result<Bytes> {
+    let client = registries.get(&to.registry).await?;
+    layout::push(&client, &to.repository, dir).await
 }
 
-fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
-    let algorithm = digest.as_str().split(':').next().unwrap_or("sha256");
-    layout.join("blobs").join(algorithm).join(digest.hex())
-}
-
-fn push_tree<'a>(
-    client: &'a Client,
-    repository: &'a Repository,
-    layout: &'a Path,
-    digest: Digest,
-    media_type: String,
-) -> futures_util::future::BoxFuture<'a, Result<Bytes>> {
-    Box::pin(async move {
-        let path = blob_path(layout, &digest);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut bytes)?;
-        if !digest.matches(&bytes) {
-            bail!("{} does not hash to its name", path.display());
+/// Pushes the OCI layout BuildKit wrote for `target` by digest, then writes each of its
+/// tags from those exact bytes, one at a time. Returns the index's digest.
+pub async fn push_tagged(registries: &Registries, target: &BuildTarget) -> Result<Digest> {
+    let mut pushed: Vec<(Registry, Repository)> = Vec::new();
+    let mut index: Option<(Bytes, String)> = None;
+    for tag in &target.tags {
+        let tag = ImageRef::parse(tag)?;
+        let client = registries.get(&tag.registry).await?;
+        let place = (tag.registry.clone(), tag.repository.clone());
+        if !pushed.contains(&place) {
+            let bytes = layout::push(&client, &tag.repository, &target.layout).await?;
+            let media_type =
+                Document::declared_type(&bytes).unwrap_or_else(|| media::OCI_INDEX.to_string());
+            index = Some((bytes, media_type));
+            pushed.push(place);
         }
-        let bytes = Bytes::from(bytes);
-        let document: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        for child in children(&document) {
-            let child_digest = Digest::parse(child["digest"].as_str().unwrap_or_default())?;
-            let child_type = child["mediaType"].as_str().unwrap_or_default().to_string();
-            push_tree(client, repository, layout, child_digest, child_type).await?;
-        }
-        let blobs = std::iter::once(&document["config"])
-            .chain(document["layers"].as_array().into_iter().flatten())
-            .filter(|d| d.is_object());
-        for blob in blobs {
-            let blob_digest = Digest::parse(blob["digest"].as_str().unwrap_or_default())?;
-            if client.has_blob(repository, &blob_digest).await? {
-                continue;
-            }
-            let path = blob_path(layout, &blob_digest);
-            let size = std::fs::metadata(&path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .len();
-            client
-                .put_blob_stream(repository, &blob_digest, size, file_chunks(&path)?)
-                .await?;
-        }
-        let media_type = document["mediaType"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or(media_type);
+        let (bytes, media_type) = index.as_ref().expect("pushed above");
         client
-            .put_manifest(repository, &Reference::Digest(digest), &bytes, &media_type)
+            .put_manifest(&tag.repository, &tag.pointer(), bytes, media_type)
             .await?;
-        Ok(bytes)
-    })
+    }
+    let (bytes, _) = index.ok_or_else(|| anyhow!("{} has no tag to push", target.name))?;
+    Ok(Digest::of_sha256(&bytes))
 }
 
-/// A file as a stream of 1 MiB chunks: never held whole.
-fn file_chunks(
-    path: &Path,
-) -> Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut done = false;
-    Ok(futures_util::stream::iter(std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let mut chunk = vec![0u8; 1 << 20];
-        match file.read(&mut chunk) {
-            Ok(0) => None,
-            Ok(n) => {
-                chunk.truncate(n);
-                Some(Ok(Bytes::from(chunk)))
-            }
-            Err(e) => {
-                done = true;
-                Some(Err(e))
-            }
-        }
-    })))
+/// A new index of `manifests`, annotated; written by `merge`, never a mirrored one.
+pub fn new_index(
+    manifests: Vec<Descriptor>,
+    annotations: std::collections::HashMap<String, String>,
+) -> Result<Bytes> {
+    let mut index = ImageIndex::default();
+    index.set_media_type(Some(media::OCI_INDEX.into()));
+    index.set_manifests(manifests);
+    index.set_annotations(Some(annotations));
+    Ok(Bytes::from(serde_json::to_vec(&index)?))
 }

@@ -7,7 +7,6 @@ mod catalog;
 mod cli;
 mod context;
 mod docker;
-mod index;
 mod inputs;
 mod list;
 mod merge;

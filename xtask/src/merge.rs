@@ -9,7 +9,6 @@
 //! from another parent than the one merged for that platform.
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,10 +18,9 @@ use crate::catalog::Catalog;
 use crate::cli::MergeArgs;
 use crate::inputs;
 use crate::naming::{ImageRef, Publish};
-use crate::oci::{Digest, Reference, Registries};
+use crate::oci::image::descriptor_digest;
+use crate::oci::{media, Digest, Reference, Registries};
 use crate::sign::{Pushing, Subject};
-
-pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 impl MergeArgs {
     pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
@@ -166,11 +164,7 @@ fn read_records(dirs: &[PathBuf]) -> Result<Vec<Read>> {
             })?;
             crate::catalog::validate_platform(&record.platform)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            const MANIFEST_TYPES: [&str; 2] = [
-                "application/vnd.oci.image.manifest.v1+json",
-                "application/vnd.docker.distribution.manifest.v2+json",
-            ];
-            if !MANIFEST_TYPES.contains(&record.media_type.as_str()) {
+            if !media::IMAGE_MANIFEST_TYPES.contains(&record.media_type.as_str()) {
                 bail!(
                     "{}: media type '{}' is not an image manifest",
                     file.display(),
@@ -334,7 +328,7 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
     let mut manifests = Vec::new();
     let mut attestations = Vec::new();
     for (platform, record) in &plan.platforms {
-        manifests.push(record.descriptor());
+        manifests.push(record.descriptor()?);
         let mut wanted = vec![(
             record.digest.clone(),
             record.size,
@@ -342,14 +336,12 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
             format!("the {platform} image"),
         )];
         for attestation in &record.attestations {
-            let digest = Digest::parse(attestation["digest"].as_str().unwrap_or_default())
+            let digest = descriptor_digest(attestation)
                 .map_err(|e| anyhow!("{}: {platform}: an attestation: {e}", plan.image))?;
-            let size = attestation["size"].as_u64().unwrap_or_default();
-            let media_type = attestation["mediaType"].as_str().unwrap_or_default();
             wanted.push((
                 digest,
-                size,
-                media_type.to_string(),
+                attestation.size(),
+                attestation.media_type().to_string(),
                 format!("the {platform} attestation"),
             ));
             attestations.push(attestation.clone());
@@ -391,25 +383,23 @@ async fn write_one(registries: &Registries, plan: &Plan) -> Result<Result<Digest
         .map(|(p, r)| (p.clone(), r.input_digest.clone()))
         .collect();
     manifests.extend(attestations);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX_TYPE,
-        "manifests": manifests,
-        "annotations": { inputs::KEY: inputs::combine(&per_platform) },
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&index)?);
+    let annotations = [(
+        inputs::KEY.to_string(),
+        inputs::combine(&per_platform).to_string(),
+    )];
+    let bytes = crate::by_digest::new_index(manifests, annotations.into_iter().collect())?;
     let digest = Digest::of_sha256(&bytes);
     client
         .put_manifest(
             &at.repository,
             &Reference::Digest(digest.clone()),
             &bytes,
-            INDEX_TYPE,
+            media::OCI_INDEX,
         )
         .await?;
     for tag in &plan.tags {
         client
-            .put_manifest(&tag.repository, &tag.pointer(), &bytes, INDEX_TYPE)
+            .put_manifest(&tag.repository, &tag.pointer(), &bytes, media::OCI_INDEX)
             .await?;
     }
     Ok(Ok(digest))
@@ -429,7 +419,7 @@ mod tests {
                 platform: "linux/amd64".into(),
                 digest: digest_of(digest).unwrap(),
                 size: 1,
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                media_type: media::OCI_MANIFEST.into(),
                 input_digest: digest_of('f').unwrap(),
                 attestations: vec![],
                 parent: parent.map(|c| digest_of(c).unwrap()),

@@ -195,6 +195,12 @@ impl Publish {
     }
 }
 
+/// Whether `name` starts with a registry host (`host[:port]/...`).
+pub fn has_host(name: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(first, _)| is_registry_host(first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,11 @@ use std::process::{Command, Stdio};
 
 use crate::catalog::Catalog;
 use crate::cli::SbomArgs;
-use crate::index::{child_for, children, is_attestation, platform_name};
 use crate::naming::ImageRef;
+use crate::oci::image::{
+    annotation, child_for, descriptor_digest, is_attestation, platform_name, Descriptor, Document,
+    ImageIndex,
+};
 use crate::oci::registry::Client;
 
 use crate::oci::{Digest, Reference, Registries, Repository, Tag};
@@ -103,18 +106,28 @@ pub async fn platforms(
     let (bytes, _) = client
         .get_manifest(repository, &Reference::Digest(digest.clone()))
         .await?;
-    let manifest: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{repository}@{digest} is not JSON"))?;
-    if manifest["manifests"].is_null() {
+    let Document::Index(index) = Document::parse(&bytes, &format!("{repository}@{digest}"))? else {
         return Ok(vec![("image".into(), digest.clone())]);
-    }
-    children(&manifest)
-        .filter(|d| !is_attestation(d))
-        .map(|d| {
-            let child = Digest::parse(d["digest"].as_str().unwrap_or_default())?;
-            Ok((platform_name(&d["platform"]), child))
-        })
+    };
+    runnable(&index)
+        .into_iter()
+        .map(|d| Ok((descriptor_platform(d), descriptor_digest(d)?)))
         .collect()
+}
+
+fn runnable(index: &ImageIndex) -> Vec<&Descriptor> {
+    index
+        .manifests()
+        .iter()
+        .filter(|d| !is_attestation(d))
+        .collect()
+}
+
+fn descriptor_platform(descriptor: &Descriptor) -> String {
+    descriptor
+        .platform()
+        .as_ref()
+        .map_or_else(|| "unknown/unknown".into(), platform_name)
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -211,21 +224,15 @@ async fn read(
     let client = registries.get(&reference.registry).await?;
     let repository = &reference.repository;
     let (bytes, _, digest) = client.resolve(repository, &reference.pointer()).await?;
-    let manifest: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{reference} is not a JSON manifest"))?;
-    let (platform, digest) = if manifest["manifests"].is_null() {
-        (platform.unwrap_or("image").to_string(), digest)
-    } else {
-        let runnable: Vec<&Value> = children(&manifest).filter(|d| !is_attestation(d)).collect();
+    let document = Document::parse(&bytes, &format!("{reference}"))?;
+    let (platform, digest) = if let Document::Index(index) = &document {
+        let runnable = runnable(index);
         let child = match platform {
-            Some(p) => child_for(&manifest, p),
+            Some(p) => child_for(index, p),
             None if runnable.len() == 1 => runnable.first().copied(),
-            None => child_for(&manifest, "linux/amd64"),
+            None => child_for(index, "linux/amd64"),
         };
-        let names: Vec<String> = runnable
-            .iter()
-            .map(|d| platform_name(&d["platform"]))
-            .collect();
+        let names: Vec<String> = runnable.iter().map(|d| descriptor_platform(d)).collect();
         let child = child.ok_or_else(|| {
             anyhow!(
                 "{reference} has no {} image; it has {}: pass --platform",
@@ -233,8 +240,9 @@ async fn read(
                 printable(&names.join(", "))
             )
         })?;
-        let digest = Digest::parse(child["digest"].as_str().unwrap_or_default())?;
-        (platform_name(&child["platform"]), digest)
+        (descriptor_platform(child), descriptor_digest(child)?)
+    } else {
+        (platform.unwrap_or("image").to_string(), digest)
     };
     let document = attestation(&client, repository, &digest)
         .await
@@ -256,17 +264,16 @@ async fn attestation(client: &Client, repository: &Repository, digest: &Digest) 
         return Err(not_found());
     }
     let (bytes, _) = client.get_manifest(repository, &pointer).await?;
-    let manifest: Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{tag} is not a JSON manifest"))?;
-    let layer = manifest["layers"]
-        .as_array()
+    let manifest = Document::parse(&bytes, &tag.to_string())?;
+    let layer = manifest
+        .blobs()
         .into_iter()
-        .flatten()
         .rfind(|l| {
-            l["mediaType"] == DSSE_TYPE && l["annotations"]["predicateType"] == SPDX_PREDICATE
+            l.media_type().to_string() == DSSE_TYPE
+                && annotation(l, "predicateType") == Some(SPDX_PREDICATE)
         })
         .ok_or_else(not_found)?;
-    let blob = Digest::parse(layer["digest"].as_str().unwrap_or_default())?;
+    let blob = descriptor_digest(layer)?;
     let envelope = client
         .get_small_blob(repository, &blob, MAX_ATTESTATION_BYTES)
         .await?;

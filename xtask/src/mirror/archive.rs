@@ -12,25 +12,26 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::engine::{attached, is_foreign};
+use super::bundle_verify::entry_name;
+use super::engine::attached;
 use super::lists;
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::context::Ctx;
-use crate::naming::{is_registry_host, ImageRef};
+use crate::naming::{has_host, ImageRef};
 use crate::oci::blobs::{read_blob, upload_verified};
-use crate::oci::registry::{receiver_stream, Client, MAX_MANIFEST_BYTES};
+use crate::oci::image::{descriptor_digest, Document};
+use crate::oci::layout::{
+    self, classify, folder_file, read_document, Member, Members, Skipping, REF_NAME,
+};
+use crate::oci::media;
+use crate::oci::registry::{receiver_stream, Client};
 use crate::oci::{Digest, Error, Reference, Registries, Registry, Repository, Tag};
 use crate::text::printable;
 
-pub(super) const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Set by containerd, nerdctl and `docker save` to the full reference.
-pub(super) const CONTAINERD_NAME: &str = "io.containerd.image.name";
-const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// All manifests of a bundle held at once; each is at most `MAX_MANIFEST_BYTES`.
 const MAX_ALL_MANIFEST_BYTES: u64 = 256 << 20;
 /// Members of a tar noted for a second read; far beyond any real bundle.
@@ -130,7 +131,7 @@ async fn save_into(
     }
     let tops_count = tops.len();
     let index = serde_json::to_vec_pretty(
-        &serde_json::json!({ "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": tops }),
+        &serde_json::json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": tops }),
     )?;
 
     write_archive(registries, &collected, Bytes::from(index), file).await?;
@@ -179,19 +180,21 @@ fn collect<'a>(
         }
         let reference = Reference::Digest(digest.clone());
         let (bytes, header_type) = registry.get_manifest(repository, &reference).await?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let media_type = json["mediaType"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or(header_type);
+        let document = Document::parse(&bytes, &format!("manifest {digest}"))?;
+        let media_type = Document::declared_type(&bytes).unwrap_or(header_type);
+        let children = document
+            .children()
+            .iter()
+            .map(descriptor_digest)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
+        let blobs = referenced_blobs(&document)?;
         into.manifests.insert(digest.clone(), (bytes, media_type));
         into.manifest_order.push(digest.clone());
-        for child in json["manifests"].as_array().into_iter().flatten() {
-            let child = Digest::parse(child["digest"].as_str().unwrap_or_default())
-                .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
+        for child in children {
             collect(registry, repository, &child, into).await?;
         }
-        for (blob, size) in referenced_blobs(&json)? {
+        for (blob, size) in blobs {
             into.blobs.insert(blob.clone(), size);
             into.blob_sources
                 .entry(blob)
@@ -202,94 +205,32 @@ fn collect<'a>(
 }
 
 /// (digest, size) of the config and layers of an image manifest.
-fn referenced_blobs(json: &serde_json::Value) -> Result<Vec<(Digest, u64)>> {
-    let mut out = Vec::new();
-    let config = json.get("config").into_iter();
-    let layers = ["layers", "blobs"]
+fn referenced_blobs(document: &Document) -> Result<Vec<(Digest, u64)>> {
+    document
+        .blobs()
         .into_iter()
-        .flat_map(|k| json[k].as_array().into_iter().flatten());
-    for descriptor in config.chain(layers).filter(|d| !is_foreign(d)) {
-        if let (Some(digest), Some(size)) =
-            (descriptor["digest"].as_str(), descriptor["size"].as_u64())
-        {
-            out.push((Digest::parse(digest)?, size));
-        }
-    }
-    Ok(out)
+        .map(|d| Ok((descriptor_digest(d)?, d.size())))
+        .collect()
 }
 
-enum Piece {
-    Small(String, Bytes),
-    Stream(
-        String,
-        u64,
-        tokio::sync::mpsc::Receiver<crate::oci::error::Result<Bytes>>,
-    ),
-}
-
-/// The tar is written on a blocking thread; blob bodies reach it through bounded
-/// channels, so memory stays at a few chunks whatever the layer size.
+/// Streams the collected tree into a layout tar through `layout::TarWriter`: manifests
+/// first, then every blob through the same resumable, verifying reader as a copy.
 async fn write_archive(
     registries: &Registries,
     collected: &Collected,
     index: Bytes,
     file: File,
 ) -> Result<()> {
-    let (pieces, mut receiver) = tokio::sync::mpsc::channel::<Piece>(1);
-    let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        while let Some(piece) = receiver.blocking_recv() {
-            let (name, size, mut reader): (String, u64, Box<dyn Read>) = match piece {
-                Piece::Small(name, bytes) => (
-                    name,
-                    bytes.len() as u64,
-                    Box::new(std::io::Cursor::new(bytes)),
-                ),
-                Piece::Stream(name, size, chunks) => (
-                    name,
-                    size,
-                    Box::new(ChannelReader {
-                        chunks,
-                        current: Bytes::new(),
-                    }),
-                ),
-            };
-            let mut header = tar::Header::new_gnu();
-            header.set_size(size);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            builder
-                .append_data(&mut header, &name, &mut reader)
-                .with_context(|| format!("writing {name}"))?;
-        }
-        builder
-            .into_inner()?
-            .into_inner()
-            .map_err(|e| anyhow!("flushing the archive: {}", e.error()))?
-            .sync_all()?;
-        Ok(())
-    });
+    let tar = layout::TarWriter::start(file, index).await?;
     let feed = async {
-        send(
-            &pieces,
-            Piece::Small(
-                "oci-layout".into(),
-                Bytes::from_static(br#"{"imageLayoutVersion":"1.0.0"}"#),
-            ),
-        )
-        .await?;
-        send(&pieces, Piece::Small("index.json".into(), index)).await?;
         for digest in &collected.manifest_order {
             let (bytes, _) = &collected.manifests[digest];
-            send(&pieces, Piece::Small(blob_path(digest), bytes.clone())).await?;
+            tar.manifest(digest, bytes.clone()).await?;
         }
         for (digest, size) in &collected.blobs {
             let (host, repository) = &collected.blob_sources[digest];
             let registry = registries.get(host).await?;
-            let (sender, chunks) = tokio::sync::mpsc::channel(4);
-            send(&pieces, Piece::Stream(blob_path(digest), *size, chunks)).await?;
-            // The same resumable, verifying reader as a copy.
+            let sender = tar.blob(digest, *size).await?;
             let mut verified = Box::pin(read_blob(registry, repository, digest, *size));
             while let Some(item) = verified.next().await {
                 let chunk = match item {
@@ -310,41 +251,7 @@ async fn write_archive(
         Ok::<_, anyhow::Error>(())
     };
     let fed = feed.await;
-    drop(pieces);
-    let written = writer.await?;
-    fed?;
-    written
-}
-
-async fn send(pieces: &tokio::sync::mpsc::Sender<Piece>, piece: Piece) -> Result<()> {
-    pieces
-        .send(piece)
-        .await
-        .map_err(|_| anyhow!("the archive writer stopped"))
-}
-
-struct ChannelReader {
-    chunks: tokio::sync::mpsc::Receiver<crate::oci::error::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-fn blob_path(digest: &Digest) -> String {
-    format!("blobs/{}", digest.as_str().replacen(':', "/", 1))
+    tar.finish(fed).await
 }
 
 /// Where `load` puts each image of a bundle.
@@ -353,11 +260,6 @@ struct Naming {
     keep_host: bool,
     /// `--repository`: every image goes to `TO/REPO`, keeping its tag.
     repository: Option<String>,
-}
-
-pub(super) fn has_host(name: &str) -> bool {
-    name.split_once('/')
-        .is_some_and(|(first, _)| is_registry_host(first))
 }
 
 /// `localhost/` keeps a relative path as written (no `library/`), then it goes under TO.
@@ -466,161 +368,6 @@ struct Loader {
     skip: BTreeSet<(Option<String>, Digest)>,
 }
 
-/// What a tar member is, once its name and type are checked.
-pub(super) enum Member {
-    Layout,
-    Index,
-    Blob(Digest),
-    Other,
-}
-
-pub(super) fn classify(header: &tar::Header, path: &[u8]) -> Result<Member> {
-    let name = String::from_utf8_lossy(path);
-    let shown = printable(&name);
-    if name.starts_with('/') {
-        bail!("member '{shown}' has an absolute path; a layout's members are relative");
-    }
-    let parts: Vec<&str> = name
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    if parts.contains(&"..") {
-        bail!("member '{shown}' climbs out of the layout with '..'");
-    }
-    use tar::EntryType as T;
-    match header.entry_type() {
-        T::Regular | T::Continuous => {}
-        T::Directory | T::XGlobalHeader => return Ok(Member::Other),
-        T::Symlink => {
-            bail!("member '{shown}' is a symbolic link; a layout holds only files and folders")
-        }
-        T::Link => bail!("member '{shown}' is a hard link; a layout holds only files and folders"),
-        other => bail!("member '{shown}' is a {other:?} entry, not a file"),
-    }
-    Ok(match parts.as_slice() {
-        ["oci-layout"] => Member::Layout,
-        ["index.json"] => Member::Index,
-        ["blobs", algorithm, hex] => {
-            Member::Blob(Digest::parse(&format!("{algorithm}:{hex}")).map_err(|e| {
-                anyhow!("member '{shown}' is not blobs/<algorithm>/<hex> of a valid digest: {e}")
-            })?)
-        }
-        ["blobs", ..] => {
-            bail!("member '{shown}' is not blobs/<algorithm>/<hex> of a valid digest")
-        }
-        // Others (docker save's manifest.json, repositories) are not part of the layout.
-        _ => Member::Other,
-    })
-}
-
-/// A small JSON document of the bundle, refused unread when over the manifest limit.
-pub(super) fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec<u8>> {
-    if size > MAX_MANIFEST_BYTES {
-        bail!(
-            "{what} is {size} bytes, more than the {} MiB limit for a manifest; refusing it",
-            MAX_MANIFEST_BYTES >> 20
-        );
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    reader
-        .take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {what}"))?;
-    if bytes.len() as u64 != size {
-        bail!("{what} is cut short: {} of {size} bytes", bytes.len());
-    }
-    Ok(bytes)
-}
-
-/// Skips forward inside the read buffer instead of dropping it, so passing over many
-/// small members does not re-read a buffer each time.
-pub(super) struct Skipping(pub(super) BufReader<File>);
-
-impl Read for Skipping {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Seek for Skipping {
-    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
-        match position {
-            SeekFrom::Current(offset) => {
-                self.0.seek_relative(offset)?;
-                self.0.stream_position()
-            }
-            other => self.0.seek(other),
-        }
-    }
-}
-
-/// Members read after the first pass: by offset in a tar, or by path in a folder.
-pub(super) enum Members {
-    Tar {
-        file: BufReader<File>,
-        /// Data offset and size of each blob member.
-        toc: HashMap<Digest, (u64, u64)>,
-    },
-    Folder(PathBuf),
-}
-
-impl Members {
-    /// Where the blob is, to read blobs in file order; None when it is not there.
-    fn position(&self, digest: &Digest) -> Option<u64> {
-        match self {
-            Members::Tar { toc, .. } => toc.get(digest).map(|(offset, _)| *offset),
-            Members::Folder(root) => root
-                .join("blobs")
-                .join(digest.as_str().replacen(':', "/", 1))
-                .exists()
-                .then_some(0),
-        }
-    }
-
-    pub(super) fn open(&mut self, digest: &Digest) -> Result<Option<(Box<dyn Read + '_>, u64)>> {
-        match self {
-            Members::Tar { file, toc } => {
-                let Some(&(offset, size)) = toc.get(digest) else {
-                    return Ok(None);
-                };
-                file.seek(SeekFrom::Start(offset))?;
-                Ok(Some((Box::new(file.take(size)), size)))
-            }
-            Members::Folder(root) => {
-                let path = format!("blobs/{}", digest.as_str().replacen(':', "/", 1));
-                Ok(folder_file(root, &path)?.map(|(file, size)| {
-                    (
-                        Box::new(BufReader::with_capacity(1 << 20, file)) as Box<dyn Read>,
-                        size,
-                    )
-                }))
-            }
-        }
-    }
-}
-
-/// A file of a layout folder, refusing symbolic links on the way.
-pub(super) fn folder_file(root: &Path, relative: &str) -> Result<Option<(File, u64)>> {
-    let mut path = root.to_path_buf();
-    for part in relative.split('/') {
-        path.push(part);
-        let metadata = match std::fs::symlink_metadata(&path) {
-            Ok(metadata) => metadata,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        if metadata.file_type().is_symlink() {
-            bail!("{relative} is a symbolic link; a layout holds only files and folders");
-        }
-    }
-    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        bail!("{relative} is not a file");
-    }
-    Ok(Some((file, metadata.len())))
-}
-
 impl Loader {
     fn read_layout(&mut self, reader: &mut dyn Read, size: u64) -> Result<()> {
         if std::mem::replace(&mut self.saw_layout, true) {
@@ -648,18 +395,8 @@ impl Loader {
         }
         for entry in index.manifests() {
             let digest = Digest::parse(entry.digest().as_ref()).context("index.json")?;
-            let annotation = |key: &str| {
-                entry
-                    .annotations()
-                    .as_ref()
-                    .and_then(|a| a.get(key))
-                    .map(String::as_str)
-            };
-            let name = [annotation(REF_NAME), annotation(CONTAINERD_NAME)]
-                .into_iter()
-                .flatten()
-                .find(|n| has_host(n))
-                .or(annotation(REF_NAME));
+            let name = entry_name(entry.annotations().as_ref());
+            let name = name.as_deref();
             // Refused by the signature policy: none of it is wanted, so nothing is pushed.
             if self
                 .skip
@@ -755,36 +492,15 @@ impl Loader {
                 MAX_ALL_MANIFEST_BYTES >> 20
             );
         }
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| anyhow!("{what} is not JSON: {e}"))?;
-        let children = json["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|child| Digest::parse(child["digest"].as_str().unwrap_or_default()))
+        let document = Document::parse(&bytes, &what)?;
+        let children = document
+            .children()
+            .iter()
+            .map(descriptor_digest)
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("an entry of index {digest}"))?;
-        let mut blobs = Vec::new();
-        for descriptor in json.get("config").into_iter().chain(
-            ["layers", "blobs"]
-                .into_iter()
-                .flat_map(|k| json[k].as_array().into_iter().flatten()),
-        ) {
-            if is_foreign(descriptor) {
-                continue;
-            }
-            let blob = Digest::parse(descriptor["digest"].as_str().unwrap_or_default())
-                .with_context(|| format!("a blob of {what}"))?;
-            let size = descriptor["size"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("blob {blob} of {what} has no size"))?;
-            blobs.push((blob, size));
-        }
-        let media_type = match json["mediaType"].as_str() {
-            Some(m) if !m.is_empty() => m.to_string(),
-            _ if json.get("manifests").is_some() => INDEX_TYPE.to_string(),
-            _ => MANIFEST_TYPE.to_string(),
-        };
+        let blobs = referenced_blobs(&document).with_context(|| format!("a blob of {what}"))?;
+        let media_type = document.media_type(&bytes);
         self.manifests.insert(
             digest.clone(),
             Manifest {

@@ -8,11 +8,10 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use super::archive::{
-    classify, folder_file, has_host, read_document, Member, Members, Skipping, CONTAINERD_NAME,
-    REF_NAME,
+use crate::naming::{has_host, ImageRef};
+use crate::oci::layout::{
+    classify, folder_file, read_document, Member, Members, Skipping, CONTAINERD_NAME, REF_NAME,
 };
-use crate::naming::ImageRef;
 use crate::oci::Digest;
 use crate::text::printable;
 use crate::trust::{self, Layer, Policy, Rule};

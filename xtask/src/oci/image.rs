@@ -1,15 +1,152 @@
-//! A typed, read-only view of an image: the platforms of an index, and for each its
-//! layers with the history step that created them. Every document is fetched by digest,
-//! bounded, and verified by whichever `ContentSource` provides it.
+//! A typed, read-only view of an image, on oci-spec: what a manifest or index points at
+//! (`Document`), the platform children and attestation manifests of an index, and for
+//! each platform its layers with the history step that created them. Every document is
+//! fetched by digest, bounded, and verified by whichever `ContentSource` provides it.
+//! Views are for reading: a manifest that is copied keeps the exact bytes received.
 
 use bytes::Bytes;
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
-use serde::Serialize;
+pub use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Platform};
+use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::media;
 use super::name::{Digest, Reference, Repository};
 use super::registry::{Client, MAX_MANIFEST_BYTES};
 use crate::text::printable;
+
+/// A manifest or index as read, for what it points at.
+#[derive(Debug, Clone)]
+pub enum Document {
+    Index(Box<ImageIndex>),
+    Image(Box<ImageManifest>),
+    /// An OCI 1.1-rc artifact manifest: `blobs`, no config.
+    Artifact(Vec<Descriptor>),
+}
+
+/// Just enough of a document to know which kind it is.
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    manifests: Option<serde::de::IgnoredAny>,
+    blobs: Option<Vec<Descriptor>>,
+    config: Option<serde::de::IgnoredAny>,
+}
+
+impl Document {
+    /// `bytes` as an index (it lists `manifests`), an artifact (`blobs`, no config) or
+    /// an image manifest; `what` names it in the error.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
+        let invalid = |e: serde_json::Error| Error::Refused(format!("{what} is not valid: {e}"));
+        let shape: Shape = serde_json::from_slice(bytes).map_err(invalid)?;
+        Ok(match shape {
+            Shape {
+                manifests: Some(_), ..
+            } => Document::Index(Box::new(serde_json::from_slice(bytes).map_err(invalid)?)),
+            Shape {
+                blobs: Some(blobs),
+                config: None,
+                ..
+            } => Document::Artifact(blobs),
+            _ => Document::Image(Box::new(serde_json::from_slice(bytes).map_err(invalid)?)),
+        })
+    }
+
+    /// The `mediaType` the document declares, if any.
+    pub fn declared_type(bytes: &[u8]) -> Option<String> {
+        serde_json::from_slice::<Shape>(bytes)
+            .ok()?
+            .media_type
+            .filter(|m| !m.is_empty())
+    }
+
+    /// The manifests an index lists; none for an image.
+    pub fn children(&self) -> &[Descriptor] {
+        match self {
+            Document::Index(index) => index.manifests(),
+            _ => &[],
+        }
+    }
+
+    /// The config and layers of an image (or an artifact's blobs), foreign layers left
+    /// out: registries do not hold those.
+    pub fn blobs(&self) -> Vec<&Descriptor> {
+        let all: Vec<&Descriptor> = match self {
+            Document::Index(_) => Vec::new(),
+            Document::Image(image) => std::iter::once(image.config())
+                .chain(image.layers())
+                .collect(),
+            Document::Artifact(blobs) => blobs.iter().collect(),
+        };
+        all.into_iter().filter(|d| !is_foreign(d)).collect()
+    }
+
+    /// The media type to push it under: the declared one, else by its shape.
+    pub fn media_type(&self, bytes: &[u8]) -> String {
+        Document::declared_type(bytes).unwrap_or_else(|| {
+            match self {
+                Document::Index(_) => media::OCI_INDEX,
+                Document::Image(_) => media::OCI_MANIFEST,
+                Document::Artifact(_) => media::OCI_ARTIFACT,
+            }
+            .to_string()
+        })
+    }
+}
+
+/// A layer a registry does not hold (Windows base layers): never copied.
+pub fn is_foreign(descriptor: &Descriptor) -> bool {
+    let media_type = descriptor.media_type().to_string();
+    media_type.contains("foreign") || media_type.contains("nondistributable")
+}
+
+/// `os/architecture[/variant]`.
+pub fn platform_name(platform: &Platform) -> String {
+    let mut name = format!("{}/{}", platform.os(), platform.architecture());
+    if let Some(variant) = platform.variant().as_deref().filter(|v| !v.is_empty()) {
+        name.push('/');
+        name.push_str(variant);
+    }
+    name
+}
+
+/// The platform of an image config, as `platform_name` writes it.
+pub fn config_platform(config: &ImageConfiguration) -> String {
+    let mut name = format!("{}/{}", config.os(), config.architecture());
+    if let Some(variant) = config.variant().as_deref().filter(|v| !v.is_empty()) {
+        name.push('/');
+        name.push_str(variant);
+    }
+    name
+}
+
+/// The runnable child of `index` for `platform`.
+pub fn child_for<'a>(index: &'a ImageIndex, platform: &str) -> Option<&'a Descriptor> {
+    index.manifests().iter().find(|d| {
+        !is_attestation(d) && d.platform().as_ref().map(platform_name).as_deref() == Some(platform)
+    })
+}
+
+/// The attestation manifests of `index` that describe the child `digest`.
+pub fn attestations_for(index: &ImageIndex, digest: &Digest) -> Vec<Descriptor> {
+    index
+        .manifests()
+        .iter()
+        .filter(|d| {
+            is_attestation(d)
+                && annotation(d, "vnd.docker.reference.digest") == Some(digest.as_str())
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn annotation<'a>(descriptor: &'a Descriptor, key: &str) -> Option<&'a str> {
+    descriptor
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
 
 /// Where manifests and configs come from: a registry, or an OCI layout.
 pub trait ContentSource {
@@ -56,30 +193,16 @@ pub async fn platform_images(
     root: &Bytes,
     root_digest: &Digest,
 ) -> Result<Vec<PlatformImage>> {
-    let value: serde_json::Value = serde_json::from_slice(root)
-        .map_err(|e| Error::Refused(format!("manifest {root_digest} is not JSON: {e}")))?;
-    if value.get("manifests").is_none() {
+    let Document::Index(index) = Document::parse(root, &format!("manifest {root_digest}"))? else {
         return Ok(vec![image(source, root, root_digest, None).await?]);
-    }
-    let index: ImageIndex = serde_json::from_slice(root).map_err(|e| {
-        Error::Refused(format!(
-            "index {root_digest} is not a valid image index: {e}"
-        ))
-    })?;
+    };
     let mut images = Vec::new();
     for child in index.manifests() {
         if is_attestation(child) {
             continue;
         }
         let digest = descriptor_digest(child)?;
-        let platform = child.platform().as_ref().map(|p| {
-            let mut name = format!("{}/{}", p.os(), p.architecture());
-            if let Some(variant) = p.variant() {
-                name.push('/');
-                name.push_str(variant);
-            }
-            name
-        });
+        let platform = child.platform().as_ref().map(platform_name);
         let bytes = match source.manifest(&digest).await {
             Ok(bytes) => bytes,
             Err(_) if source.partial() => continue,
@@ -95,7 +218,8 @@ pub async fn platform_images(
     Ok(images)
 }
 
-fn is_attestation(descriptor: &Descriptor) -> bool {
+/// An attestation manifest (BuildKit's provenance, SBOMs), not a runnable image.
+pub fn is_attestation(descriptor: &Descriptor) -> bool {
     let unknown = descriptor
         .platform()
         .as_ref()
@@ -107,7 +231,8 @@ fn is_attestation(descriptor: &Descriptor) -> bool {
     unknown || annotated
 }
 
-fn descriptor_digest(descriptor: &Descriptor) -> Result<Digest> {
+/// A descriptor's digest, parsed as every digest that reaches a URL or a path is.
+pub fn descriptor_digest(descriptor: &Descriptor) -> Result<Digest> {
     Digest::parse(descriptor.digest().as_ref())
 }
 
@@ -129,14 +254,7 @@ async fn image(
             "config {config_digest} of {digest} is not an image config: {e}"
         ))
     })?;
-    let platform = platform.unwrap_or_else(|| {
-        let mut name = format!("{}/{}", config.os(), config.architecture());
-        if let Some(variant) = config.variant() {
-            name.push('/');
-            name.push_str(variant);
-        }
-        name
-    });
+    let platform = platform.unwrap_or_else(|| config_platform(&config));
     // History lists every step; only those without `empty_layer` made a layer.
     let mut steps = config
         .history()
@@ -223,5 +341,37 @@ mod tests {
             "ADD file:abc in /"
         );
         assert_eq!(printable_step("RUN x\x1b[2J"), "RUN x\\u{1b}[2J");
+    }
+
+    #[test]
+    fn children_and_their_attestations() {
+        let index: ImageIndex = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "a".repeat(64)),
+                 "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "b".repeat(64)),
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": format!("sha256:{}", "c".repeat(64)),
+                 "platform": {"os": "unknown", "architecture": "unknown"},
+                 "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                                 "vnd.docker.reference.digest": format!("sha256:{}", "b".repeat(64))}},
+            ]
+        }))
+        .unwrap();
+        let digest = |c: &str| Digest::parse(&format!("sha256:{}", c.repeat(64))).unwrap();
+        let child = |p| descriptor_digest(child_for(&index, p).unwrap()).unwrap();
+        assert_eq!(child("linux/arm64/v8"), digest("a"));
+        assert_eq!(child("linux/amd64"), digest("b"));
+        assert!(child_for(&index, "unknown/unknown").is_none());
+        let attestations = attestations_for(&index, &digest("b"));
+        assert_eq!(attestations.len(), 1);
+        assert_eq!(descriptor_digest(&attestations[0]).unwrap(), digest("c"));
+        assert!(attestations_for(&index, &digest("a")).is_empty());
+        // An index is told from an image by its shape, and keeps its children.
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let document = Document::parse(&bytes, "index").unwrap();
+        assert_eq!(document.children().len(), 3);
+        assert_eq!(document.media_type(&bytes), media::OCI_INDEX);
     }
 }

@@ -1,13 +1,15 @@
 //! The one registry client: every command that talks the OCI distribution API (mirror,
 //! retag, size) goes through here. Its layers, each importing only those above it in
-//! this list: `error`, `name` (with `digest`), `transport`, `auth`, `registry`, `blobs`,
-//! `image`.
+//! this list: `media`, `error`, `name` (with `digest`), `transport`, `auth`, `registry`,
+//! `blobs`, `image`, `layout`.
 
 pub mod auth;
 pub mod blobs;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod layout;
+pub mod media;
 pub mod name;
 pub mod registry;
 pub mod transport;

@@ -17,14 +17,7 @@ use super::name::{Digest, Reference, Registry, Repository};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
 use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
 
-/// Every manifest type the mirror copies.
-pub const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.artifact.manifest.v1+json",
-];
+pub use super::media::MANIFEST_TYPES;
 
 /// A manifest's identity as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -699,10 +692,7 @@ impl Client {
         let what = format!("GET referrers of {}/{repository}@{digest}", self.host);
         with_retry(&what, &self.stats, || async {
             let mut headers = HeaderMap::new();
-            headers.insert(
-                ACCEPT,
-                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
-            );
+            headers.insert(ACCEPT, HeaderValue::from_static(super::media::OCI_INDEX));
             let response = self
                 .ask(
                     Method::GET,
