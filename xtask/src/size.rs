@@ -526,12 +526,13 @@ struct SavedLayout {
 impl SavedLayout {
     /// The image `docker save` was asked for: the only entry of its index.json.
     fn root(&self) -> Result<(Bytes, Digest)> {
-        let index: serde_json::Value = serde_json::from_slice(&self.index)
+        let index: crate::oci::image::ImageIndex = serde_json::from_slice(&self.index)
             .map_err(|e| anyhow!("docker save wrote an unreadable index.json: {e}"))?;
-        let digest = index["manifests"][0]["digest"]
-            .as_str()
+        let first = index
+            .manifests()
+            .first()
             .ok_or_else(|| anyhow!("docker save wrote an index.json without manifests"))?;
-        let digest = Digest::parse(digest)?;
+        let digest = crate::oci::image::descriptor_digest(first)?;
         let bytes = self
             .documents
             .get(&digest)
@@ -979,12 +980,12 @@ mod tests {
             );
             let manifest = serde_json::json!({
                 "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "mediaType": crate::oci::media::OCI_MANIFEST,
                 "config": config,
                 "layers": descriptors,
             });
             let mut descriptor = self.add(
-                "application/vnd.oci.image.manifest.v1+json",
+                crate::oci::media::OCI_MANIFEST,
                 manifest.to_string().into_bytes(),
             );
             descriptor["platform"] = serde_json::json!({ "architecture": arch, "os": "linux" });
@@ -1022,7 +1023,7 @@ mod tests {
             ],
         );
         let attestation = serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": crate::oci::media::OCI_MANIFEST,
             "digest": Digest::of_sha256(b"not in the layout").as_str(),
             "size": 17,
             "platform": { "architecture": "unknown", "os": "unknown" },
@@ -1030,13 +1031,10 @@ mod tests {
         });
         let index = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "mediaType": crate::oci::media::OCI_INDEX,
             "manifests": [amd64, arm64, attestation],
         });
-        let index = blobs.add(
-            "application/vnd.oci.image.index.v1+json",
-            index.to_string().into_bytes(),
-        );
+        let index = blobs.add(crate::oci::media::OCI_INDEX, index.to_string().into_bytes());
         let top = serde_json::json!({ "schemaVersion": 2, "manifests": [index] });
         let mut tar = tar::Builder::new(Vec::new());
         let mut append = |path: String, bytes: &[u8]| {

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use crate::cli::BenchMirrorArgs;
 
 mod build;
+use crate::oci::image::{descriptor_digest, Document};
+use crate::oci::media;
 use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Registry, Repository};
 
@@ -198,7 +200,7 @@ async fn push_image(
         let (config_digest, config_size) = push_json(registry, repository, &config).await?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": media::OCI_MANIFEST,
             "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
             "layers": layers.iter().map(|l| serde_json::json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l.digest, "size": l.size
@@ -211,22 +213,22 @@ async fn push_image(
                 repository,
                 &Reference::Digest(digest.clone()),
                 &bytes,
-                "application/vnd.oci.image.manifest.v1+json",
+                media::OCI_MANIFEST,
             )
             .await?;
         children.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": bytes.len(),
+            "mediaType": media::OCI_MANIFEST, "digest": digest, "size": bytes.len(),
             "platform": { "architecture": arch, "os": "linux" },
         }));
     }
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": children });
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": children });
     let bytes = Bytes::from(serde_json::to_vec(&index)?);
     registry
         .put_manifest(
             repository,
             &Reference::parse("v1")?,
             &bytes,
-            "application/vnd.oci.image.index.v1+json",
+            media::OCI_INDEX,
         )
         .await?;
     Ok(())
@@ -441,17 +443,20 @@ impl BenchMirrorArgs {
             let (index, _) = registry
                 .get_manifest(&big, &Reference::parse("v1")?)
                 .await?;
-            let index: serde_json::Value = serde_json::from_slice(&index)?;
-            let child = index["manifests"][0]["digest"]
-                .as_str()
+            let index = Document::parse(&index, "corpus/big")?;
+            let child = index
+                .children()
+                .first()
                 .ok_or_else(|| anyhow!("corpus/big has no child"))?;
             let (manifest, _) = registry
-                .get_manifest(&big, &Reference::parse(child)?)
+                .get_manifest(&big, &Reference::Digest(descriptor_digest(child)?))
                 .await?;
-            let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
-            let big_digest = manifest["layers"][0]["digest"]
-                .as_str()
-                .unwrap_or_default()
+            let manifest = Document::parse(&manifest, "corpus/big's image")?;
+            let big_digest = manifest
+                .blobs()
+                .get(1)
+                .ok_or_else(|| anyhow!("corpus/big has no layer"))?
+                .digest()
                 .to_string();
             Ok::<_, anyhow::Error>((images, big_size, big_digest))
         })?;

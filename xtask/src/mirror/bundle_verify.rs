@@ -9,6 +9,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use crate::naming::{has_host, ImageRef};
+use crate::oci::image::{descriptor_digest, Document};
 use crate::oci::layout::{
     classify, folder_file, read_document, Member, Members, Skipping, CONTAINERD_NAME, REF_NAME,
 };
@@ -190,17 +191,15 @@ fn check_image(
         let Some(bytes) = read(members, &digest, crate::oci::registry::MAX_MANIFEST_BYTES)? else {
             bail!("manifest {digest} is not in the bundle; it is incomplete: write it again");
         };
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("manifest {digest} is not JSON: {e}"))?;
-        let children = json["manifests"].as_array().cloned().unwrap_or_default();
-        let what = if what == "image" && json.get("manifests").is_some() {
+        let document = Document::parse(&bytes, &format!("manifest {digest}"))?;
+        let what = if what == "image" && matches!(document, Document::Index(_)) {
             "the index"
         } else {
             what
         };
-        for child in &children {
-            let child = Digest::parse(child["digest"].as_str().unwrap_or_default())
-                .with_context(|| format!("an entry of index {digest}"))?;
+        for child in document.children() {
+            let child =
+                descriptor_digest(child).with_context(|| format!("an entry of index {digest}"))?;
             stack.push(("its manifest", child));
         }
         let refuse = |why: String| Ok(Err(format!("{what} {digest}: {why}")));

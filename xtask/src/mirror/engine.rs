@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::naming::ImageRef;
+use crate::oci::image::{
+    descriptor_digest, referrer_digests, rewrite_index, subset, Descriptor, Document,
+};
 use crate::oci::registry::Client;
 pub use crate::oci::Registries;
 use crate::oci::{Digest, Reference, Registry, Repository, Tag};
@@ -182,14 +185,11 @@ impl Engine {
                 .registry
                 .get_manifest(src.repository, &reference)
                 .await?;
-            let json: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow!("manifest {digest} of {}: not JSON ({e})", src.repository))?;
-            let media_type = json["mediaType"]
-                .as_str()
-                .map(String::from)
-                .filter(|m| !m.is_empty())
-                .unwrap_or(header_type);
-            if let Some(children) = json["manifests"].as_array() {
+            let document =
+                Document::parse(&bytes, &format!("manifest {digest} of {}", src.repository))?;
+            let media_type = Document::declared_type(&bytes).unwrap_or(header_type);
+            if let Document::Index(index) = &document {
+                let children = index.manifests();
                 let (kept, bytes) = match platforms {
                     Some(platforms) => {
                         let kept = subset(children, platforms);
@@ -200,29 +200,23 @@ impl Engine {
                                 platforms.join(", ")
                             );
                         }
-                        let mut rewritten = json.clone();
-                        rewritten["manifests"] = serde_json::Value::Array(kept.clone());
-                        (kept, Bytes::from(serde_json::to_vec_pretty(&rewritten)?))
+                        let rewritten = rewrite_index(&bytes, &kept)?;
+                        (kept, rewritten)
                     }
-                    None => (children.clone(), bytes),
+                    None => (children.to_vec(), bytes),
                 };
                 try_join_all(kept.iter().map(|child| async move {
-                    let child_digest = Digest::parse(child["digest"].as_str().unwrap_or_default())
+                    let child_digest = descriptor_digest(child)
                         .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
                     self.copy_manifest_by_digest(src, dst, &child_digest).await
                 }))
                 .await?;
                 return Ok((bytes, media_type));
             }
-            let mut blobs: Vec<&serde_json::Value> = Vec::new();
-            blobs.extend(json.get("config"));
-            for key in ["layers", "blobs"] {
-                blobs.extend(json[key].as_array().into_iter().flatten());
-            }
             try_join_all(
-                blobs
+                document
+                    .blobs()
                     .into_iter()
-                    .filter(|b| !is_foreign(b))
                     .map(|blob| self.copy_blob(src, dst, blob)),
             )
             .await?;
@@ -282,13 +276,11 @@ impl Engine {
         &self,
         src: &Side<'_>,
         dst: &Side<'_>,
-        descriptor: &serde_json::Value,
+        descriptor: &Descriptor,
     ) -> Result<()> {
-        let digest = Digest::parse(descriptor["digest"].as_str().unwrap_or_default())
+        let digest = descriptor_digest(descriptor)
             .map_err(|e| anyhow!("a descriptor in {}: {e}", src.repository))?;
-        let size = descriptor["size"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("blob {digest} in {} has no size", src.repository))?;
+        let size = descriptor.size();
         // One task per blob and repository: a second mount of a blob that is already
         // linked rewrites the link, and a manifest verified meanwhile fails (distribution).
         let key = (
@@ -398,13 +390,9 @@ pub async fn attached(
         }
     }
     if let Some(index) = registry.referrers(repository, digest).await? {
-        for referrer in index["manifests"].as_array().into_iter().flatten() {
-            if let Some(referrer_digest) = referrer["digest"].as_str() {
-                let referrer_digest = Digest::parse(referrer_digest)
-                    .map_err(|e| anyhow!("a referrer of {repository}@{digest}: {e}"))?;
-                found.push((None, referrer_digest));
-            }
-        }
+        let referrers = referrer_digests(&index)
+            .map_err(|e| anyhow!("a referrer of {repository}@{digest}: {e}"))?;
+        found.extend(referrers.into_iter().map(|d| (None, d)));
     }
     Ok(found)
 }
@@ -431,67 +419,5 @@ fn destination_reference(job: &CopyJob) -> Reference {
         (Some(tag), _) => Reference::Tag(tag.clone()),
         (None, Some(digest)) => Reference::Digest(digest.clone()),
         (None, None) => Reference::Tag(Tag::latest()),
-    }
-}
-
-pub fn is_foreign(descriptor: &serde_json::Value) -> bool {
-    let media_type = descriptor["mediaType"].as_str().unwrap_or("");
-    media_type.contains("foreign") || media_type.contains("nondistributable")
-}
-
-/// The index entries for `platforms`, plus the attestation manifests that describe them.
-pub(super) fn subset(
-    children: &[serde_json::Value],
-    platforms: &[String],
-) -> Vec<serde_json::Value> {
-    let platform_of = |child: &serde_json::Value| {
-        let p = &child["platform"];
-        let mut name = format!(
-            "{}/{}",
-            p["os"].as_str().unwrap_or(""),
-            p["architecture"].as_str().unwrap_or("")
-        );
-        if let Some(variant) = p["variant"].as_str() {
-            name = format!("{name}/{variant}");
-        }
-        name
-    };
-    let kept: Vec<&serde_json::Value> = children
-        .iter()
-        .filter(|c| platforms.contains(&platform_of(c)))
-        .collect();
-    let kept_digests: HashSet<&str> = kept.iter().filter_map(|c| c["digest"].as_str()).collect();
-    children
-        .iter()
-        .filter(|c| {
-            kept.iter().any(|k| std::ptr::eq(*k, *c))
-                || c["annotations"]["vnd.docker.reference.digest"]
-                    .as_str()
-                    .is_some_and(|d| kept_digests.contains(d))
-        })
-        .cloned()
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn subset_keeps_attestations_of_kept_platforms() {
-        let children = vec![
-            json!({"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}}),
-            json!({"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm64"}}),
-            json!({"digest": "sha256:c", "platform": {"os": "unknown", "architecture": "unknown"},
-                   "annotations": {"vnd.docker.reference.digest": "sha256:a"}}),
-            json!({"digest": "sha256:d", "platform": {"os": "unknown", "architecture": "unknown"},
-                   "annotations": {"vnd.docker.reference.digest": "sha256:b"}}),
-        ];
-        let kept: Vec<_> = subset(&children, &["linux/amd64".into()])
-            .iter()
-            .map(|c| c["digest"].clone())
-            .collect();
-        assert_eq!(kept, [json!("sha256:a"), json!("sha256:c")]);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::cli::RetagArgs;
 use crate::naming::ImageRef;
+use crate::oci::image::{descriptor_digest, Document};
 use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Registries, Repository, Tag};
 
@@ -51,14 +52,11 @@ async fn retag(registries: &Registries, args: &RetagArgs) -> Result<()> {
     let (bytes, header_type, digest) = registry
         .resolve(&source.repository, &source.pointer())
         .await?;
-    let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-    let media_type = json["mediaType"]
-        .as_str()
-        .map(String::from)
-        .unwrap_or(header_type);
+    let document = Document::parse(&bytes, &source.to_string())?;
+    let media_type = Document::declared_type(&bytes).unwrap_or(header_type);
     for (target, tag) in targets {
         if target.repository != source.repository {
-            mount_tree(&registry, &source.repository, &target.repository, &json).await?;
+            mount_tree(&registry, &source.repository, &target.repository, &document).await?;
         }
         registry
             .put_manifest(
@@ -78,22 +76,15 @@ fn mount_tree<'a>(
     registry: &'a Arc<Client>,
     from: &'a Repository,
     to: &'a Repository,
-    manifest: &'a serde_json::Value,
+    manifest: &'a Document,
 ) -> futures_util::future::BoxFuture<'a, Result<()>> {
     Box::pin(async move {
-        let mut blobs = BTreeSet::new();
-        blobs.extend(manifest["config"]["digest"].as_str());
-        for key in ["layers", "blobs"] {
-            blobs.extend(
-                manifest[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|l| l["digest"].as_str()),
-            );
-        }
+        let blobs: BTreeSet<Digest> = manifest
+            .blobs()
+            .into_iter()
+            .map(descriptor_digest)
+            .collect::<Result<_, _>>()?;
         for blob in blobs {
-            let blob = Digest::parse(blob)?;
             if !registry.has_blob(to, &blob).await? && !registry.mount_blob(to, &blob, from).await?
             {
                 bail!(
@@ -102,16 +93,12 @@ fn mount_tree<'a>(
                 );
             }
         }
-        for child in manifest["manifests"].as_array().into_iter().flatten() {
-            let digest =
-                Reference::Digest(Digest::parse(child["digest"].as_str().unwrap_or_default())?);
+        for child in manifest.children() {
+            let digest = Reference::Digest(descriptor_digest(child)?);
             let (bytes, header_type) = registry.get_manifest(from, &digest).await?;
-            let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-            mount_tree(registry, from, to, &json).await?;
-            let media_type = json["mediaType"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or(header_type);
+            let document = Document::parse(&bytes, &format!("{from}@{digest}"))?;
+            mount_tree(registry, from, to, &document).await?;
+            let media_type = Document::declared_type(&bytes).unwrap_or(header_type);
             registry
                 .put_manifest(to, &digest, &bytes, &media_type)
                 .await?;

@@ -6,6 +6,7 @@ use anyhow::{anyhow, Result};
 use std::sync::Arc;
 
 use crate::naming::ImageRef;
+use crate::oci::image::{descriptor_digest, subset, Document};
 use crate::oci::registry::Client;
 use crate::oci::{Digest, Reference, Tag};
 use crate::trust::{self, Layer, Policy, Rule};
@@ -86,20 +87,21 @@ async fn tree(
         let (bytes, _) = registry
             .get_manifest(&source.repository, &Reference::Digest(digest.clone()))
             .await?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("manifest {digest} of {source}: not JSON ({e})"))?;
-        if let Some(children) = json["manifests"].as_array() {
+        let document = Document::parse(&bytes, &format!("manifest {digest} of {source}"))?;
+        let is_index = matches!(document, Document::Index(_));
+        if is_index {
+            let children = document.children();
             let kept = match platforms.filter(|_| digest == *top) {
-                Some(platforms) => super::engine::subset(children, platforms),
-                None => children.clone(),
+                Some(platforms) => subset(children, platforms),
+                None => children.to_vec(),
             };
             for child in kept {
-                let child_digest = Digest::parse(child["digest"].as_str().unwrap_or_default())
+                let child_digest = descriptor_digest(&child)
                     .map_err(|e| anyhow!("an index entry of {digest}: {e}"))?;
                 stack.push(("its manifest".to_string(), child_digest));
             }
         }
-        let what = match (what.as_str(), json.get("manifests").is_some()) {
+        let what = match (what.as_str(), is_index) {
             ("image", true) => "the index".to_string(),
             _ => what,
         };

@@ -140,6 +140,88 @@ pub fn attestations_for(index: &ImageIndex, digest: &Digest) -> Vec<Descriptor> 
         .collect()
 }
 
+/// The index entries of `children` for `platforms`, plus the attestation manifests that
+/// describe them, in index order.
+pub fn subset(children: &[Descriptor], platforms: &[String]) -> Vec<Descriptor> {
+    let kept_digests: Vec<String> = children
+        .iter()
+        .filter(|c| {
+            c.platform()
+                .as_ref()
+                .is_some_and(|p| platforms.contains(&platform_name(p)))
+        })
+        .map(|c| c.digest().to_string())
+        .collect();
+    children
+        .iter()
+        .filter(|c| {
+            let digest = c.digest().to_string();
+            kept_digests.contains(&digest)
+                || annotation(c, "vnd.docker.reference.digest")
+                    .is_some_and(|d| kept_digests.iter().any(|k| k == d))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The index `bytes` with only the entries of `kept`, each as written, every other field
+/// untouched. A `--platform` subset is a new index by design; this is the one place an
+/// index is written again.
+pub fn rewrite_index(bytes: &[u8], kept: &[Descriptor]) -> Result<Bytes> {
+    let mut json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Refused(format!("the index is not JSON: {e}")))?;
+    let keep: Vec<String> = kept.iter().map(|d| d.digest().to_string()).collect();
+    if let Some(entries) = json.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        entries.retain(|e| {
+            e.get("digest")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| keep.iter().any(|k| k == d))
+        });
+    }
+    let bytes = serde_json::to_vec_pretty(&json)
+        .map_err(|e| Error::Refused(format!("writing the index: {e}")))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// The digests a referrers answer (an image index) lists, each parsed.
+pub fn referrer_digests(index: &serde_json::Value) -> Result<Vec<Digest>> {
+    let entries = index.get("manifests").and_then(|m| m.as_array());
+    entries
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.get("digest").and_then(|d| d.as_str()))
+        .map(Digest::parse)
+        .collect()
+}
+
+/// The layers of `media_type` a manifest lists, read leniently (a cosign `.sig`
+/// manifest): (digest, size, annotations); a layer with no size gets `u64::MAX`.
+pub fn layers_of_type(
+    manifest: &[u8],
+    media_type: &str,
+) -> Result<Vec<(Digest, u64, serde_json::Value)>> {
+    let json: serde_json::Value = serde_json::from_slice(manifest)
+        .map_err(|e| Error::Refused(format!("the manifest is not JSON: {e}")))?;
+    let layers = json.get("layers").and_then(|l| l.as_array());
+    layers
+        .into_iter()
+        .flatten()
+        .filter(|layer| layer.get("mediaType").and_then(|m| m.as_str()) == Some(media_type))
+        .map(|layer| {
+            let digest = layer
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default();
+            let size = layer
+                .get("size")
+                .and_then(|s| s.as_u64())
+                .unwrap_or(u64::MAX);
+            let annotations = layer.get("annotations").cloned().unwrap_or_default();
+            Ok((Digest::parse(digest)?, size, annotations))
+        })
+        .collect()
+}
+
 pub fn annotation<'a>(descriptor: &'a Descriptor, key: &str) -> Option<&'a str> {
     descriptor
         .annotations()
@@ -373,5 +455,37 @@ mod tests {
         let document = Document::parse(&bytes, "index").unwrap();
         assert_eq!(document.children().len(), 3);
         assert_eq!(document.media_type(&bytes), media::OCI_INDEX);
+    }
+
+    #[test]
+    fn subset_keeps_attestations_of_kept_platforms_and_every_field_as_written() {
+        let digest = |c: &str| format!("sha256:{}", c.repeat(64));
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "x-extra": "kept",
+            "manifests": [
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("a"),
+                 "platform": {"os": "linux", "architecture": "amd64"}, "x-field": 1},
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("b"),
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("c"),
+                 "platform": {"os": "unknown", "architecture": "unknown"},
+                 "annotations": {"vnd.docker.reference.digest": digest("a")}},
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("d"),
+                 "platform": {"os": "unknown", "architecture": "unknown"},
+                 "annotations": {"vnd.docker.reference.digest": digest("b")}},
+            ]
+        }))
+        .unwrap();
+        let document = Document::parse(&bytes, "index").unwrap();
+        let kept = subset(document.children(), &["linux/amd64".into()]);
+        let kept_digests: Vec<String> = kept.iter().map(|c| c.digest().to_string()).collect();
+        assert_eq!(kept_digests, [digest("a"), digest("c")]);
+        let rewritten: serde_json::Value =
+            serde_json::from_slice(&rewrite_index(&bytes, &kept).unwrap()).unwrap();
+        assert_eq!(rewritten["x-extra"], "kept");
+        assert_eq!(rewritten["manifests"].as_array().unwrap().len(), 2);
+        assert_eq!(rewritten["manifests"][0]["x-field"], 1);
     }
 }

@@ -296,20 +296,10 @@ pub struct Layer {
 
 /// The signature layers a `.sig` manifest lists: (digest, size, annotations).
 pub fn signature_layers(manifest: &[u8]) -> Result<Vec<(Digest, u64, serde_json::Value)>> {
-    let json: serde_json::Value = serde_json::from_slice(manifest)
-        .map_err(|e| anyhow!("the signature manifest is not JSON: {e}"))?;
-    let mut layers = Vec::new();
-    for layer in json["layers"].as_array().into_iter().flatten() {
-        if layer["mediaType"] != SIMPLE_SIGNING {
-            continue;
-        }
-        let digest = Digest::parse(layer["digest"].as_str().unwrap_or_default())
-            .map_err(|e| anyhow!("a signature layer: {e}"))?;
-        let size = layer["size"].as_u64().unwrap_or(u64::MAX);
-        if size > MAX_PAYLOAD_BYTES {
-            bail!("a signature payload of {size} bytes; refusing it");
-        }
-        layers.push((digest, size, layer["annotations"].clone()));
+    let layers = crate::oci::image::layers_of_type(manifest, SIMPLE_SIGNING)
+        .map_err(|e| anyhow!("the signature manifest: a signature layer: {e}"))?;
+    if let Some((_, size, _)) = layers.iter().find(|(_, size, _)| *size > MAX_PAYLOAD_BYTES) {
+        bail!("a signature payload of {size} bytes; refusing it");
     }
     if layers.len() > MAX_LAYERS {
         bail!("{} signature layers; refusing them", layers.len());
