@@ -419,46 +419,14 @@ struct Row {
 impl BenchMirrorArgs {
     pub fn run(self, ctx: &crate::context::Ctx) -> Result<()> {
         let root = ctx.root.as_path();
-        for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
-            if Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| !s.success())
-                .unwrap_or(true)
-            {
-                bail!("the benchmark needs {tool}; run .ci/provision (Debian) to install it");
-            }
-        }
+        require_tools()?;
         let work: PathBuf = root.join("target/bench");
         std::fs::create_dir_all(&work)?;
         let source = LocalRegistry::start(&work)?;
         let source_host = Registry::parse(&source.addr)?;
         let (images, big_size, big_digest) = ctx.block_on(async {
             let registry = ctx.registries.get(&source_host).await?;
-            let (images, big_size) =
-                build_corpus(&registry, self.images, self.big_layer_mib).await?;
-            let big = Repository::parse("corpus/big")?;
-            let (index, _) = registry
-                .get_manifest(&big, &Reference::parse("v1")?)
-                .await?;
-            let index = Document::parse(&index, "corpus/big")?;
-            let child = index
-                .children()
-                .first()
-                .ok_or_else(|| anyhow!("corpus/big has no child"))?;
-            let (manifest, _) = registry
-                .get_manifest(&big, &Reference::Digest(descriptor_digest(child)?))
-                .await?;
-            let manifest = Document::parse(&manifest, "corpus/big's image")?;
-            let big_digest = manifest
-                .blobs()
-                .get(1)
-                .ok_or_else(|| anyhow!("corpus/big has no layer"))?
-                .digest()
-                .to_string();
-            Ok::<_, anyhow::Error>((images, big_size, big_digest))
+            corpus(&registry, self.images, self.big_layer_mib).await
         })?;
 
         if let Ok(seconds) = std::env::var("XTASK_BENCH_HOLD") {
@@ -549,6 +517,51 @@ impl BenchMirrorArgs {
         println!("{}", render(&rows, rss));
         Ok(())
     }
+}
+
+fn require_tools() -> Result<()> {
+    for tool in ["docker-registry", "skopeo", "curl", "/usr/bin/time"] {
+        if Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            bail!("the benchmark needs {tool}; run .ci/provision (Debian) to install it");
+        }
+    }
+    Ok(())
+}
+
+/// Builds the corpus in `registry`: its image names, the big layer's size and digest.
+async fn corpus(
+    registry: &Client,
+    images: usize,
+    big_mib: u64,
+) -> Result<(Vec<String>, u64, String)> {
+    let (images, big_size) = build_corpus(registry, images, big_mib).await?;
+    let big = Repository::parse("corpus/big")?;
+    let (index, _) = registry
+        .get_manifest(&big, &Reference::parse("v1")?)
+        .await?;
+    let index = Document::parse(&index, "corpus/big")?;
+    let child = index
+        .children()
+        .first()
+        .ok_or_else(|| anyhow!("corpus/big has no child"))?;
+    let (manifest, _) = registry
+        .get_manifest(&big, &Reference::Digest(descriptor_digest(child)?))
+        .await?;
+    let manifest = Document::parse(&manifest, "corpus/big's image")?;
+    let big_digest = manifest
+        .blobs()
+        .get(1)
+        .ok_or_else(|| anyhow!("corpus/big has no layer"))?
+        .digest()
+        .to_string();
+    Ok((images, big_size, big_digest))
 }
 
 fn render(rows: &[Row], rss: (u64, u64)) -> String {

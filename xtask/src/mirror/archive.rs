@@ -775,7 +775,28 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
     })
     .await??;
 
-    // Everything is in the registry now; only manifests remain, children first, tag last.
+    let (loaded, current) = push_tops(&registry, &loader).await?;
+    let counts = &loader.counts;
+    println!(
+        "{loaded} loaded, {current} already current; blobs: {} verified and uploaded, {} mounted, {} already there; {} moved in {:.1}s",
+        counts.verified,
+        counts.mounted,
+        counts.present,
+        super::human_bytes(counts.uploaded_bytes),
+        started.elapsed().as_secs_f64()
+    );
+    if !refused.lines.is_empty() {
+        bail!(
+            "{} images of the bundle were refused by the signature policy; nothing was written for them",
+            refused.lines.len()
+        );
+    }
+    Ok(())
+}
+
+/// Everything is in the registry now; only manifests remain, children first, tag last.
+/// (loaded, already current)
+async fn push_tops(registry: &Client, loader: &Loader) -> Result<(usize, usize)> {
     let mut loaded = 0;
     let mut current = 0;
     let mut pushed = BTreeSet::new();
@@ -792,7 +813,7 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
             continue;
         }
         push_children(
-            &registry,
+            registry,
             &destination.repository,
             &top.digest,
             &loader.manifests,
@@ -811,22 +832,7 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
         loaded += 1;
         eprintln!("loaded   {} -> {destination}", top.name);
     }
-    let counts = &loader.counts;
-    println!(
-        "{loaded} loaded, {current} already current; blobs: {} verified and uploaded, {} mounted, {} already there; {} moved in {:.1}s",
-        counts.verified,
-        counts.mounted,
-        counts.present,
-        super::human_bytes(counts.uploaded_bytes),
-        started.elapsed().as_secs_f64()
-    );
-    if !refused.lines.is_empty() {
-        bail!(
-            "{} images of the bundle were refused by the signature policy; nothing was written for them",
-            refused.lines.len()
-        );
-    }
-    Ok(())
+    Ok((loaded, current))
 }
 
 /// Pushes the manifests below `top` by digest, children before parents; the top is the

@@ -264,27 +264,7 @@ pub async fn copy_all(
                 Err(e) => (Err(e), None, false),
             };
             images_bar.inc(1);
-            let line = match &outcome {
-                Err(e) if refused => format!("REFUSED  {}: {e}", planned.source),
-                Ok(Outcome::Copied { digest }) => format!(
-                    "copied   {} -> {}@{digest}{}",
-                    planned.source,
-                    planned.destination,
-                    verification
-                        .as_ref()
-                        .map(|v| format!(" ({v})"))
-                        .unwrap_or_default()
-                ),
-                Ok(Outcome::Skipped { .. }) => format!(
-                    "current  {} (already at {})",
-                    planned.source, planned.destination
-                ),
-                Err(e) => format!(
-                    "FAILED   {}: {}",
-                    planned.source,
-                    format!("{e:#}").replace('\n', " ")
-                ),
-            };
+            let line = progress_line(&planned, &outcome, verification.as_deref(), refused);
             if images_bar.is_hidden() {
                 eprintln!("{line}");
             } else {
@@ -308,8 +288,44 @@ pub async fn copy_all(
         images.push(task.await.expect("a copy task panicked"));
     }
     bars.finish();
+    Ok(summary(&engine, images, started, destination_plain_http))
+}
+
+/// One image's line as it finishes.
+fn progress_line(
+    planned: &Planned,
+    outcome: &Result<Outcome>,
+    verification: Option<&str>,
+    refused: bool,
+) -> String {
+    match outcome {
+        Err(e) if refused => format!("REFUSED  {}: {e}", planned.source),
+        Ok(Outcome::Copied { digest }) => format!(
+            "copied   {} -> {}@{digest}{}",
+            planned.source,
+            planned.destination,
+            verification.map(|v| format!(" ({v})")).unwrap_or_default()
+        ),
+        Ok(Outcome::Skipped { .. }) => format!(
+            "current  {} (already at {})",
+            planned.source, planned.destination
+        ),
+        Err(e) => format!(
+            "FAILED   {}: {}",
+            planned.source,
+            format!("{e:#}").replace('\n', " ")
+        ),
+    }
+}
+
+fn summary(
+    engine: &Engine,
+    images: Vec<ImageResult>,
+    started: Instant,
+    destination_plain_http: bool,
+) -> Summary {
     let stats = &engine.registries.stats;
-    Ok(Summary {
+    Summary {
         copied: images
             .iter()
             .filter(|r| matches!(r.outcome, Some(Outcome::Copied { .. })))
@@ -332,7 +348,7 @@ pub async fn copy_all(
         restarts: stats.restarts.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         destination_plain_http,
-    })
+    }
 }
 
 /// The signature check of one job, when it has a policy: Ok(Ok(note)) pins the job to

@@ -231,23 +231,7 @@ impl Blob<'_> {
                     .await
                     .map(Some)
             };
-            // After a failed upload request the reader may still be retrying its source;
-            // a reader that failed for good has already finished.
-            let mut pump = pump;
-            let pumped = match &patched {
-                Ok(_) => Some((&mut pump).await),
-                Err(_) => tokio::time::timeout(Duration::from_millis(200), &mut pump)
-                    .await
-                    .ok(),
-            };
-            let pumped = match pumped {
-                Some(joined) => joined
-                    .map_err(|e| Error::Refused(format!("{what}: the reader stopped: {e}")))?,
-                None => {
-                    pump.abort();
-                    Ok(PumpEnd::Dropped)
-                }
-            };
+            let pumped = reader_end(pump, patched.is_ok(), what).await?;
             let failure = match (patched, pumped) {
                 (_, Err(failure)) => {
                     // The source failed for good: no point asking the destination more.
@@ -378,6 +362,68 @@ pub async fn upload_verified(
     result
 }
 
+/// How the reader of one upload attempt ended. After a failed upload request it may
+/// still be retrying its source; a reader that failed for good has already finished.
+async fn reader_end(
+    mut pump: tokio::task::JoinHandle<Result<PumpEnd>>,
+    upload_ok: bool,
+    what: &str,
+) -> Result<Result<PumpEnd>> {
+    let pumped = if upload_ok {
+        Some((&mut pump).await)
+    } else {
+        tokio::time::timeout(Duration::from_millis(200), &mut pump)
+            .await
+            .ok()
+    };
+    match pumped {
+        Some(joined) => {
+            joined.map_err(|e| Error::Refused(format!("{what}: the reader stopped: {e}")))
+        }
+        None => {
+            pump.abort();
+            Ok(Ok(PumpEnd::Dropped))
+        }
+    }
+}
+
+/// Time spent waiting on the source, and bytes it gave, in the current stall window;
+/// time spent waiting on the destination does not count against the source.
+#[derive(Default)]
+struct Window {
+    waited: Duration,
+    given: u64,
+}
+
+impl Window {
+    /// The next item of `body`; None once the source went quiet for the rest of the
+    /// window without having moved `STALL_BYTES` in it.
+    async fn next<S: futures_util::Stream + Unpin>(
+        &mut self,
+        body: &mut S,
+    ) -> Option<Option<S::Item>> {
+        loop {
+            let next = body.next();
+            tokio::pin!(next);
+            // Most chunks are already buffered: no timer for those.
+            if let Some(item) = (&mut next).now_or_never() {
+                return Some(item);
+            }
+            let started = Instant::now();
+            let item = tokio::time::timeout(STALL_WINDOW - self.waited, next)
+                .await
+                .ok();
+            self.waited += started.elapsed();
+            if item.is_none() && self.given >= STALL_BYTES {
+                // Quiet now, but the window as a whole moved enough.
+                *self = Window::default();
+                continue;
+            }
+            return item;
+        }
+    }
+}
+
 /// Streams the source blob from `from` into `sender`, resuming with Range GETs when the
 /// body breaks off or stalls, every byte through `verifier` before it is sent.
 async fn pump_source(
@@ -426,28 +472,9 @@ async fn pump_source(
             stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         let mut body = response.bytes_stream();
-        // Time spent waiting on the source, and bytes it gave, in this window; time
-        // spent waiting on the destination does not count against the source.
-        let (mut waited, mut given) = (Duration::ZERO, 0u64);
+        let mut window = Window::default();
         loop {
-            let next = body.next();
-            tokio::pin!(next);
-            // Most chunks are already buffered: no timer for those.
-            let item = match (&mut next).now_or_never() {
-                Some(item) => Some(item),
-                None => {
-                    let started = Instant::now();
-                    let item = tokio::time::timeout(STALL_WINDOW - waited, next).await.ok();
-                    waited += started.elapsed();
-                    if item.is_none() && given >= STALL_BYTES {
-                        // Quiet now, but the window as a whole moved enough.
-                        (waited, given) = (Duration::ZERO, 0);
-                        continue;
-                    }
-                    item
-                }
-            };
-            let chunk = match item {
+            let chunk = match window.next(&mut body).await {
                 Some(Some(Ok(chunk))) => chunk,
                 // Broke off, ended short, or went quiet: resume from `position`.
                 Some(Some(Err(_)) | None) | None => break,
@@ -467,15 +494,15 @@ async fn pump_source(
             stats
                 .bytes_copied
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            given += chunk.len() as u64;
+            window.given += chunk.len() as u64;
             if sender.send(Ok(chunk)).await.is_err() {
                 return Ok(PumpEnd::Dropped);
             }
-            if waited >= STALL_WINDOW {
-                if given < STALL_BYTES {
+            if window.waited >= STALL_WINDOW {
+                if window.given < STALL_BYTES {
                     break;
                 }
-                (waited, given) = (Duration::ZERO, 0);
+                window = Window::default();
             }
         }
         if position < size {
