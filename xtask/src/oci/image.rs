@@ -102,22 +102,27 @@ pub fn is_foreign(descriptor: &Descriptor) -> bool {
 
 /// `os/architecture[/variant]`.
 pub fn platform_name(platform: &Platform) -> String {
-    let mut name = format!("{}/{}", platform.os(), platform.architecture());
-    if let Some(variant) = platform.variant().as_deref().filter(|v| !v.is_empty()) {
-        name.push('/');
-        name.push_str(variant);
-    }
-    name
+    os_architecture(
+        &platform.os().to_string(),
+        &platform.architecture().to_string(),
+        platform.variant().as_deref(),
+    )
 }
 
 /// The platform of an image config, as `platform_name` writes it.
 pub fn config_platform(config: &ImageConfiguration) -> String {
-    let mut name = format!("{}/{}", config.os(), config.architecture());
-    if let Some(variant) = config.variant().as_deref().filter(|v| !v.is_empty()) {
-        name.push('/');
-        name.push_str(variant);
+    os_architecture(
+        &config.os().to_string(),
+        &config.architecture().to_string(),
+        config.variant().as_deref(),
+    )
+}
+
+fn os_architecture(os: &str, architecture: &str, variant: Option<&str>) -> String {
+    match variant.filter(|v| !v.is_empty()) {
+        Some(variant) => format!("{os}/{architecture}/{variant}"),
+        None => format!("{os}/{architecture}"),
     }
-    name
 }
 
 /// The runnable child of `index` for `platform`.
