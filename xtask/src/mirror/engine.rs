@@ -13,7 +13,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::naming::ImageRef;
 use crate::oci::image::{
-    descriptor_digest, referrer_digests, rewrite_index, subset, Descriptor, Document,
+    descriptor_digest, referrer_digests, rewrite_index, subset_positions, Descriptor, Document,
 };
 use crate::oci::registry::Client;
 pub use crate::oci::Registries;
@@ -192,7 +192,9 @@ impl Engine {
                 let children = index.manifests();
                 let (kept, bytes) = match platforms {
                     Some(platforms) => {
-                        let kept = subset(children, platforms);
+                        let positions = subset_positions(children, platforms);
+                        let kept: Vec<Descriptor> =
+                            positions.iter().map(|&i| children[i].clone()).collect();
                         if kept.is_empty() {
                             bail!(
                                 "{}@{digest} has none of the platforms {}",
@@ -200,7 +202,7 @@ impl Engine {
                                 platforms.join(", ")
                             );
                         }
-                        let rewritten = rewrite_index(&bytes, &kept)?;
+                        let rewritten = rewrite_index(&bytes, &positions)?;
                         (kept, rewritten)
                     }
                     None => (children.to_vec(), bytes),

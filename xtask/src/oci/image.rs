@@ -37,7 +37,11 @@ impl Document {
     /// `bytes` as an index (it lists `manifests`), an artifact (`blobs`, no config) or
     /// an image manifest; `what` names it in the error.
     pub fn parse(bytes: &[u8], what: &str) -> Result<Document> {
-        let invalid = |e: serde_json::Error| Error::Refused(format!("{what} is not valid: {e}"));
+        let invalid = |e: serde_json::Error| match bad_digest(bytes) {
+            // A digest is named in the words of `Digest::parse`, whatever oci-spec says.
+            Some(bad) => Error::Refused(format!("{what}: {bad}")),
+            None => Error::Refused(format!("{what} is not valid: {e}")),
+        };
         let shape: Shape = serde_json::from_slice(bytes).map_err(invalid)?;
         Ok(match shape {
             Shape {
@@ -94,6 +98,19 @@ impl Document {
     }
 }
 
+/// The first descriptor digest of a document that `Digest::parse` refuses.
+fn bad_digest(bytes: &[u8]) -> Option<Error> {
+    let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let lists = ["manifests", "layers", "blobs"]
+        .into_iter()
+        .filter_map(|key| json.get(key)?.as_array())
+        .flatten();
+    lists
+        .chain(json.get("config"))
+        .filter_map(|descriptor| descriptor.get("digest")?.as_str())
+        .find_map(|digest| Digest::parse(digest).err())
+}
+
 /// A layer a registry does not hold (Windows base layers): never copied.
 pub fn is_foreign(descriptor: &Descriptor) -> bool {
     let media_type = descriptor.media_type().to_string();
@@ -148,6 +165,15 @@ pub fn attestations_for(index: &ImageIndex, digest: &Digest) -> Vec<Descriptor> 
 /// The index entries of `children` for `platforms`, plus the attestation manifests that
 /// describe them, in index order.
 pub fn subset(children: &[Descriptor], platforms: &[String]) -> Vec<Descriptor> {
+    subset_positions(children, platforms)
+        .into_iter()
+        .map(|i| children[i].clone())
+        .collect()
+}
+
+/// Where `subset`'s entries are in `children`: two entries may share a digest (the same
+/// attestation for two platforms), so they are told apart by position.
+pub fn subset_positions(children: &[Descriptor], platforms: &[String]) -> Vec<usize> {
     let kept_digests: Vec<String> = children
         .iter()
         .filter(|c| {
@@ -157,30 +183,28 @@ pub fn subset(children: &[Descriptor], platforms: &[String]) -> Vec<Descriptor> 
         })
         .map(|c| c.digest().to_string())
         .collect();
-    children
-        .iter()
-        .filter(|c| {
-            let digest = c.digest().to_string();
-            kept_digests.contains(&digest)
-                || annotation(c, "vnd.docker.reference.digest")
+    (0..children.len())
+        .filter(|&i| {
+            let child = &children[i];
+            let platform = child.platform().as_ref().map(platform_name);
+            platform.is_some_and(|p| platforms.contains(&p))
+                || annotation(child, "vnd.docker.reference.digest")
                     .is_some_and(|d| kept_digests.iter().any(|k| k == d))
         })
-        .cloned()
         .collect()
 }
 
-/// The index `bytes` with only the entries of `kept`, each as written, every other field
-/// untouched. A `--platform` subset is a new index by design; this is the one place an
-/// index is written again.
-pub fn rewrite_index(bytes: &[u8], kept: &[Descriptor]) -> Result<Bytes> {
+/// The index `bytes` with only its entries at `kept` (positions, as `subset_positions`
+/// gives them), each as written, every other field untouched. A `--platform` subset is a
+/// new index by design; this is the one place an index is written again.
+pub fn rewrite_index(bytes: &[u8], kept: &[usize]) -> Result<Bytes> {
     let mut json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::Refused(format!("the index is not JSON: {e}")))?;
-    let keep: Vec<String> = kept.iter().map(|d| d.digest().to_string()).collect();
     if let Some(entries) = json.get_mut("manifests").and_then(|m| m.as_array_mut()) {
-        entries.retain(|e| {
-            e.get("digest")
-                .and_then(|d| d.as_str())
-                .is_some_and(|d| keep.iter().any(|k| k == d))
+        let mut position = 0;
+        entries.retain(|_| {
+            position += 1;
+            kept.contains(&(position - 1))
         });
     }
     let bytes = serde_json::to_vec_pretty(&json)
@@ -477,7 +501,8 @@ mod tests {
                 {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("c"),
                  "platform": {"os": "unknown", "architecture": "unknown"},
                  "annotations": {"vnd.docker.reference.digest": digest("a")}},
-                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("d"),
+                // The same attestation for the other platform: one digest, two entries.
+                {"mediaType": media::OCI_MANIFEST, "size": 1, "digest": digest("c"),
                  "platform": {"os": "unknown", "architecture": "unknown"},
                  "annotations": {"vnd.docker.reference.digest": digest("b")}},
             ]
@@ -487,10 +512,28 @@ mod tests {
         let kept = subset(document.children(), &["linux/amd64".into()]);
         let kept_digests: Vec<String> = kept.iter().map(|c| c.digest().to_string()).collect();
         assert_eq!(kept_digests, [digest("a"), digest("c")]);
+        let positions = subset_positions(document.children(), &["linux/amd64".into()]);
         let rewritten: serde_json::Value =
-            serde_json::from_slice(&rewrite_index(&bytes, &kept).unwrap()).unwrap();
+            serde_json::from_slice(&rewrite_index(&bytes, &positions).unwrap()).unwrap();
         assert_eq!(rewritten["x-extra"], "kept");
         assert_eq!(rewritten["manifests"].as_array().unwrap().len(), 2);
         assert_eq!(rewritten["manifests"][0]["x-field"], 1);
+    }
+
+    #[test]
+    fn a_bad_digest_is_named_in_our_words() {
+        let escaping = format!(
+            "sha256:{}/../../other/repo/manifests/latest",
+            "a".repeat(64)
+        );
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": media::OCI_MANIFEST, "size": 2, "digest": escaping}]});
+        let error = Document::parse(&serde_json::to_vec(&index).unwrap(), "index x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("is not a digest: sha256 needs 64 lower-case hex digits"),
+            "{error}"
+        );
     }
 }
