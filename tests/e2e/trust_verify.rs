@@ -10,8 +10,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-const ISSUER: &str = "https://issuer.example.com";
-const IDENTITY: &str = "release@example.com";
+pub(crate) const ISSUER: &str = "https://issuer.example.com";
+pub(crate) const IDENTITY: &str = "release@example.com";
 /// `cosign sign` with key `c` and the local CA's certificate for it (see `local_ca`).
 const CERTIFICATE: [&str; 6] = [
     "--key",
@@ -23,7 +23,7 @@ const CERTIFICATE: [&str; 6] = [
 ];
 
 /// cosign with the keys' password, in `dir`; fails the test on error.
-fn cosign(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn cosign(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("cosign")
         .args(args)
         .current_dir(dir)
@@ -41,12 +41,12 @@ fn cosign(dir: &Path, args: &[&str]) -> String {
 }
 
 /// `dir/NAME.key` and `dir/NAME.pub`.
-fn key_pair(dir: &Path, name: &str) {
+pub(crate) fn key_pair(dir: &Path, name: &str) {
     cosign(dir, &["generate-key-pair", "--output-key-prefix", name]);
 }
 
 /// Signs `registry/repository:v1` by digest, as a release would, with no transparency log.
-fn sign(dir: &Path, reference: &str, extra: &[&str]) -> String {
+pub(crate) fn sign(dir: &Path, reference: &str, extra: &[&str]) -> String {
     let (digest, _) = raw_digest(reference);
     let repository = reference.rsplit_once(':').unwrap().0;
     let pinned = format!("{repository}@{digest}");
@@ -112,7 +112,7 @@ fn get(registry: &Registry, path: &str) -> Vec<u8> {
 
 /// A local CA and a code-signing certificate for `NAME.pub`, naming IDENTITY and ISSUER
 /// as Fulcio does (both issuer extensions).
-fn local_ca(dir: &Path, name: &str) {
+pub(crate) fn local_ca(dir: &Path, name: &str) {
     // Paths in a temporary folder have no spaces: one string per command reads best.
     let openssl = |args: String| {
         let args: Vec<&str> = args.split_whitespace().collect();
@@ -590,7 +590,7 @@ fn an_index_signed_without_its_children_is_refused_until_they_are_signed() {
     assert_eq!(raw_digest(&format!("{to}/index/app:v1")).0, digest);
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
@@ -607,7 +607,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// The DER bytes of every PEM certificate in `pem`.
-fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+pub(crate) fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
     let mut ders = Vec::new();
     for block in pem.split("-----BEGIN CERTIFICATE-----").skip(1) {
         let body = block.split("-----END").next().unwrap();
@@ -629,7 +629,7 @@ fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
 }
 
 /// A sigstore trusted_root.json naming `ca` (PEM) as Fulcio and `rekor` (DER SPKI) as Rekor.
-fn trusted_root(ca: &str, rekor: &[u8]) -> String {
+pub(crate) fn trusted_root(ca: &str, rekor: &[u8]) -> String {
     let certs: Vec<serde_json::Value> = pem_ders(ca)
         .iter()
         .map(|der| serde_json::json!({"rawBytes": base64(der)}))

@@ -2,6 +2,7 @@
 
 pub mod keys;
 pub mod root;
+pub mod bundle;
 pub mod verify;
 
 pub use verify::*;
