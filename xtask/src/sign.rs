@@ -318,8 +318,13 @@ impl Trust {
                     anyhow::Ok(client.head_manifest(repository, &tag).await?.is_none())
                 }
             };
-            let sign =
-                self.sign && (subject.fresh || missing(subject.digest.clone(), "sig").await?);
+            // cosign 2 writes a `.sig` tag, cosign 3 a bundle referrer: either means signed.
+            let remote = crate::trust::image::Remote {
+                registry: &client,
+                repository,
+            };
+            let signed = crate::trust::image::looks_signed(&remote, &subject.digest);
+            let sign = self.sign && (subject.fresh || !signed.await?);
             let mut sboms = Vec::new();
             if self.sbom {
                 for (platform, digest) in

@@ -95,7 +95,17 @@ pub async fn platform_images(
     Ok(images)
 }
 
-fn is_attestation(descriptor: &Descriptor) -> bool {
+/// Whether a manifest's bytes are an index (it lists manifests) rather than an image.
+pub fn is_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| p.manifests.is_some())
+}
+
+/// An attestation manifest (BuildKit's `unknown/unknown` entries), not a runnable image.
+pub fn is_attestation(descriptor: &Descriptor) -> bool {
     let unknown = descriptor
         .platform()
         .as_ref()

@@ -185,7 +185,13 @@ pub fn check(policy: &Policy, digest: &Digest, bytes: &[u8]) -> Result<String, S
     for signature in envelope.signatures.iter().take(MAX_SIGNATURES) {
         let signature = base64("signature", &signature.sig)?;
         let tlog = |root: &TrustedRoot, cert: &Certificate| {
-            entry(root, &bundle.verification_material, &payload, &signature, cert)
+            entry(
+                root,
+                &bundle.verification_material,
+                &payload,
+                &signature,
+                cert,
+            )
         };
         let signed = Signed {
             message: &message,
@@ -246,8 +252,8 @@ fn entry(
             log_index,
             log_id: hex::encode(base64("logId", &raw.log_id.key_id)?),
         };
-        let checked = root::verify_set(root, &entry, &promise.signed_entry_timestamp)
-            .and_then(|verified| {
+        let checked =
+            root::verify_set(root, &entry, &promise.signed_entry_timestamp).and_then(|verified| {
                 let body = root::decode_body(&entry)?;
                 root::dsse_body_matches(&body, payload, signature, cert)?;
                 Ok(verified)
@@ -378,8 +384,7 @@ mod tests {
         let other = Digest::of_sha256(b"other");
         let mut tampered: serde_json::Value =
             serde_json::from_slice(&bundle(&statement(&digest, SIGN_PREDICATE), &key(3))).unwrap();
-        tampered["dsseEnvelope"]["payload"] =
-            b64(&statement(&other, SIGN_PREDICATE)).into();
+        tampered["dsseEnvelope"]["payload"] = b64(&statement(&other, SIGN_PREDICATE)).into();
         for (bytes, want) in [
             (
                 bundle(&statement(&digest, SIGN_PREDICATE), &key(4)),

@@ -345,10 +345,14 @@ pub fn dsse_body_matches(
         v.as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
     };
-    let recorded = spec["signatures"].as_array().into_iter().flatten().any(|s| {
-        decode(&s["signature"]).as_deref() == Some(signature)
-            && decode(&s["verifier"]).is_some_and(|pem| same_signer(&pem, leaf))
-    });
+    let recorded = spec["signatures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            decode(&s["signature"]).as_deref() == Some(signature)
+                && decode(&s["verifier"]).is_some_and(|pem| same_signer(&pem, leaf))
+        });
     if !recorded {
         return bad("is for another signature, certificate or key");
     }

@@ -57,17 +57,6 @@ pub enum Shape {
     All,
 }
 
-impl Shape {
-    pub fn name(self) -> &'static str {
-        match self {
-            Shape::Either => "either",
-            Shape::Index => "index",
-            Shape::Platforms => "platforms",
-            Shape::All => "all",
-        }
-    }
-}
-
 /// What a policy asks of one image.
 #[derive(Debug)]
 pub enum Rule {
@@ -469,7 +458,9 @@ pub(super) fn signer(
     }
     let why = |e: anyhow::Error| Some(format!("{e:#}"));
     match &identity.anchors {
-        Anchors::Chain(roots, name) => keys::verify_chain_at(cert, roots, None, name).map_err(why)?,
+        Anchors::Chain(roots, name) => {
+            keys::verify_chain_at(cert, roots, None, name).map_err(why)?
+        }
         Anchors::Root(root) => {
             let entry = tlog(root, cert).map_err(Some)?;
             let authorities = root.authorities_at(entry.time);
