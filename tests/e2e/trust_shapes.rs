@@ -666,3 +666,69 @@ fn signatures_and_bundles_travel_through_save_and_load() {
         );
     }
 }
+
+/// cosign 3 attests as it signs, with a bundle referrer: `images sbom` reads an SPDX
+/// attestation stored that way (cosign 2.5 writes the shape with --new-bundle-format).
+#[test]
+fn sbom_reads_an_spdx_attestation_stored_as_a_bundle() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let src = Registry::plain();
+    let keys = tempfile::tempdir().unwrap();
+    let dir = keys.path();
+    key_pair(dir, "a");
+    seed(&src.addr, &["sbom/app"]);
+    let image = format!("{}/sbom/app:v1", src.addr);
+    let (_, index) = raw_digest(&image);
+    let amd64 = &platform_digests(&index)[0];
+    let document = serde_json::json!({"spdxVersion": "SPDX-2.3", "SPDXID": "SPDXRef-DOCUMENT",
+        "name": "app", "dataLicense": "CC0-1.0",
+        "packages": [{"name": "bundled-tool", "SPDXID": "SPDXRef-1", "versionInfo": "4.2.0"}]});
+    fs::write(dir.join("sbom.json"), document.to_string()).unwrap();
+    let missing = xtask(&["images", "sbom", &image, "--platform", "linux/amd64"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("no SPDX bundle referrer"),
+        "{}",
+        text(&missing.stderr)
+    );
+    cosign(
+        dir,
+        &[
+            "attest",
+            "--yes",
+            "--new-bundle-format",
+            "--key",
+            "a.key",
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--type",
+            "spdxjson",
+            "--predicate",
+            "sbom.json",
+            &format!("{}/sbom/app@{amd64}", src.addr),
+        ],
+    );
+    let tags = src.tags();
+    assert!(
+        !tags.iter().any(|t| t.ends_with(".att")),
+        "the attestation is a bundle referrer, not a .att tag: {tags:?}"
+    );
+    let out = xtask(&[
+        "images",
+        "sbom",
+        &image,
+        "--platform",
+        "linux/amd64",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bundled-tool" && p["version"] == "4.2.0"),
+        "{report}"
+    );
+}

@@ -145,6 +145,21 @@ fn base64(what: &str, value: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("its bundle's {what} is not base64"))
 }
 
+/// The DSSE envelope of a bundle, as JSON bytes (an SBOM attestation's, for reading).
+pub fn envelope(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Outer {
+        dsse_envelope: Option<serde_json::Value>,
+    }
+    let outer: Outer = serde_json::from_slice(bytes)
+        .map_err(|e| format!("a Sigstore bundle does not parse: {e}"))?;
+    let envelope = outer
+        .dsse_envelope
+        .ok_or_else(|| "a Sigstore bundle holds no DSSE envelope".to_string())?;
+    serde_json::to_vec(&envelope).map_err(|e| e.to_string())
+}
+
 /// The signer, when `bytes` is a bundle the policy accepts as a cosign signature of
 /// `digest`; otherwise the most telling reason.
 pub fn check(policy: &Policy, digest: &Digest, bytes: &[u8]) -> Result<String, String> {

@@ -104,6 +104,41 @@ pub async fn looks_signed(source: &impl SignatureSource, digest: &Digest) -> Res
     Ok(false)
 }
 
+/// The DSSE envelopes of the bundle referrers of `digest` that announce `predicate`,
+/// newest last, unverified (what an SBOM reader shows, as it shows `.att` layers).
+pub async fn bundle_envelopes(
+    source: &impl SignatureSource,
+    digest: &Digest,
+    predicate: &str,
+) -> Result<Vec<Vec<u8>>> {
+    let mut found = Vec::new();
+    for referrer in referrers(source, digest).await?.0 {
+        let bytes = source.manifest(&referrer).await?;
+        let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes) else {
+            continue;
+        };
+        let announced = manifest.annotations().as_ref().and_then(|a| {
+            a.get("dev.sigstore.bundle.predicateType")
+                .map(|p| p == predicate)
+        });
+        let layer = manifest
+            .layers()
+            .first()
+            .filter(|l| bundle::is_bundle(l.media_type().as_ref()));
+        if let (Some(true), Some(layer)) = (announced, layer) {
+            if layer.size() > bundle::MAX_BUNDLE_BYTES * 64 {
+                bail!("a Sigstore bundle of {} bytes; refusing it", layer.size());
+            }
+            let digest = Digest::parse(layer.digest().as_ref())?;
+            let bytes = source
+                .small_blob(&digest, bundle::MAX_BUNDLE_BYTES * 64)
+                .await?;
+            found.push(bundle::envelope(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+    }
+    Ok(found)
+}
+
 /// What the check found: the tags that carry verified signatures (to copy as they were
 /// when checked) and a line for the summary.
 #[derive(Debug, Clone, Default)]
