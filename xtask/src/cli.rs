@@ -436,6 +436,11 @@ pub struct TrustArgs {
     /// --certificate-oidc-issuer. SCTs and timestamp authorities are not checked.
     #[arg(long, value_name = "FILE")]
     pub trusted_root: Option<PathBuf>,
+    /// Which digests must carry a signature: the copied one or else every platform
+    /// manifest (`either`), the copied one (`index`), every platform manifest
+    /// (`platforms`), or all of them (`all`).
+    #[arg(long, value_name = "RULE")]
+    pub signed: Option<crate::trust::Shape>,
 }
 
 impl TrustArgs {
@@ -448,6 +453,7 @@ impl TrustArgs {
             issuer_regexp: self.certificate_oidc_issuer_regexp.clone(),
             certificate_chain: self.certificate_chain.clone(),
             trusted_root: self.trusted_root.clone(),
+            signed: self.signed,
             skip: None,
         }
     }

@@ -25,7 +25,7 @@ use crate::text::printable;
 
 const SPDX_PREDICATE: &str = "https://spdx.dev/Document";
 const DSSE_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
-const IN_TOTO: &str = "application/vnd.in-toto+json";
+use crate::trust::bundle::IN_TOTO;
 /// An SBOM is read whole to be parsed; a big image's is a few MiB.
 const MAX_ATTESTATION_BYTES: u64 = 128 << 20;
 
@@ -255,13 +255,23 @@ async fn attestation(client: &Client, repository: &Repository, digest: &Digest) 
     let tag = cosign_tag(digest, "att")?;
     let not_found = || {
         anyhow!(
-            "no SBOM attestation ({tag} is missing): build with --push --sbom, or attach one with \
+            "no SBOM attestation ({tag} is missing, and no SPDX bundle referrer): build with --push --sbom, or attach one with \
              `cosign attest --type spdxjson`"
         )
     };
     let pointer = Reference::Tag(tag.clone());
     if client.head_manifest(repository, &pointer).await?.is_none() {
-        return Err(not_found());
+        // cosign 3 stores attestations as Sigstore bundle referrers, not `.att` tags.
+        let remote = crate::trust::image::Remote {
+            registry: client,
+            repository,
+        };
+        let envelopes =
+            crate::trust::image::bundle_envelopes(&remote, digest, SPDX_PREDICATE).await?;
+        let Some(envelope) = envelopes.last() else {
+            return Err(not_found());
+        };
+        return document(envelope, digest).context("its SPDX attestation bundle");
     }
     let (bytes, _) = client.get_manifest(repository, &pointer).await?;
     let manifest = Document::parse(&bytes, &tag.to_string())?;

@@ -220,7 +220,7 @@ impl Trust {
                 args.extend(["--certificate-chain".into(), chain.display().to_string()]);
             }
             if !self.tlog {
-                args.push("--tlog-upload=false".into());
+                args.extend(without_tlog(cosign_has_signing_config()));
             }
         }
         if self.relaxed(at) {
@@ -316,8 +316,13 @@ impl Trust {
                     anyhow::Ok(client.head_manifest(repository, &tag).await?.is_none())
                 }
             };
-            let sign =
-                self.sign && (subject.fresh || missing(subject.digest.clone(), "sig").await?);
+            // cosign 2 writes a `.sig` tag, cosign 3 a bundle referrer: either means signed.
+            let remote = crate::trust::image::Remote {
+                registry: &client,
+                repository,
+            };
+            let signed = crate::trust::image::looks_signed(&remote, &subject.digest);
+            let sign = self.sign && (subject.fresh || !signed.await?);
             let mut sboms = Vec::new();
             if self.sbom {
                 for (platform, digest) in
@@ -366,6 +371,45 @@ impl Trust {
     }
 }
 
+/// Whether this cosign signs through a signing config (cosign 3), where
+/// `--tlog-upload=false` is refused; asked once, from its help (Debian's cosign reports
+/// its version as "devel").
+fn cosign_has_signing_config() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        Command::new("cosign")
+            .args(["sign", "--help"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--use-signing-config"))
+    })
+}
+
+/// A signing config naming no transparency log, Fulcio or timestamp authority: what
+/// cosign 3 takes instead of `--tlog-upload=false` (sigstore/cosign#4778, #5043).
+const NO_TLOG_SIGNING_CONFIG: &str = r#"{"mediaType":"application/vnd.dev.sigstore.signingconfig.v0.2+json","rekorTlogConfig":{},"tsaConfig":{}}"#;
+
+/// The flags that keep a key's signature out of Rekor, for cosign 2 or cosign 3.
+fn without_tlog(signing_config: bool) -> Vec<String> {
+    if !signing_config {
+        return vec!["--tlog-upload=false".into()];
+    }
+    static FILE: std::sync::OnceLock<Option<tempfile::TempPath>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let file = tempfile::Builder::new()
+            .prefix("cosign-signing-config-")
+            .suffix(".json")
+            .tempfile()
+            .ok()?;
+        std::fs::write(file.path(), NO_TLOG_SIGNING_CONFIG).ok()?;
+        Some(file.into_temp_path())
+    });
+    match file {
+        Some(path) => vec!["--signing-config".into(), path.display().to_string()],
+        None => vec!["--tlog-upload=false".into()],
+    }
+}
+
 fn cosign_line(args: &[String]) -> String {
     format!("cosign {}", shell_words(args))
 }
@@ -403,6 +447,17 @@ mod tests {
             .trust(Pushing::No, &[])
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn cosign_3_keeps_a_key_signature_out_of_rekor_with_a_signing_config() {
+        assert_eq!(without_tlog(false), ["--tlog-upload=false"]);
+        let flags = without_tlog(true);
+        assert_eq!(flags[0], "--signing-config");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&flags[1]).unwrap()).unwrap();
+        assert_eq!(config["rekorTlogConfig"], serde_json::json!({}));
+        assert!(config.get("fulcio").is_none() && config.get("caUrls").is_none());
     }
 
     #[test]

@@ -732,9 +732,12 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
     let refused = match rule {
         Some(rule) => {
             let path = args.bundle.clone();
-            tokio::task::spawn_blocking(move || super::bundle_verify::check_bundle(&path, &rule))
-                .await?
-                .with_context(|| args.bundle.display().to_string())?
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                super::bundle_verify::check_bundle(&path, &rule, &handle)
+            })
+            .await?
+            .with_context(|| args.bundle.display().to_string())?
         }
         None => Default::default(),
     };

@@ -9,16 +9,14 @@ use std::io::BufReader;
 use std::path::Path;
 
 use crate::naming::{has_host, ImageRef};
-use crate::oci::image::{descriptor_digest, Document};
 use crate::oci::layout::{
     classify, folder_file, read_document, Member, Members, Skipping, CONTAINERD_NAME, REF_NAME,
 };
-use crate::oci::Digest;
+use crate::oci::{Digest, Tag};
 use crate::text::printable;
-use crate::trust::{self, Layer, Policy, Rule};
-
-/// Manifests checked below one image; far beyond any real index.
-const MAX_MANIFESTS: usize = 1000;
+use crate::trust::{self, Rule};
+use bytes::Bytes;
+use std::cell::RefCell;
 
 /// index.json entries (name, digest) that must not be loaded, and one line per refusal.
 #[derive(Default)]
@@ -38,22 +36,31 @@ pub(super) fn entry_name(annotations: Option<&HashMap<String, String>>) -> Optio
         .map(String::from)
 }
 
-/// A cosign attachment tag (`sha256-<hex>.sig/.att/.sbom`): not an image of its own.
-fn is_attachment(name: &str) -> bool {
+/// A cosign attachment tag (`sha256-<hex>.sig/.att/.sbom`, or the referrers fallback
+/// `sha256-<hex>`): not an image of its own. The hex, when it is one.
+fn attachment_of(name: &str) -> Option<&str> {
     let tag = name.rsplit_once(':').map_or("", |(_, t)| t);
-    ["sig", "att", "sbom"].iter().any(|suffix| {
-        tag.strip_suffix(suffix)
-            .and_then(|t| t.strip_suffix('.'))
-            .and_then(|t| t.strip_prefix("sha256-"))
-            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-    })
+    let hex = tag.strip_prefix("sha256-")?;
+    let hex = [".sig", ".att", ".sbom"]
+        .iter()
+        .find_map(|suffix| hex.strip_suffix(suffix))
+        .unwrap_or(hex);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
-pub(super) fn check_bundle(path: &Path, rule: &Rule) -> Result<Refused> {
+fn is_attachment(name: &str) -> bool {
+    attachment_of(name).is_some()
+}
+
+pub(super) fn check_bundle(
+    path: &Path,
+    rule: &Rule,
+    handle: &tokio::runtime::Handle,
+) -> Result<Refused> {
     let Rule::Signed(policy) = rule else {
         return Ok(Refused::default());
     };
-    let (mut members, index) = open(path)?;
+    let (members, index) = open(path)?;
     let index: oci_spec::image::ImageIndex = serde_json::from_slice(&index)
         .map_err(|e| anyhow!("index.json is not an OCI image index: {e}"))?;
     let mut entries = Vec::new();
@@ -65,6 +72,7 @@ pub(super) fn check_bundle(path: &Path, rule: &Rule) -> Result<Refused> {
         .iter()
         .filter_map(|(n, d)| n.as_deref().map(|n| (n, d)))
         .collect();
+    let members = RefCell::new(members);
     let mut refused = Refused::default();
     for (name, digest) in &entries {
         // Referrers (`REPO@digest`) and signatures go with the image they belong to.
@@ -74,50 +82,102 @@ pub(super) fn check_bundle(path: &Path, rule: &Rule) -> Result<Refused> {
         {
             continue;
         }
-        let mut tree = BTreeSet::new();
-        let verdict = match name.as_deref().filter(|n| has_host(n)) {
-            None => Err("it is named without a registry host, so the repository its signature claims cannot be checked".to_string()),
-            Some(n) => {
-                let source = ImageRef::parse(n).map_err(|e| anyhow!("{}", printable(&e.to_string())))?;
-                check_image(&mut members, &by_name, &source, digest, policy, &mut tree)?
-            }
-        };
         let shown = name
             .as_deref()
             .map_or_else(|| digest.to_string(), printable);
-        match verdict {
-            Ok(note) => eprintln!("verified {shown} ({note})"),
+        let Some(source) = name.as_deref().filter(|n| has_host(n)) else {
+            refused.refuse(&entries, name, digest, &[], format!("REFUSED  {shown}: it is named without a registry host, so the repository its signature claims cannot be checked"));
+            continue;
+        };
+        let source =
+            ImageRef::parse(source).map_err(|e| anyhow!("{}", printable(&e.to_string())))?;
+        let store = Archived {
+            members: &members,
+            by_name: &by_name,
+            repository: format!("{}/{}", source.registry, source.repository),
+        };
+        match handle.block_on(trust::image::check(&store, &source, digest, None, policy))? {
+            Ok(verdict) => eprintln!("verified {shown} ({})", verdict.note),
             Err(why) => {
-                refused.lines.push(format!("REFUSED  {shown}: {why}"));
-                refused.entries.insert((name.clone(), digest.clone()));
-                // Its signatures (of any manifest of its tree) stay behind with it.
-                tree.insert(digest.clone());
-                let tags: BTreeSet<String> = tree
-                    .iter()
-                    .map(|d| d.as_str().replacen(':', "-", 1))
-                    .collect();
-                // Only this repository's: another image may share the same manifests.
-                let repository = name
-                    .as_deref()
-                    .and_then(|n| n.rsplit_once(':'))
-                    .map(|(r, _)| r);
-                for (other, d) in &entries {
-                    let tag = other
-                        .as_deref()
-                        .filter(|o| is_attachment(o))
-                        .and_then(|o| o.rsplit_once(':'));
-                    if tag.is_some_and(|(r, t)| {
-                        Some(r) == repository
-                            && t.rsplit_once('.')
-                                .is_some_and(|(hex, _)| tags.contains(hex))
-                    }) {
-                        refused.entries.insert((other.clone(), d.clone()));
-                    }
-                }
+                let tree = handle.block_on(trust::image::manifests(&store, digest))?;
+                refused.refuse(
+                    &entries,
+                    name,
+                    digest,
+                    &tree,
+                    format!("REFUSED  {shown}: {why}"),
+                );
             }
         }
     }
     Ok(refused)
+}
+
+impl Refused {
+    /// Leaves out the image and its signatures (of any manifest of its tree); only
+    /// this repository's, since another image may share the same manifests.
+    fn refuse(
+        &mut self,
+        entries: &[(Option<String>, Digest)],
+        name: &Option<String>,
+        digest: &Digest,
+        tree: &[Digest],
+        line: String,
+    ) {
+        self.lines.push(line);
+        self.entries.insert((name.clone(), digest.clone()));
+        let hexes: BTreeSet<&str> = tree.iter().chain([digest]).map(|d| d.hex()).collect();
+        let repository = name
+            .as_deref()
+            .and_then(|n| n.rsplit_once(':'))
+            .map(|(r, _)| r);
+        for (other, d) in entries {
+            let Some(other_name) = other.as_deref() else {
+                continue;
+            };
+            let same_repository = other_name.rsplit_once(':').map(|(r, _)| r) == repository;
+            if same_repository && attachment_of(other_name).is_some_and(|h| hexes.contains(h)) {
+                self.entries.insert((other.clone(), d.clone()));
+            }
+        }
+    }
+}
+
+/// A bundle file, as the signature check reads it: tags are its index.json names.
+struct Archived<'a> {
+    members: &'a RefCell<Members>,
+    by_name: &'a BTreeMap<&'a str, &'a Digest>,
+    /// `registry/repository` of the image checked.
+    repository: String,
+}
+
+impl Archived<'_> {
+    fn read(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
+        match read(&mut self.members.borrow_mut(), digest, limit)? {
+            Some(bytes) => Ok(Bytes::from(bytes)),
+            None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
+        }
+    }
+}
+
+impl trust::image::SignatureSource for Archived<'_> {
+    async fn manifest(&self, digest: &Digest) -> Result<Bytes> {
+        self.read(digest, crate::oci::registry::MAX_MANIFEST_BYTES)
+    }
+
+    async fn tag(&self, tag: &Tag) -> Result<Option<Digest>> {
+        let name = format!("{}:{tag}", self.repository);
+        Ok(self.by_name.get(name.as_str()).map(|d| (*d).clone()))
+    }
+
+    async fn referrers(&self, _digest: &Digest) -> Result<Option<Vec<Digest>>> {
+        // A bundle keeps referrers as the fallback index tag, as on a registry without the API.
+        Ok(None)
+    }
+
+    async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
+        self.read(digest, limit)
+    }
 }
 
 /// The members of a tar (by offset) or a folder, and index.json's bytes.
@@ -168,78 +228,6 @@ fn read(members: &mut Members, digest: &Digest, limit: u64) -> Result<Option<Vec
     Ok(Some(bytes))
 }
 
-/// Ok(Ok(note)) when the image and every manifest below it carry a signature the policy
-/// accepts; Ok(Err(why)) when refused.
-fn check_image(
-    members: &mut Members,
-    by_name: &BTreeMap<&str, &Digest>,
-    source: &ImageRef,
-    top: &Digest,
-    policy: &Policy,
-    seen: &mut BTreeSet<Digest>,
-) -> Result<Result<String, String>> {
-    let repository = format!("{}/{}", source.registry, source.repository);
-    let mut signers = Vec::new();
-    let mut stack = vec![("image", top.clone())];
-    while let Some((what, digest)) = stack.pop() {
-        if !seen.insert(digest.clone()) {
-            continue;
-        }
-        if seen.len() > MAX_MANIFESTS {
-            bail!("{repository} has more than {MAX_MANIFESTS} manifests; refusing it");
-        }
-        let Some(bytes) = read(members, &digest, crate::oci::registry::MAX_MANIFEST_BYTES)? else {
-            bail!("manifest {digest} is not in the bundle; it is incomplete: write it again");
-        };
-        let document = Document::parse(&bytes, &format!("manifest {digest}"))?;
-        let what = if what == "image" && matches!(document, Document::Index(_)) {
-            "the index"
-        } else {
-            what
-        };
-        for child in document.children() {
-            let child =
-                descriptor_digest(child).with_context(|| format!("an entry of index {digest}"))?;
-            stack.push(("its manifest", child));
-        }
-        let refuse = |why: String| Ok(Err(format!("{what} {digest}: {why}")));
-        let Some(tag) = trust::signature_tag(&digest) else {
-            return refuse("cosign has no signature tag for a sha512 digest".into());
-        };
-        let Some(signature) = by_name.get(format!("{repository}:{tag}").as_str()) else {
-            return refuse(format!("unsigned (no {tag} in the bundle)"));
-        };
-        let Some(manifest) = read(members, signature, crate::oci::registry::MAX_MANIFEST_BYTES)?
-        else {
-            bail!("manifest {signature} is not in the bundle; it is incomplete: write it again");
-        };
-        let layers = match trust::signature_layers(&manifest) {
-            Ok(layers) => layers,
-            Err(e) => return refuse(format!("{tag}: {e:#}")),
-        };
-        let mut read_layers = Vec::new();
-        for (layer, _, annotations) in layers {
-            let Some(payload) = read(members, &layer, trust::MAX_PAYLOAD_BYTES)? else {
-                return refuse(format!("{tag}: its payload {layer} is not in the bundle"));
-            };
-            read_layers.push(Layer {
-                payload,
-                annotations,
-            });
-        }
-        match trust::check(policy, &digest, source, &read_layers) {
-            Ok(signer) if !signers.contains(&signer) => signers.push(signer),
-            Ok(_) => {}
-            Err(why) => return refuse(why),
-        }
-    }
-    Ok(Ok(format!(
-        "{} manifests signed by {}",
-        seen.len(),
-        signers.join(", ")
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +239,10 @@ mod tests {
         assert!(is_attachment(&format!("r.example:5000/a:sha256-{hex}.att")));
         assert!(!is_attachment("r.example/a:v1"));
         assert!(!is_attachment("r.example/a:sha256-abc.sig"));
+        assert_eq!(
+            attachment_of(&format!("r.example/a:sha256-{hex}")),
+            Some(hex.as_str())
+        );
+        assert!(!is_attachment("r.example/a:sha256-abc"));
     }
 }

@@ -373,16 +373,18 @@ impl Engine {
 }
 
 /// Signatures and attestations that live beside an image, as (tag, digest): cosign's
-/// `sha256-<hex>.{sig,att,sbom}` tags, then OCI 1.1 referrers (no tag).
+/// `sha256-<hex>.{sig,att,sbom}` tags and the referrers fallback index `sha256-<hex>`
+/// (cosign 3's bundles on a registry without the referrers API), then OCI 1.1
+/// referrers (no tag).
 pub async fn attached(
     registry: &Client,
     repository: &Repository,
     digest: &Digest,
 ) -> Result<Vec<(Option<Tag>, Digest)>> {
     let mut found = Vec::new();
-    for suffix in ["sig", "att", "sbom"] {
+    for suffix in [".sig", ".att", ".sbom", ""] {
         // A sha512 digest makes a name longer than any tag may be: no such tag can exist.
-        let name = format!("{}.{suffix}", digest.as_str().replacen(':', "-", 1));
+        let name = format!("{}{suffix}", digest.as_str().replacen(':', "-", 1));
         let Ok(tag) = Tag::parse(&name) else {
             continue;
         };

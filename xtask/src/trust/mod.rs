@@ -1,5 +1,7 @@
 //! Trust: who signed an image, checked before anything is written.
 
+pub mod bundle;
+pub mod image;
 pub mod keys;
 pub mod root;
 pub mod verify;

@@ -264,7 +264,18 @@ pub fn verify_entry(
     }
     let bundle: Bundle = serde_json::from_str(bundle)
         .map_err(|e| format!("its Rekor bundle does not parse: {e}"))?;
-    let entry = &bundle.payload;
+    let entry = verify_set(root, &bundle.payload, &bundle.signed_entry_timestamp)?;
+    body_matches(&decode_body(&bundle.payload)?, payload, signature, leaf)?;
+    Ok(entry)
+}
+
+/// The SET of `entry` verifies under a log of `root` valid at the entry's time. Says
+/// nothing yet of what the entry is for: the caller checks its body.
+pub fn verify_set(
+    root: &TrustedRoot,
+    entry: &BundlePayload,
+    signed_entry_timestamp: &str,
+) -> Result<Entry, String> {
     let time = entry.time().ok_or_else(|| {
         format!(
             "its Rekor entry has integratedTime {}",
@@ -287,7 +298,7 @@ pub fn verify_entry(
         ));
     }
     let set = base64::engine::general_purpose::STANDARD
-        .decode(bundle.signed_entry_timestamp.trim())
+        .decode(signed_entry_timestamp.trim())
         .map_err(|_| "its Rekor SignedEntryTimestamp is not base64".to_string())?;
     if !log.key.verify_sha256(&entry.canonical(), &set) {
         return Err(
@@ -295,11 +306,74 @@ pub fn verify_entry(
                 .to_string(),
         );
     }
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(entry.body.trim())
-        .map_err(|_| "its Rekor entry's body is not base64".to_string())?;
-    body_matches(&body, payload, signature, leaf)?;
     Ok(Entry { time })
+}
+
+pub fn decode_body(entry: &BundlePayload) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(entry.body.trim())
+        .map_err(|_| "its Rekor entry's body is not base64".to_string())
+}
+
+/// A `dsse` v0.0.1 entry for this envelope's payload and signature, by `leaf`'s key.
+pub fn dsse_body_matches(
+    body: &[u8],
+    payload: &[u8],
+    signature: &[u8],
+    leaf: &Certificate,
+) -> Result<(), String> {
+    use sha2::Digest as _;
+    let bad = |why: &str| Err(format!("its Rekor entry {why}"));
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return bad("is not JSON");
+    };
+    let kind = json["kind"].as_str().unwrap_or_default();
+    if kind != "dsse" || json["apiVersion"] != "0.0.1" {
+        return bad(&format!(
+            "is a '{}' {}, not a dsse 0.0.1",
+            crate::text::printable(kind),
+            crate::text::printable(json["apiVersion"].as_str().unwrap_or_default())
+        ));
+    }
+    let spec = &json["spec"];
+    let hash = &spec["payloadHash"];
+    let want = hex::encode(sha2::Sha256::digest(payload));
+    if hash["algorithm"] != "sha256" || hash["value"].as_str() != Some(want.as_str()) {
+        return bad("is for other data (its payloadHash is not the envelope payload's SHA-256)");
+    }
+    let decode = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    };
+    let recorded = spec["signatures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            decode(&s["signature"]).as_deref() == Some(signature)
+                && decode(&s["verifier"]).is_some_and(|pem| same_signer(&pem, leaf))
+        });
+    if !recorded {
+        return bad("is for another signature, certificate or key");
+    }
+    Ok(())
+}
+
+/// `pem` (a certificate or a public key) is `leaf` or its key.
+fn same_signer(pem: &[u8], leaf: &Certificate) -> bool {
+    let recorded = keys::pem_blocks(&String::from_utf8_lossy(pem));
+    match recorded.first() {
+        Some((label, der)) if label == "CERTIFICATE" => leaf.to_der().ok().as_ref() == Some(der),
+        Some((label, der)) if label == "PUBLIC KEY" => {
+            leaf.tbs_certificate()
+                .subject_public_key_info()
+                .to_der()
+                .ok()
+                .as_ref()
+                == Some(der)
+        }
+        _ => false,
+    }
 }
 
 /// A `hashedrekord` (or `rekord`) v0.0.1 entry for this signature, key and payload hash.
@@ -336,22 +410,8 @@ fn body_matches(
     if decode(&spec["signature"]["content"]).as_deref() != Some(signature) {
         return bad("is for another signature");
     }
-    let key = decode(&spec["signature"]["publicKey"]["content"])
-        .and_then(|pem| String::from_utf8(pem).ok())
-        .unwrap_or_default();
-    let recorded = keys::pem_blocks(&key);
-    let same = match recorded.first() {
-        Some((label, der)) if label == "CERTIFICATE" => leaf.to_der().ok().as_ref() == Some(der),
-        Some((label, der)) if label == "PUBLIC KEY" => {
-            leaf.tbs_certificate()
-                .subject_public_key_info()
-                .to_der()
-                .ok()
-                .as_ref()
-                == Some(der)
-        }
-        _ => false,
-    };
+    let same = decode(&spec["signature"]["publicKey"]["content"])
+        .is_some_and(|pem| same_signer(&pem, leaf));
     if !same {
         return bad("is for another certificate or key");
     }

@@ -35,8 +35,26 @@ pub struct PolicySpec {
     pub issuer_regexp: Option<String>,
     pub certificate_chain: Option<PathBuf>,
     pub trusted_root: Option<PathBuf>,
+    /// Which digests must carry a signature (default `either`).
+    pub signed: Option<Shape>,
     /// Copy this image unverified, and say why (e.g. an upstream that does not sign).
     pub skip: Option<String>,
+}
+
+/// Which manifests of an image must carry a signature the policy accepts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// The copied digest, or else every platform manifest copied (cosign's default
+    /// signs the index; containers/image checks each platform manifest).
+    #[default]
+    Either,
+    /// The copied digest itself, as `cosign verify IMAGE` checks it.
+    Index,
+    /// Every platform manifest copied (attestation manifests need none).
+    Platforms,
+    /// The copied digest and every manifest below it.
+    All,
 }
 
 /// What a policy asks of one image.
@@ -49,6 +67,7 @@ pub enum Rule {
 
 #[derive(Debug)]
 pub struct Policy {
+    pub shape: Shape,
     /// The key files, for messages.
     key_names: Vec<String>,
     keys: Vec<PublicKey>,
@@ -128,6 +147,7 @@ impl PolicySpec {
             && self.certificate_chain.is_none()
             && self.trusted_root.is_none()
             && self.skip.is_none()
+            && self.signed.is_none()
     }
 
     /// Reads every file the policy names, so bad input fails before anything is copied.
@@ -147,6 +167,13 @@ impl PolicySpec {
             }
             return Ok(Some(Arc::new(Rule::Unverified(reason.clone()))));
         }
+        if self.keys.is_empty() && !wants_identity(self) {
+            bail!(
+                "{} says which digests must be signed, but not by whom: add {} or a certificate identity",
+                names.signed,
+                names.keys
+            );
+        }
         let mut keys = Vec::new();
         let mut key_names = Vec::new();
         for path in &self.keys {
@@ -159,13 +186,7 @@ impl PolicySpec {
             );
             key_names.push(path.display().to_string());
         }
-        let wants_identity = self.identity.is_some()
-            || self.identity_regexp.is_some()
-            || self.issuer.is_some()
-            || self.issuer_regexp.is_some()
-            || self.certificate_chain.is_some()
-            || self.trusted_root.is_some();
-        let identity = if wants_identity {
+        let identity = if wants_identity(self) {
             let subject = Matcher::new(
                 names.identity,
                 names.sep,
@@ -216,11 +237,21 @@ impl PolicySpec {
             None
         };
         Ok(Some(Arc::new(Rule::Signed(Policy {
+            shape: self.signed.unwrap_or_default(),
             key_names,
             keys,
             identity,
         }))))
     }
+}
+
+fn wants_identity(spec: &PolicySpec) -> bool {
+    spec.identity.is_some()
+        || spec.identity_regexp.is_some()
+        || spec.issuer.is_some()
+        || spec.issuer_regexp.is_some()
+        || spec.certificate_chain.is_some()
+        || spec.trusted_root.is_some()
 }
 
 /// A file of at most `limit` bytes.
@@ -245,6 +276,7 @@ pub struct Names {
     pub certificate_chain: &'static str,
     pub trusted_root: &'static str,
     pub skip: &'static str,
+    pub signed: &'static str,
     /// Between a name and `regexp`.
     pub sep: &'static str,
 }
@@ -256,6 +288,7 @@ pub const FLAG_NAMES: Names = Names {
     certificate_chain: "--certificate-chain",
     trusted_root: "--trusted-root",
     skip: "skip",
+    signed: "--signed",
     sep: "-",
 };
 
@@ -266,6 +299,7 @@ pub const TOML_NAMES: Names = Names {
     certificate_chain: "certificate_chain",
     trusted_root: "trusted_root",
     skip: "skip",
+    signed: "signed",
     sep: "_",
 };
 
@@ -350,42 +384,77 @@ fn signed_by(policy: &Policy, layer: &Layer) -> Result<String, Option<String>> {
     let signature = base64::engine::general_purpose::STANDARD
         .decode(signature.trim())
         .map_err(|_| None)?;
+    let certificate = layer.annotations[CERTIFICATE]
+        .as_str()
+        .and_then(|pem| keys::certificate(pem).ok());
+    let rekor = |root: &TrustedRoot, cert: &x509_cert::Certificate| {
+        let Some(bundle) = layer.annotations[BUNDLE].as_str() else {
+            return Err(
+                "no Rekor entry: keyless signatures need one, from a transparency log in the trusted root"
+                    .to_string(),
+            );
+        };
+        root::verify_entry(root, bundle, &layer.payload, &signature, cert)
+    };
+    signer(
+        policy,
+        &Signed {
+            message: &layer.payload,
+            signature: &signature,
+            certificate: certificate.as_ref(),
+        },
+        &rekor,
+    )
+}
+
+/// One signature, wherever it was stored: the exact bytes signed, the signature, and
+/// the certificate that came with it.
+pub(super) struct Signed<'a> {
+    pub message: &'a [u8],
+    pub signature: &'a [u8],
+    pub certificate: Option<&'a x509_cert::Certificate>,
+}
+
+/// What vouches for a keyless signature's time: its Rekor entry, checked against the
+/// trusted root and bound to this signature and certificate.
+pub(super) type TlogCheck<'a> =
+    dyn Fn(&TrustedRoot, &x509_cert::Certificate) -> Result<root::Entry, String> + 'a;
+
+/// Who signed, when the policy accepts `signed`: one of its keys, or a certificate for
+/// its identity chained to its anchors. Err(None): not by this policy's signers at all.
+pub(super) fn signer(
+    policy: &Policy,
+    signed: &Signed,
+    tlog: &TlogCheck,
+) -> Result<String, Option<String>> {
     for (key, name) in policy.keys.iter().zip(&policy.key_names) {
-        if key.verify_sha256(&layer.payload, &signature) {
+        if key.verify_sha256(signed.message, signed.signature) {
             return Ok(format!("key {name}"));
         }
     }
     let identity = policy.identity.as_ref().ok_or(None)?;
-    let pem = layer.annotations[CERTIFICATE].as_str().ok_or(None)?;
-    let cert = keys::certificate(pem).map_err(|_| None)?;
+    let cert = signed.certificate.ok_or(None)?;
     // Only a certificate for the identity is worth a reason of its own.
-    let subject = keys::identities(&cert)
+    let subject = keys::identities(cert)
         .into_iter()
         .find(|s| identity.subject.matches(s))
         .ok_or(None)?;
-    let issuer = keys::oidc_issuer(&cert)
+    let issuer = keys::oidc_issuer(cert)
         .filter(|i| identity.issuer.matches(i))
         .ok_or(None)?;
-    let key = keys::public_key(&cert).map_err(|_| None)?;
-    if !key.verify_sha256(&layer.payload, &signature) {
+    let key = keys::public_key(cert).map_err(|_| None)?;
+    if !key.verify_sha256(signed.message, signed.signature) {
         return Err(None);
     }
     let why = |e: anyhow::Error| Some(format!("{e:#}"));
     match &identity.anchors {
         Anchors::Chain(roots, name) => {
-            keys::verify_chain_at(&cert, roots, None, name).map_err(why)?
+            keys::verify_chain_at(cert, roots, None, name).map_err(why)?
         }
         Anchors::Root(root) => {
-            let Some(bundle) = layer.annotations[BUNDLE].as_str() else {
-                return Err(Some(
-                    "no Rekor entry: keyless signatures need one, from a transparency log in the trusted root"
-                        .to_string(),
-                ));
-            };
-            let entry = root::verify_entry(root, bundle, &layer.payload, &signature, &cert)
-                .map_err(Some)?;
+            let entry = tlog(root, cert).map_err(Some)?;
             let authorities = root.authorities_at(entry.time);
-            keys::verify_chain_at(&cert, &authorities, Some(entry.time), "the trusted root")
+            keys::verify_chain_at(cert, &authorities, Some(entry.time), "the trusted root")
                 .map_err(why)?;
         }
     }
@@ -558,6 +627,13 @@ mod tests {
                     ..Default::default()
                 },
                 "exclude each other",
+            ),
+            (
+                PolicySpec {
+                    signed: Some(Shape::All),
+                    ..Default::default()
+                },
+                "not by whom",
             ),
             (
                 PolicySpec {
