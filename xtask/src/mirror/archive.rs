@@ -374,10 +374,7 @@ impl Loader {
             bail!("oci-layout appears twice");
         }
         let bytes = read_document(reader, size, "oci-layout")?;
-        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["imageLayoutVersion"].as_str().map(String::from));
-        if !version.is_some_and(|v| v.starts_with("1.")) {
+        if !layout::declares_version_1(&bytes) {
             bail!("oci-layout does not declare imageLayoutVersion 1.x; this is not an OCI image layout");
         }
         Ok(())

@@ -21,6 +21,16 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const LAYOUT_FILE: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
+/// Whether an `oci-layout` file declares `imageLayoutVersion` 1.x.
+pub fn declares_version_1(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct LayoutFile {
+        #[serde(rename = "imageLayoutVersion")]
+        version: String,
+    }
+    serde_json::from_slice::<LayoutFile>(bytes).is_ok_and(|f| f.version.starts_with("1."))
+}
+
 /// Where a blob is inside a layout: `blobs/<algorithm>/<hex>`.
 pub fn blob_path(digest: &Digest) -> String {
     format!("blobs/{}", digest.as_str().replacen(':', "/", 1))
