@@ -14,6 +14,8 @@ use crate::docker::{self, Finished};
 use crate::report::table;
 use crate::text::printable;
 
+mod setuid;
+
 /// The UID OpenShift's restricted SCC picks from a namespace range, always in group 0.
 pub const ARBITRARY_UID: &str = "1000620000:0";
 
@@ -332,6 +334,9 @@ impl<'a> Checker<'a> {
         // Every role: an unpacked archive's owner must not own what the image installs.
         if self.wanted("root-owned") {
             self.root_owned();
+        }
+        if self.wanted("setuid-trust") {
+            self.setuid_trust();
         }
         if let Some(metadata) = &spec.metadata {
             self.metadata(metadata);
@@ -677,6 +682,42 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn setuid_trust(&self) {
+        let result = in_container(&self.subject.reference, |name| {
+            let mut nodes = std::collections::BTreeMap::new();
+            copied_tar(name, "/", |header, path| {
+                let node = setuid::Node {
+                    kind: kind(header),
+                    mode: header.mode()?,
+                    uid: header.uid()?,
+                    gid: header.gid()?,
+                };
+                nodes.insert(setuid::absolute(&path.to_string_lossy()), node);
+                Ok(true)
+            })?;
+            Ok(setuid::exposures(&nodes))
+        });
+        let (passed, detail) = match result {
+            Ok((privileged, _)) if privileged.is_empty() => {
+                (true, "no setuid or setgid file".to_string())
+            }
+            Ok((privileged, problems)) if problems.is_empty() => (
+                true,
+                format!(
+                    "only root may write what {} setuid or setgid file(s) run from or trust: {}",
+                    privileged.len(),
+                    privileged.join(", ")
+                ),
+            ),
+            Ok((_, problems)) => (
+                false,
+                format!("{} path(s), first: {}", problems.len(), problems[0]),
+            ),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        self.record("setuid-trust", None, passed, detail);
+    }
+
     fn command(&self, check: &CommandCheck) {
         if !self.wanted(&check.name) {
             return;
@@ -684,10 +725,18 @@ impl<'a> Checker<'a> {
         let timeout = check
             .timeout_seconds
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-        for user in &self.users {
+        // A check with grants runs a daemon as the image's user; never restricted.
+        let users = match check.grants {
+            Some(_) => &self.users[..1],
+            None => &self.users[..],
+        };
+        for user in users {
             let result = (|| {
                 let mut args = self.user_args(user);
-                args.extend(self.profile());
+                match check.grants {
+                    Some(grants) => args.extend(grants.docker_args().iter().map(|a| a.to_string())),
+                    None => args.extend(self.profile()),
+                }
                 args.extend(self.platform_args());
                 args.extend(["-v".into(), "/workspace".into()]);
                 args.extend(["--entrypoint".into(), check.command.clone()]);
@@ -899,13 +948,8 @@ fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
     in_container(reference, |name| {
         let mut stat = None;
         copied_tar(name, path, |header, _| {
-            let kind = match header.entry_type() {
-                tar::EntryType::Directory => 'd',
-                tar::EntryType::Symlink => 'l',
-                _ => '-',
-            };
             stat = Some(Stat {
-                permissions: permissions_text(kind, header.mode()?),
+                permissions: permissions_text(kind(header), header.mode()?),
                 uid: header.uid()? as u32,
                 gid: header.gid()? as u32,
             });
@@ -913,6 +957,15 @@ fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
         })?;
         Ok(stat)
     })
+}
+
+/// `ls -l`'s first letter for a tar entry: d, l, or - for the rest.
+fn kind(header: &tar::Header) -> char {
+    match header.entry_type() {
+        tar::EntryType::Directory => 'd',
+        tar::EntryType::Symlink => 'l',
+        _ => '-',
+    }
 }
 
 /// How many paths under `dirs` belong to a UID other than root, and the first, from the

@@ -191,6 +191,9 @@ pub struct CommandCheck {
     #[serde(default)]
     pub exit_code: i32,
     pub timeout_seconds: Option<u64>,
+    /// The DinD guide's grants for a check that starts a Docker daemon, in place of the
+    /// restricted profile; such a check runs as the image's own user only.
+    pub grants: Option<conventions::Grants>,
 }
 
 fn yes() -> bool {
