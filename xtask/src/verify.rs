@@ -271,6 +271,8 @@ fn text(outcomes: &[Outcome]) -> String {
 struct Checker<'a> {
     subject: &'a Subject,
     config: serde_json::Value,
+    /// The image's architecture (`amd64`), to tell an emulated run.
+    architecture: String,
     tools_image: Option<&'a str>,
     platform: Option<&'a str>,
     restricted: bool,
@@ -300,6 +302,7 @@ impl<'a> Checker<'a> {
         let (inspected, pulled) =
             docker::inspect_image(&subject.reference, platform, engine.local)?;
         let config = inspected["Config"].clone();
+        let architecture = inspected["Architecture"].as_str().unwrap_or("").to_string();
         let conventions = subject.role != Role::Other;
         let skipped = |name: &str| subject.spec.skip.contains_key(name);
         let restricted =
@@ -312,6 +315,7 @@ impl<'a> Checker<'a> {
         Ok(Checker {
             subject,
             config,
+            architecture,
             tools_image,
             platform,
             restricted,
@@ -722,6 +726,11 @@ impl<'a> Checker<'a> {
         if !self.wanted(&check.name) {
             return;
         }
+        if let (Some(_), Some(emulated)) = (check.grants, self.emulated()) {
+            let detail = format!("skipped: it starts a Docker daemon, which does not run under emulation ({emulated}); a run on an engine of the image's architecture checks it");
+            self.record(&check.name, None, true, detail);
+            return;
+        }
         let timeout = check
             .timeout_seconds
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
@@ -765,6 +774,14 @@ impl<'a> Checker<'a> {
             })();
             self.conclude(&check.name, user, result);
         }
+    }
+
+    /// `arm64 on amd64` when the image's architecture is not the engine's: QEMU runs it.
+    fn emulated(&self) -> Option<String> {
+        let engine = docker::docker(&["version", "--format", "{{.Server.Arch}}"]).ok()?;
+        let engine = engine.trim();
+        (!self.architecture.is_empty() && self.architecture != engine)
+            .then(|| format!("{} on {engine}", self.architecture))
     }
 
     fn conclude(&self, check: &str, user: &Option<String>, result: Result<String>) {
