@@ -57,7 +57,7 @@ pub enum Role {
     Executor,
     /// The init container that copies the OpenCode binary into `/tools`.
     Init,
-    /// Anything else: the checks the image declares, and `root-owned`.
+    /// Anything else: the checks the image declares, `root-owned` and `setuid-trust`.
     #[default]
     Other,
 }
