@@ -809,6 +809,25 @@ fn devbox_family_builds_offline_and_works() {
                 .any(|o| o["image"] == image && o["check"] == check && o["passed"] == true);
             assert!(ran, "{platform}: {image}: {check}: {outcomes:#}");
         }
+        // A Docker daemon does not run under QEMU's user emulation (iptables, netlink):
+        // the native run proves the container inside, the emulated one says it skipped.
+        let inside = if platform == "linux/amd64" {
+            "hello from a container inside"
+        } else {
+            "skipped: it starts a Docker daemon, which does not run under emulation (arm64 on amd64)"
+        };
+        for image in ["devbox-dind", "devbox-dind-rootless"] {
+            let ran = outcomes.as_array().unwrap().iter().any(|o| {
+                o["image"] == image
+                    && o["check"] == "a container runs inside"
+                    && o["passed"] == true
+                    && o["detail"].as_str().unwrap().contains(inside)
+            });
+            assert!(
+                ran,
+                "{platform}: {image}: a container runs inside: {outcomes:#}"
+            );
+        }
         for (image, check) in [
             ("sandbox-base", "node is v20 or later"),
             ("sandbox-base", "the user is opencode"),
@@ -839,11 +858,13 @@ fn devbox_family_builds_offline_and_works() {
             eprintln!("devbox: {check}: {detail}");
         }
         for image in images {
-            let ran =
-                outcomes.as_array().unwrap().iter().any(|o| {
-                    o["image"] == *image && o["check"] == "root-owned" && o["passed"] == true
-                });
-            assert!(ran, "{image}: root-owned: {outcomes:#}");
+            for check in ["root-owned", "setuid-trust"] {
+                let ran =
+                    outcomes.as_array().unwrap().iter().any(|o| {
+                        o["image"] == *image && o["check"] == check && o["passed"] == true
+                    });
+                assert!(ran, "{image}: {check}: {outcomes:#}");
+            }
         }
         let executors = images.iter().filter(|i| IMAGES[..5].contains(i));
         for convention in ["home-writable", "workspace-writable", "opencode-from-tools"] {
@@ -960,29 +981,7 @@ fn devbox_family_builds_offline_and_works() {
         .args(["image", "rm", &broken, &image("opencode")])
         .output();
     let dind = image("devbox-dind");
-    // The first docker command starts the daemon; a build then works inside.
-    let first = docker_run(&["--privileged", &dind, "sh", "-c",
-        "docker info --format 'server {{.ServerVersion}}' && mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{.Id}}'"]);
-    let first = format!("{}{}", text(&first.stdout), text(&first.stderr));
-    assert!(
-        first.contains("server ") && first.contains("built sha256:"),
-        "{first}"
-    );
-    // Two first calls at once start exactly one daemon.
-    let concurrent = docker_run(&["--privileged", &dind, "sh", "-c",
-        "docker info >/tmp/a 2>&1 & docker info >/tmp/b 2>&1 & wait; grep -c 'Server Version' /tmp/a /tmp/b; pgrep -c -x dockerd"]);
-    let concurrent = text(&concurrent.stdout);
-    let lines: Vec<&str> = concurrent.lines().collect();
-    assert_eq!(lines, ["/tmp/a:1", "/tmp/b:1", "1"], "{concurrent}");
-    // Without the privileges it needs, the wrapper fails with a pointer to what to do.
-    let refused = docker_run(&[&dind, "docker", "info"]);
-    assert!(!refused.status.success());
-    let stderr = text(&refused.stderr);
-    assert!(
-        stderr.contains("the daemon exited while starting (it needs --privileged"),
-        "{stderr}"
-    );
-
+    dind_daemon(&dind);
     rootless(&image("devbox-dind-rootless"));
     // `docker run` pulled these (verify removes only what it pulled): some 6 GB unpacked.
     let _ = std::process::Command::new("docker")
@@ -992,45 +991,284 @@ fn devbox_family_builds_offline_and_works() {
     eprintln!("devbox e2e: {:.0?}", test_started.elapsed());
 }
 
-/// Rootless Docker with exactly the DinD guide's grants (SYS_ADMIN, NET_ADMIN, seccomp
-/// unconfined; not privileged), as UID 1000 and as an arbitrary UID.
-fn rootless(image: &str) {
-    for user in ["1000:0", "1000620000:0"] {
-        let out = docker_run(&[
-            "--user",
-            user,
-            "--cap-add",
-            "SYS_ADMIN",
-            "--cap-add",
-            "NET_ADMIN",
-            "--security-opt",
-            "seccomp=unconfined",
-            image,
+/// Makes `tiny:inside` offline in the inner daemon: the image's own dash and the libraries
+/// ldd names, imported. Then `docker run` of it prints the hello line.
+const TINY_IMAGE: &str =
+    "cd /tmp && tar -chf tiny.tar /bin/dash $(ldd /bin/dash | grep -o '/[^ ]*') 2>/dev/null \
+     && docker import tiny.tar tiny:inside >/dev/null";
+const HELLO: &str = "/bin/dash -c 'echo hello from a container inside'";
+
+/// The DinD guide's grants for rootless Docker: SYS_ADMIN, NET_ADMIN, seccomp unconfined.
+const ROOTLESS_GRANTS: [&str; 6] = [
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "NET_ADMIN",
+    "--security-opt",
+    "seccomp=unconfined",
+];
+
+/// What running a container inside rootless Docker needs besides: /proc unmasked, or the
+/// kernel refuses the inner procfs in the nested user namespace.
+const UNMASKED: [&str; 2] = ["--security-opt", "systempaths=unconfined"];
+
+fn output(out: &std::process::Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// A named volume, removed when dropped.
+struct NamedVolume(String);
+
+impl NamedVolume {
+    fn new(what: &str) -> NamedVolume {
+        NamedVolume(
+            sh(&format!(
+                "docker volume create e2e-{what}-{}",
+                std::process::id()
+            ))
+            .trim()
+            .to_string(),
+        )
+    }
+}
+
+impl Drop for NamedVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// devbox-dind as root: the wrapper at /usr/bin/docker starts the daemon (pid in
+/// /tmp/dockerd.pid), builds and runs a container inside; a data root on the root file
+/// system gets a tmpfs, one on a volume (a subdirectory of /workspace) outlives the
+/// container; one daemon for concurrent first calls; without privileges a clear error.
+fn dind_daemon(dind: &str) {
+    let script = format!(
+        "command -v docker; /usr/bin/docker info --format 'server {{{{.ServerVersion}}}}' \
+         && [ \"$(cat /tmp/dockerd.pid)\" = \"$(pgrep -x dockerd)\" ] && echo 'pid in /tmp/dockerd.pid' \
+         && stat -f -c 'data root on %T' /var/tmp/docker-data \
+         && mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile \
+         && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{{{.Id}}}}' \
+         && {TINY_IMAGE} && docker run --rm tiny:inside {HELLO}"
+    );
+    let first = docker_run(&[
+        "--privileged",
+        "-e",
+        "DOCKER_DATA_ROOT=/var/tmp/docker-data",
+        dind,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let first = output(&first);
+    for line in [
+        "/usr/bin/docker\n",
+        "server ",
+        "pid in /tmp/dockerd.pid\n",
+        "data root on tmpfs\n",
+        "built sha256:",
+        "hello from a container inside\n",
+    ] {
+        assert!(first.contains(line), "{line}: {first}");
+    }
+    // A data root in a subdirectory of the /workspace volume is used as is, and what was
+    // loaded into it is still there for the next container on that volume.
+    let volume = NamedVolume::new("dind-data");
+    let mount = format!("{}:/workspace", volume.0);
+    let on_volume = |script: &str| {
+        output(&docker_run(&[
+            "--privileged",
+            "-v",
+            &mount,
+            "-e",
+            "DOCKER_DATA_ROOT=/workspace/.docker-data",
+            dind,
             "sh",
             "-c",
-            "docker info --format '{{.SecurityOptions}}' || { tail -n 15 /tmp/dockerd-rootless.log; exit 3; }; \
-             mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile \
-             && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{.Id}}'; \
-             id -un; grep -c \"^$(id -un):\" /etc/subuid",
-        ]);
-        let stdout = text(&out.stdout);
-        eprintln!(
-            "rootless as {user}: exit {:?}\n{stdout}{}",
-            out.status.code(),
-            text(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "rootless docker as {user}: {stdout}{}",
-            text(&out.stderr)
-        );
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert!(lines[0].contains("name=rootless"), "{stdout}");
-        assert!(lines[1].starts_with("built sha256:"), "{stdout}");
-        // The wrapper gave an arbitrary UID a name and subordinate IDs before starting.
-        assert!(!lines[2].is_empty(), "{stdout}");
-        assert_eq!(lines[3], "1", "no /etc/subuid entry for {user}: {stdout}");
+            script,
+        ]))
+    };
+    let loaded = on_volume(&format!(
+        "{TINY_IMAGE} && stat -f -c 'data root on %T' /workspace/.docker-data && docker image ls --format 'listed {{{{.Repository}}}}:{{{{.Tag}}}}'"
+    ));
+    assert!(loaded.contains("listed tiny:inside"), "{loaded}");
+    assert!(!loaded.contains("data root on tmpfs"), "{loaded}");
+    let kept = on_volume(&format!(
+        "docker image ls --format 'listed {{{{.Repository}}}}:{{{{.Tag}}}}' && docker run --rm tiny:inside {HELLO}"
+    ));
+    assert!(
+        kept.contains("listed tiny:inside\n") && kept.contains("hello from a container inside"),
+        "the image did not outlive its container on the volume: {kept}"
+    );
+    // Two first calls at once start exactly one daemon.
+    let concurrent = docker_run(&["--privileged", dind, "sh", "-c",
+        "docker info >/tmp/a 2>&1 & docker info >/tmp/b 2>&1 & wait; grep -c 'Server Version' /tmp/a /tmp/b; pgrep -c -x dockerd"]);
+    let concurrent = text(&concurrent.stdout);
+    let lines: Vec<&str> = concurrent.lines().collect();
+    assert_eq!(lines, ["/tmp/a:1", "/tmp/b:1", "1"], "{concurrent}");
+    // Without the privileges it needs, the wrapper fails with a pointer to what to do.
+    let refused = docker_run(&[dind, "docker", "info"]);
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "the daemon exited while starting (it needs --privileged or the Sysbox runtime"
+        ),
+        "{stderr}"
+    );
+}
+
+/// Rootless Docker with exactly the DinD guide's grants (SYS_ADMIN, NET_ADMIN, seccomp
+/// unconfined; not privileged): as UID 1000 it builds and loads images and keeps a data
+/// root on a volume, and with /proc unmasked too it runs a container (no network without
+/// /dev/net/tun); an arbitrary UID is refused in one line; and no user can map root through
+/// newuidmap (the attack, run for real, also against the old file modes to show that it
+/// would catch them).
+fn rootless(image: &str) {
+    let run_as = |user: &str, extra: &[&str], script: &str| {
+        let mut args = vec!["--user", user];
+        args.extend(ROOTLESS_GRANTS);
+        args.extend(extra);
+        args.extend([image, "sh", "-c", script]);
+        docker_run(&args)
+    };
+    let script = format!(
+        "docker info --format '{{{{.SecurityOptions}}}}' || {{ tail -n 15 /tmp/dockerd-rootless.log; exit 3; }}; \
+         mkdir /tmp/ctx && cd /tmp/ctx && echo hi > f && printf 'FROM scratch\\nCOPY f /f\\n' > Dockerfile \
+         && docker build -q -t inner . >/dev/null && docker image inspect inner --format 'built {{{{.Id}}}}' \
+         && kill -0 \"$(cat /tmp/dockerd.pid)\" && echo 'pid in /tmp/dockerd.pid' \
+         && {TINY_IMAGE} && docker image ls --format 'listed {{{{.Repository}}}}:{{{{.Tag}}}}'"
+    );
+    let out = run_as("1000:0", &[], &script);
+    let stdout = text(&out.stdout);
+    eprintln!(
+        "rootless as 1000:0: exit {:?}\n{stdout}{}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "rootless docker as 1000:0: {}",
+        output(&out)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("name=rootless"), "{stdout}");
+    assert!(lines[1].starts_with("built sha256:"), "{stdout}");
+    assert_eq!(
+        lines[2..],
+        ["pid in /tmp/dockerd.pid", "listed tiny:inside"],
+        "{stdout}"
+    );
+
+    // An arbitrary UID has no subordinate IDs it could be given safely: one line, what to set.
+    let refused = run_as("1000620000:0", &[], "docker info");
+    let stderr = text(&refused.stderr);
+    assert!(!refused.status.success(), "{}", output(&refused));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("UID 1000620000 has none; run as UID 1000 (runAsUser: 1000), or give the pod its own user namespace (hostUsers: false)"),
+        "{stderr}"
+    );
+
+    // A data root on the /workspace volume keeps what was loaded for the next container,
+    // which runs it: with /proc unmasked, which running a container inside needs.
+    let volume = NamedVolume::new("rootless-data");
+    let mount = format!("{}:/workspace", volume.0);
+    let on_volume = [
+        "-v",
+        &mount,
+        "-e",
+        "DOCKER_DATA_ROOT=/workspace/.docker-data",
+    ];
+    let loaded = run_as(
+        "1000:0",
+        &on_volume,
+        &format!(
+            "{TINY_IMAGE} && docker image ls --format 'listed {{{{.Repository}}}}:{{{{.Tag}}}}'"
+        ),
+    );
+    assert!(
+        text(&loaded.stdout).contains("listed tiny:inside"),
+        "{}",
+        output(&loaded)
+    );
+    let unmasked = [&UNMASKED[..], &on_volume[..]].concat();
+    let kept = run_as("1000:0", &unmasked, &format!("docker image ls --format 'listed {{{{.Repository}}}}:{{{{.Tag}}}}' && docker run --rm --network none tiny:inside {HELLO}"));
+    let kept = output(&kept);
+    assert!(
+        kept.contains("listed tiny:inside\n") && kept.contains("hello from a container inside"),
+        "the image did not outlive its rootless container on the volume: {kept}"
+    );
+
+    subid_attack(image);
+}
+
+/// The attack of issue 24 (tests/e2e/fixtures/subid_attack.py), as UID 1000 and as an
+/// arbitrary UID, with the guide's grants: it must fail on the image, and succeed on the
+/// same image with the old modes of /etc/passwd, /etc/subuid and /etc/subgid (group 0
+/// writable), so the probe is known to catch the hole.
+fn subid_attack(image: &str) {
+    const PROBE: &str = include_str!("fixtures/subid_attack.py");
+    let probe = |image: &str, user: &str, map: &str| {
+        let mut args = vec!["--user", user];
+        args.extend(ROOTLESS_GRANTS);
+        args.extend([image, "python3", "-c", PROBE, map]);
+        let out = docker_run(&args);
+        let seen = output(&out);
+        eprintln!("subid attack on {image} as {user}, map {map}:\n{seen}");
+        assert!(out.status.success(), "{seen}");
+        seen
+    };
+    for user in ["1000:0", "1000620000:0"] {
+        // Root, and a real UID outside the range the image assigns (1: daemon).
+        for map in ["0 0 1", "0 1 1"] {
+            let seen = probe(image, user, map);
+            assert!(
+                seen.contains("/etc/subuid: not writable: Permission denied"),
+                "{seen}"
+            );
+            assert!(seen.contains(&format!("{}: refused", map)), "{seen}");
+            assert!(seen.trim_end().ends_with("\nHELD"), "{seen}");
+        }
     }
+    // The gate, not the probe, is what holds: the range the image assigns is granted, and
+    // setuid(0) inside it works, yet root's files stay closed.
+    let own = probe(image, "1000:0", "0 1000 1 1 100000 65536");
+    assert!(own.contains("0 1000 1 1 100000 65536: accepted"), "{own}");
+    assert!(own.contains("setuid(0) inside: ok"), "{own}");
+    assert!(
+        own.contains("open /etc/shadow for writing: Permission denied"),
+        "{own}"
+    );
+
+    let old = format!("{image}-old-modes");
+    let dockerfile = format!(
+        "FROM {image}\nUSER 0:0\nRUN chgrp 0 /etc/passwd /etc/subuid /etc/subgid && chmod 0664 /etc/passwd /etc/subuid /etc/subgid\nUSER 1000:0\n"
+    );
+    let built = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf '%s' \"$1\" | docker build -q -t \"$2\" -",
+            "sh",
+            &dockerfile,
+            &old,
+        ])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", output(&built));
+    for user in ["1000:0", "1000620000:0"] {
+        let seen = probe(&old, user, "0 0 1");
+        assert!(seen.contains("0 0 1: accepted"), "{seen}");
+        assert!(
+            seen.contains("ESCALATED: opened root-owned /etc/shadow for writing"),
+            "the probe did not catch the old modes as {user}: {seen}"
+        );
+    }
+    let _ = std::process::Command::new("docker")
+        .args(["image", "rm", &old])
+        .output();
 }
 
 /// `docker run --rm ARGS`, killed after five minutes so a hang fails the test.

@@ -145,6 +145,22 @@ fn project(broken: bool) -> tempfile::TempDir {
         &writes_root.join("rootfs/bin/start-tool"),
         &format!("set -e\necho state > \"{state}\"\necho started"),
     );
+    // A setuid program beside a /etc/passwd that group 0 (every UID of the image) may
+    // write: what devbox-dind-rootless once shipped with newuidmap and /etc/subuid.
+    let setuid = image(
+        project.path(),
+        "setuid-passwd",
+        "description = \"a setuid program trusting a writable file\"\ndockerfile = \"Dockerfile\"\nrole = \"executor\"\n",
+        &format!("{EXECUTOR_DOCKERFILE}COPY --chmod=4755 rootfs/bin/busybox /bin/su\n"),
+    );
+    rootfs(&setuid, 0o777);
+    let passwd = if broken { 0o664 } else { 0o644 };
+    fs::set_permissions(
+        setuid.join("rootfs/etc/passwd"),
+        fs::Permissions::from_mode(passwd),
+    )
+    .unwrap();
+    fs::write(setuid.join("rootfs/etc/fixed"), format!("{}\n", !broken)).unwrap();
     project
 }
 
@@ -252,6 +268,7 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         "opencode-from-tools",
         "default-command",
         "root-owned",
+        "setuid-trust",
     ] {
         assert!(
             names.contains(&convention),
@@ -298,6 +315,22 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
     );
     assert!(stderr.contains("foreign-owner: root-owned as"), "{stderr}");
 
+    // A setuid program that trusts a file group 0 may write: named, with who may write it.
+    let (ok, stderr, outcomes) = checks.verify("setuid-passwd");
+    assert!(
+        !ok,
+        "a group-writable /etc/passwd beside a setuid su passed: {outcomes:#}"
+    );
+    let failures = failed(&outcomes, "setuid-trust");
+    assert_eq!(failures.len(), 1, "{outcomes:#}");
+    let detail = failures[0]["detail"].as_str().unwrap();
+    assert!(
+        detail
+            .contains("/etc/passwd (-rw-rw-r-- 0:0) is writable by group 0, and /bin/su trusts it"),
+        "{detail}"
+    );
+    assert!(stderr.contains("setuid-passwd: setuid-trust"), "{stderr}");
+
     // A tool that writes to the root file system fails under the restricted profile.
     let (ok, stderr, outcomes) = checks.verify("writes-root");
     assert!(!ok, "a read-only root passed: {outcomes:#}");
@@ -326,10 +359,11 @@ fn checks_fail_on_broken_images_and_pass_once_fixed() {
         "locked-workspace",
         "writes-root",
         "foreign-owner",
+        "setuid-passwd",
         "fake-init",
         "--check",
     ]);
-    for image in ["locked-workspace", "writes-root"] {
+    for image in ["locked-workspace", "writes-root", "setuid-passwd"] {
         let (ok, stderr, outcomes) = checks.verify(image);
         assert!(ok, "{image}: {stderr}\n{outcomes:#}");
     }

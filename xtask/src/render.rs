@@ -37,7 +37,7 @@ pub struct Rendered {
 struct TemplateContext<'a> {
     image: ImageInfo<'a>,
     bases: BTreeMap<&'a str, String>,
-    vars: &'a toml::Table,
+    vars: toml::Table,
     /// The tools lock, each tool with its URL per architecture filled in.
     tools: BTreeMap<&'a str, TemplateTool<'a>>,
     parent: Option<String>,
@@ -160,7 +160,7 @@ fn render_image(
                     platforms: &image.spec.platforms,
                 },
                 bases,
-                vars: &image.spec.vars,
+                vars: inherited_vars(catalog, image),
                 tools: template_tools(image),
                 parent: parent_context.clone(),
             };
@@ -191,6 +191,20 @@ fn render_image(
         parent_context,
         base_args,
     })
+}
+
+/// An image's template vars over its parent's, and so on up: a child follows what was
+/// chosen for its parent (devbox-dind-rootless takes devbox-dind's `docker_packages`).
+/// The catalog has refused parent cycles.
+fn inherited_vars(catalog: &Catalog, image: &Image) -> toml::Table {
+    let parent = image
+        .spec
+        .parent
+        .as_ref()
+        .and_then(|p| catalog.images.get(p));
+    let mut vars = parent.map_or_else(toml::Table::new, |p| inherited_vars(catalog, p));
+    vars.extend(image.spec.vars.clone());
+    vars
 }
 
 /// `builder` → `BASE_BUILDER`.
@@ -590,7 +604,8 @@ mod tests {
         assert!(!link_stays_inside(Path::new("c"), Path::new("../x")));
     }
 
-    /// The project's devbox-dind, rendered with `vars.docker_packages` set.
+    /// The project's devbox-dind and devbox-dind-rootless, rendered with devbox-dind's
+    /// `vars.docker_packages` set.
     fn render_dind(docker_packages: &str) -> Result<Vec<Rendered>> {
         let mut catalog = Catalog::load(&crate::project::project_root()).unwrap();
         let dind = catalog.images.get_mut("devbox-dind").unwrap();
@@ -598,7 +613,8 @@ mod tests {
             .vars
             .insert("docker_packages".into(), docker_packages.into());
         let dind = catalog.images["devbox-dind"].clone();
-        render_all(&catalog, &[&dind], &options(None))
+        let rootless = catalog.images["devbox-dind-rootless"].clone();
+        render_all(&catalog, &[&dind, &rootless], &options(None))
     }
 
     #[test]
@@ -611,6 +627,27 @@ mod tests {
         );
         assert!(dockerfile.contains("9DC858229FC7DD38854AE2D88D81803C0EBFCD88"));
         assert!(!dockerfile.contains("docker.io iptables"));
+        // The rootless child follows its parent's choice: Docker's rootless extras
+        // (dockerd-rootless.sh, rootlesskit), not Debian's rootlesskit.
+        let rootless = &rendered[1].dockerfile;
+        assert!(
+            rootless.contains("docker-ce-rootless-extras fuse-overlayfs slirp4netns uidmap"),
+            "{rootless}"
+        );
+        assert!(
+            !rootless.contains("rootlesskit fuse-overlayfs"),
+            "{rootless}"
+        );
+        let debian = render_dind("debian").unwrap();
+        let rootless = &debian[1].dockerfile;
+        assert!(
+            rootless.contains("rootlesskit fuse-overlayfs"),
+            "{rootless}"
+        );
+        assert!(
+            !rootless.contains("docker-ce-rootless-extras"),
+            "{rootless}"
+        );
 
         let err = format!("{:#}", render_dind("podman").unwrap_err());
         assert!(err.contains("must be \"debian\" or \"docker-ce\""), "{err}");

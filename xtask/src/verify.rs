@@ -14,6 +14,8 @@ use crate::docker::{self, Finished};
 use crate::report::table;
 use crate::text::printable;
 
+mod setuid;
+
 /// The UID OpenShift's restricted SCC picks from a namespace range, always in group 0.
 pub const ARBITRARY_UID: &str = "1000620000:0";
 
@@ -270,6 +272,8 @@ fn text(outcomes: &[Outcome]) -> String {
 struct Checker<'a> {
     subject: &'a Subject,
     config: serde_json::Value,
+    /// The image's architecture (`amd64`), to tell an emulated run.
+    architecture: String,
     tools_image: Option<&'a str>,
     platform: Option<&'a str>,
     restricted: bool,
@@ -299,6 +303,7 @@ impl<'a> Checker<'a> {
         let (inspected, pulled) =
             docker::inspect_image(&subject.reference, platform, engine.local)?;
         let config = inspected["Config"].clone();
+        let architecture = inspected["Architecture"].as_str().unwrap_or("").to_string();
         let conventions = subject.role != Role::Other;
         let skipped = |name: &str| subject.spec.skip.contains_key(name);
         let restricted =
@@ -311,6 +316,7 @@ impl<'a> Checker<'a> {
         Ok(Checker {
             subject,
             config,
+            architecture,
             tools_image,
             platform,
             restricted,
@@ -333,6 +339,9 @@ impl<'a> Checker<'a> {
         // Every role: an unpacked archive's owner must not own what the image installs.
         if self.wanted("root-owned") {
             self.root_owned();
+        }
+        if self.wanted("setuid-trust") {
+            self.setuid_trust();
         }
         if let Some(metadata) = &spec.metadata {
             self.metadata(metadata);
@@ -678,17 +687,66 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn setuid_trust(&self) {
+        let result = in_container(&self.subject.reference, |name| {
+            let mut nodes = std::collections::BTreeMap::new();
+            copied_tar(name, "/", |header, path| {
+                let node = setuid::Node {
+                    kind: kind(header),
+                    mode: header.mode()?,
+                    uid: header.uid()?,
+                    gid: header.gid()?,
+                };
+                nodes.insert(setuid::absolute(&path.to_string_lossy()), node);
+                Ok(true)
+            })?;
+            Ok(setuid::exposures(&nodes))
+        });
+        let (passed, detail) = match result {
+            Ok((privileged, _)) if privileged.is_empty() => {
+                (true, "no setuid or setgid file".to_string())
+            }
+            Ok((privileged, problems)) if problems.is_empty() => (
+                true,
+                format!(
+                    "only root may write what {} setuid or setgid file(s) run from or trust: {}",
+                    privileged.len(),
+                    privileged.join(", ")
+                ),
+            ),
+            Ok((_, problems)) => (
+                false,
+                format!("{} path(s), first: {}", problems.len(), problems[0]),
+            ),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        self.record("setuid-trust", None, passed, detail);
+    }
+
     fn command(&self, check: &CommandCheck) {
         if !self.wanted(&check.name) {
+            return;
+        }
+        if let (Some(_), Some(emulated)) = (check.grants, self.emulated()) {
+            let detail = format!("skipped: it starts a Docker daemon, which does not run under emulation ({emulated}); a run on an engine of the image's architecture checks it");
+            self.record(&check.name, None, true, detail);
             return;
         }
         let timeout = check
             .timeout_seconds
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-        for user in &self.users {
+        // A check with grants runs a daemon as the image's user; never restricted.
+        let users = match check.grants {
+            Some(_) => &self.users[..1],
+            None => &self.users[..],
+        };
+        for user in users {
             let result = (|| {
                 let mut args = self.user_args(user);
-                args.extend(self.profile());
+                match check.grants {
+                    Some(grants) => args.extend(grants.docker_args().iter().map(|a| a.to_string())),
+                    None => args.extend(self.profile()),
+                }
                 args.extend(self.platform_args());
                 args.extend(["-v".into(), "/workspace".into()]);
                 args.extend(["--entrypoint".into(), check.command.clone()]);
@@ -717,6 +775,14 @@ impl<'a> Checker<'a> {
             })();
             self.conclude(&check.name, user, result);
         }
+    }
+
+    /// `arm64 on amd64` when the image's architecture is not the engine's: QEMU runs it.
+    fn emulated(&self) -> Option<String> {
+        let engine = docker::docker(&["version", "--format", "{{.Server.Arch}}"]).ok()?;
+        let engine = engine.trim();
+        (!self.architecture.is_empty() && self.architecture != engine)
+            .then(|| format!("{} on {engine}", self.architecture))
     }
 
     fn conclude(&self, check: &str, user: &Option<String>, result: Result<String>) {
@@ -900,13 +966,8 @@ fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
     in_container(reference, |name| {
         let mut stat = None;
         copied_tar(name, path, |header, _| {
-            let kind = match header.entry_type() {
-                tar::EntryType::Directory => 'd',
-                tar::EntryType::Symlink => 'l',
-                _ => '-',
-            };
             stat = Some(Stat {
-                permissions: permissions_text(kind, header.mode()?),
+                permissions: permissions_text(kind(header), header.mode()?),
                 uid: header.uid()? as u32,
                 gid: header.gid()? as u32,
             });
@@ -914,6 +975,15 @@ fn file_stat(reference: &str, path: &str) -> Result<Option<Stat>> {
         })?;
         Ok(stat)
     })
+}
+
+/// `ls -l`'s first letter for a tar entry: d, l, or - for the rest.
+fn kind(header: &tar::Header) -> char {
+    match header.entry_type() {
+        tar::EntryType::Directory => 'd',
+        tar::EntryType::Symlink => 'l',
+        _ => '-',
+    }
 }
 
 /// How many paths under `dirs` belong to a UID other than root, and the first, from the

@@ -57,7 +57,7 @@ pub enum Role {
     Executor,
     /// The init container that copies the OpenCode binary into `/tools`.
     Init,
-    /// Anything else: the checks the image declares, and `root-owned`.
+    /// Anything else: the checks the image declares, `root-owned` and `setuid-trust`.
     #[default]
     Other,
 }
@@ -191,6 +191,9 @@ pub struct CommandCheck {
     #[serde(default)]
     pub exit_code: i32,
     pub timeout_seconds: Option<u64>,
+    /// The DinD guide's grants for a check that starts a Docker daemon, in place of the
+    /// restricted profile; such a check runs as the image's own user only.
+    pub grants: Option<conventions::Grants>,
 }
 
 fn yes() -> bool {
