@@ -49,6 +49,28 @@ fn pae(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// cosign 3's storage shape, made by cosign 2.5: a bundle referrer of `pinned` with key
+/// `a`, of `predicate_type` (`SIGN_PREDICATE` for a signature) over `dir/PREDICATE`.
+fn attest_bundle(dir: &Path, pinned: &str, predicate_type: &str, predicate: &str) {
+    cosign(
+        dir,
+        &[
+            "attest",
+            "--yes",
+            "--new-bundle-format",
+            "--key",
+            "a.key",
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--type",
+            predicate_type,
+            "--predicate",
+            predicate,
+            pinned,
+        ],
+    );
+}
+
 /// `cosign sign` of a reference by digest, as a publisher signs one platform manifest.
 fn sign_digest(dir: &Path, pinned: &str, key: &str) {
     let key = format!("{key}.key");
@@ -289,23 +311,8 @@ fn each_signature_shape_gets_the_verdict_cosign_and_containers_image_give() {
     let key_a = ["--key", "a.key"];
     let attest = |name: &str, predicate_type: &str, predicate: &str| {
         fs::write(dir.join("predicate.json"), predicate).unwrap();
-        cosign(
-            dir,
-            &[
-                "attest",
-                "--yes",
-                "--new-bundle-format",
-                "--key",
-                "a.key",
-                "--tlog-upload=false",
-                "--allow-insecure-registry",
-                "--type",
-                predicate_type,
-                "--predicate",
-                "predicate.json",
-                &by_digest(name, &index_digest),
-            ],
-        );
+        let pinned = by_digest(name, &index_digest);
+        attest_bundle(dir, &pinned, predicate_type, "predicate.json");
     };
 
     sign(dir, &image("s/index"), &key_a);
@@ -611,23 +618,8 @@ fn signatures_and_bundles_travel_through_save_and_load() {
     let (digest, _) = raw_digest(&format!("{r}/t/legacy:v1"));
     sign(dir, &format!("{r}/t/legacy:v1"), &["--key", "a.key"]);
     fs::write(dir.join("empty.json"), "{}").unwrap();
-    cosign(
-        dir,
-        &[
-            "attest",
-            "--yes",
-            "--new-bundle-format",
-            "--key",
-            "a.key",
-            "--tlog-upload=false",
-            "--allow-insecure-registry",
-            "--type",
-            SIGN_PREDICATE,
-            "--predicate",
-            "empty.json",
-            &format!("{r}/t/bundle@{digest}"),
-        ],
-    );
+    let pinned = format!("{r}/t/bundle@{digest}");
+    attest_bundle(dir, &pinned, SIGN_PREDICATE, "empty.json");
     let key = dir.join("a.pub").display().to_string();
     let out = dir.join("signed.tar").display().to_string();
     let save = xtask(&[
@@ -691,23 +683,8 @@ fn sbom_reads_an_spdx_attestation_stored_as_a_bundle() {
         "{}",
         text(&missing.stderr)
     );
-    cosign(
-        dir,
-        &[
-            "attest",
-            "--yes",
-            "--new-bundle-format",
-            "--key",
-            "a.key",
-            "--tlog-upload=false",
-            "--allow-insecure-registry",
-            "--type",
-            "spdxjson",
-            "--predicate",
-            "sbom.json",
-            &format!("{}/sbom/app@{amd64}", src.addr),
-        ],
-    );
+    let pinned = format!("{}/sbom/app@{amd64}", src.addr);
+    attest_bundle(dir, &pinned, "spdxjson", "sbom.json");
     let tags = src.tags();
     assert!(
         !tags.iter().any(|t| t.ends_with(".att")),

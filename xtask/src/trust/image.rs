@@ -84,20 +84,9 @@ pub async fn looks_signed(source: &impl SignatureSource, digest: &Digest) -> Res
             return Ok(true);
         }
     }
-    for referrer in referrers(source, digest).await?.0 {
-        let bytes = source.manifest(&referrer).await?;
-        let Ok(Document::Image(manifest)) = Document::parse(&bytes, "a referrer") else {
-            continue;
-        };
-        let announced = manifest.annotations().as_ref().and_then(|a| {
-            a.get("dev.sigstore.bundle.predicateType")
-                .map(|p| p == bundle::SIGN_PREDICATE)
-        });
-        if announced == Some(true) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(!announced(source, digest, bundle::SIGN_PREDICATE)
+        .await?
+        .is_empty())
 }
 
 /// The DSSE envelopes of the bundle referrers of `digest` that announce `predicate`,
@@ -107,29 +96,43 @@ pub async fn bundle_envelopes(
     digest: &Digest,
     predicate: &str,
 ) -> Result<Vec<Vec<u8>>> {
+    let limit = bundle::MAX_BUNDLE_BYTES * 64;
+    let mut found = Vec::new();
+    for layer in announced(source, digest, predicate).await? {
+        if layer.size() > limit {
+            bail!("a Sigstore bundle of {} bytes; refusing it", layer.size());
+        }
+        let bytes = source
+            .small_blob(&image::descriptor_digest(&layer)?, limit)
+            .await?;
+        found.push(bundle::envelope(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    Ok(found)
+}
+
+/// The bundle layers of the referrers of `digest` whose manifest announces `predicate`
+/// (cosign's `dev.sigstore.bundle.predicateType` annotation, which is not signed).
+async fn announced(
+    source: &impl SignatureSource,
+    digest: &Digest,
+    predicate: &str,
+) -> Result<Vec<oci_spec::image::Descriptor>> {
     let mut found = Vec::new();
     for referrer in referrers(source, digest).await?.0 {
         let bytes = source.manifest(&referrer).await?;
         let Ok(Document::Image(manifest)) = Document::parse(&bytes, "a referrer") else {
             continue;
         };
-        let announced = manifest.annotations().as_ref().and_then(|a| {
+        let announces = manifest.annotations().as_ref().is_some_and(|a| {
             a.get("dev.sigstore.bundle.predicateType")
-                .map(|p| p == predicate)
+                .is_some_and(|p| p == predicate)
         });
         let layer = manifest
             .layers()
             .first()
             .filter(|l| bundle::is_bundle(l.media_type().as_ref()));
-        if let (Some(true), Some(layer)) = (announced, layer) {
-            if layer.size() > bundle::MAX_BUNDLE_BYTES * 64 {
-                bail!("a Sigstore bundle of {} bytes; refusing it", layer.size());
-            }
-            let digest = Digest::parse(layer.digest().as_ref())?;
-            let bytes = source
-                .small_blob(&digest, bundle::MAX_BUNDLE_BYTES * 64)
-                .await?;
-            found.push(bundle::envelope(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?);
+        if let (true, Some(layer)) = (announces, layer) {
+            found.push(layer.clone());
         }
     }
     Ok(found)

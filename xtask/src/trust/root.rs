@@ -324,17 +324,7 @@ pub fn dsse_body_matches(
 ) -> Result<(), String> {
     use sha2::Digest as _;
     let bad = |why: &str| Err(format!("its Rekor entry {why}"));
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return bad("is not JSON");
-    };
-    let kind = json["kind"].as_str().unwrap_or_default();
-    if kind != "dsse" || json["apiVersion"] != "0.0.1" {
-        return bad(&format!(
-            "is a '{}' {}, not a dsse 0.0.1",
-            crate::text::printable(kind),
-            crate::text::printable(json["apiVersion"].as_str().unwrap_or_default())
-        ));
-    }
+    let json = entry_of_kind(body, &["dsse"])?;
     let spec = &json["spec"];
     let hash = &spec["payloadHash"];
     let want = hex::encode(sha2::Sha256::digest(payload));
@@ -376,6 +366,23 @@ fn same_signer(pem: &[u8], leaf: &Certificate) -> bool {
     }
 }
 
+/// A Rekor entry body of one of `kinds`, at apiVersion 0.0.1.
+fn entry_of_kind(body: &[u8], kinds: &[&str]) -> Result<serde_json::Value, String> {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err("its Rekor entry is not JSON".to_string());
+    };
+    let kind = json["kind"].as_str().unwrap_or_default();
+    if !kinds.contains(&kind) || json["apiVersion"] != "0.0.1" {
+        return Err(format!(
+            "its Rekor entry is a '{}' {}, not a {} 0.0.1",
+            crate::text::printable(kind),
+            crate::text::printable(json["apiVersion"].as_str().unwrap_or_default()),
+            kinds[0]
+        ));
+    }
+    Ok(json)
+}
+
 /// A `hashedrekord` (or `rekord`) v0.0.1 entry for this signature, key and payload hash.
 fn body_matches(
     body: &[u8],
@@ -385,18 +392,7 @@ fn body_matches(
 ) -> Result<(), String> {
     use sha2::Digest as _;
     let bad = |why: &str| Err(format!("its Rekor entry {why}"));
-    let json: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(json) => json,
-        Err(_) => return bad("is not JSON"),
-    };
-    let kind = json["kind"].as_str().unwrap_or_default();
-    if !matches!(kind, "hashedrekord" | "rekord") || json["apiVersion"] != "0.0.1" {
-        return bad(&format!(
-            "is a '{}' {}, not a hashedrekord 0.0.1",
-            crate::text::printable(kind),
-            crate::text::printable(json["apiVersion"].as_str().unwrap_or_default())
-        ));
-    }
+    let json = entry_of_kind(body, &["hashedrekord", "rekord"])?;
     let spec = &json["spec"];
     let hash = &spec["data"]["hash"];
     let want = hex::encode(sha2::Sha256::digest(payload));
