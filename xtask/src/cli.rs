@@ -480,6 +480,10 @@ pub struct MirrorCopyArgs {
     /// One more image to copy (repeatable).
     #[arg(long = "image", value_name = "REF")]
     pub images: Vec<String>,
+    /// Mirror the tags of each --image REPO (named without a tag) in this semver range,
+    /// e.g. ">=0.1.3, <0.2.0"; a `v` prefix is accepted, pre-releases only if named.
+    #[arg(long, value_name = "RANGE")]
+    pub tags_semver: Option<String>,
     /// Put images under PREFIX/<source host>/... so registries never collide.
     #[arg(long)]
     pub keep_host: bool,
@@ -523,6 +527,9 @@ pub struct MirrorSaveArgs {
     /// One more image to save (repeatable).
     #[arg(long = "image", value_name = "REF")]
     pub images: Vec<String>,
+    /// As for `mirror`: the tags of each --image REPO in this semver range.
+    #[arg(long, value_name = "RANGE")]
+    pub tags_semver: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
     #[command(flatten)]

@@ -49,7 +49,14 @@ struct Collected {
 }
 
 pub async fn save(ctx: &Ctx, args: &MirrorSaveArgs) -> Result<()> {
-    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
+    let entries = super::tagset::load_resolved(
+        &ctx.registries,
+        &ctx.root,
+        &args.lists,
+        &args.images,
+        args.tags_semver.as_deref(),
+    )
+    .await?;
     // Local first: an unwritable --out is named as such, before any registry is asked.
     let partial = partial_path(&args.out);
     let file = File::create(&partial)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod lists;
 pub mod retag;
+pub mod tagset;
 pub mod verify;
 
 use anyhow::{bail, Result};
@@ -125,7 +126,14 @@ async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
             "--to PREFIX is required: where the images go, e.g. --to registry.example.com/mirror"
         );
     };
-    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
+    let entries = tagset::load_resolved(
+        &ctx.registries,
+        &ctx.root,
+        &args.lists,
+        &args.images,
+        args.tags_semver.as_deref(),
+    )
+    .await?;
     let mut planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // The command line's policy is for images whose list names none.
     let cli_rule = args
@@ -486,18 +494,44 @@ async fn dry_run(ctx: &Ctx, planned: &[(Planned, CopyJob)], args: &MirrorCopyArg
         documents.push(serde_json::json!({
             "source": p.source, "destination": p.destination, "group": p.entry.group,
             "source_digest": source.ok(), "action": action, "verification": verdict,
+            "tag_set": p.entry.tag_set,
         }));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&documents)?);
     } else {
         println!("# Mirror plan (dry run: nothing is written)");
+        for line in tag_set_lines(planned) {
+            println!("# {line}");
+        }
         print!(
             "{}",
             crate::report::table(&["SOURCE", "DESTINATION", "ACTION", "SIGNATURE"], &rows)
         );
     }
     Ok(())
+}
+
+/// What each tag set resolved to: `REPOSITORY (SET): TAG, TAG`, in plan order.
+fn tag_set_lines(planned: &[(Planned, CopyJob)]) -> Vec<String> {
+    let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+    for (p, _) in planned {
+        let (Some(set), Some(tag)) = (&p.entry.tag_set, &p.entry.source.tag) else {
+            continue;
+        };
+        let head = format!(
+            "tags of {}/{} ({set})",
+            p.entry.source.registry, p.entry.source.repository
+        );
+        match lines.iter_mut().find(|(h, _)| *h == head) {
+            Some((_, tags)) => tags.push(tag.to_string()),
+            None => lines.push((head, vec![tag.to_string()])),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(head, tags)| format!("{head}: {}", tags.join(", ")))
+        .collect()
 }
 
 #[cfg(test)]
