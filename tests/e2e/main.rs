@@ -14,5 +14,6 @@ mod mirror;
 mod preflight;
 mod release;
 mod support;
+mod tag_sets;
 mod trust_sign;
 mod trust_verify;
