@@ -49,14 +49,7 @@ struct Collected {
 }
 
 pub async fn save(ctx: &Ctx, args: &MirrorSaveArgs) -> Result<()> {
-    let entries = super::tagset::load_resolved(
-        &ctx.registries,
-        &ctx.root,
-        &args.lists,
-        &args.images,
-        args.tags_semver.as_deref(),
-    )
-    .await?;
+    let entries = super::selected_entries(ctx, &args.select).await?;
     // Local first: an unwritable --out is named as such, before any registry is asked.
     let partial = partial_path(&args.out);
     let file = File::create(&partial)

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
+use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs, MirrorSelection};
 use crate::context::Ctx;
 use crate::oci::Registries;
 use engine::{CopyJob, Engine, Outcome};
@@ -126,14 +126,7 @@ async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
             "--to PREFIX is required: where the images go, e.g. --to registry.example.com/mirror"
         );
     };
-    let entries = tagset::load_resolved(
-        &ctx.registries,
-        &ctx.root,
-        &args.lists,
-        &args.images,
-        args.tags_semver.as_deref(),
-    )
-    .await?;
+    let entries = selected_entries(ctx, &args.select).await?;
     let mut planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // The command line's policy is for images whose list names none.
     let cli_rule = args
@@ -175,6 +168,19 @@ async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The entries a run names, every tag set resolved: what the copy, `--dry-run`,
+/// `--write-config` and `mirror save` all start from.
+async fn selected_entries(ctx: &Ctx, select: &MirrorSelection) -> Result<Vec<Entry>> {
+    tagset::load_resolved(
+        &ctx.registries,
+        &ctx.root,
+        &select.lists,
+        &select.images,
+        select.tags_semver.as_deref(),
+    )
+    .await
 }
 
 /// The cluster configuration, only for a complete mirror: one without the failed images
