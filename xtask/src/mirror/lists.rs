@@ -209,38 +209,7 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             for platform in spec.platforms.iter().flatten() {
                 crate::catalog::validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
             }
-            for (what, key) in spec
-                .helm
-                .iter()
-                .map(|k| ("helm", k))
-                .chain(spec.helm_image.iter().map(|k| ("helm_image", k)))
-                .chain(spec.agent_field.iter().map(|k| ("agent_field", k)))
-            {
-                if !is_dotted_path(key) {
-                    bail!(
-                        "{label}: {what} '{}' is not a dotted path of names (letters, digits, '_', '-'), e.g. controller.image",
-                        key.escape_debug()
-                    );
-                }
-            }
-            if let Some(var) = &spec.override_var {
-                let name_ok = var.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-                    && var.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-                if !name_ok {
-                    bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
-                }
-            }
-            if let Some(chart) = &spec.helm_chart {
-                // Both end up in a shell script and in Kubernetes names.
-                for (what, name, max) in [("release", &chart.release, 53), ("namespace", &chart.namespace, 63)] {
-                    if !is_dns_label(name, max) {
-                        bail!("{label}: helm_chart.{what} '{}' is not a DNS label (a-z, 0-9, '-', at most {max})", name.escape_debug());
-                    }
-                }
-                if source.tag.is_none() && tags.is_none() {
-                    bail!("{label}: the chart '{}' needs a tag or a tag set: helm installs a chart by its version", spec.source);
-                }
-            }
+            check_cluster_values(&label, &spec, &source, &tags)?;
             let verify = match &spec.verify {
                 Some(policy) => policy
                     .build(base, &TOML_NAMES)
@@ -262,6 +231,54 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             })
         })
         .collect()
+}
+
+/// The values that end up as YAML keys, environment names, shell words and Kubernetes
+/// names, checked before anything is copied.
+fn check_cluster_values(
+    label: &str,
+    spec: &EntrySpec,
+    source: &ImageRef,
+    tags: &Option<TagSet>,
+) -> Result<()> {
+    for (what, key) in spec
+        .helm
+        .iter()
+        .map(|k| ("helm", k))
+        .chain(spec.helm_image.iter().map(|k| ("helm_image", k)))
+        .chain(spec.agent_field.iter().map(|k| ("agent_field", k)))
+    {
+        if !is_dotted_path(key) {
+            bail!(
+                "{label}: {what} '{}' is not a dotted path of names (letters, digits, '_', '-'), e.g. controller.image",
+                key.escape_debug()
+            );
+        }
+    }
+    if let Some(var) = &spec.override_var {
+        let name_ok = var.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+            && var
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            bail!("{label}: override '{}' is not an environment variable name (A-Z, 0-9, _; not starting with a digit)", var.escape_debug());
+        }
+    }
+    if let Some(chart) = &spec.helm_chart {
+        // Both end up in a shell script and in Kubernetes names.
+        for (what, name, max) in [
+            ("release", &chart.release, 53),
+            ("namespace", &chart.namespace, 63),
+        ] {
+            if !is_dns_label(name, max) {
+                bail!("{label}: helm_chart.{what} '{}' is not a DNS label (a-z, 0-9, '-', at most {max})", name.escape_debug());
+            }
+        }
+        if source.tag.is_none() && tags.is_none() {
+            bail!("{label}: the chart '{}' needs a tag or a tag set: helm installs a chart by its version", spec.source);
+        }
+    }
+    Ok(())
 }
 
 /// An entry's tag set, checked: a source names a tag (or digest), or carries `tags`.
