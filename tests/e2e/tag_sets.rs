@@ -375,6 +375,15 @@ fn a_hostile_tag_list_is_refused_in_one_line() {
     let pages = pages.filter(|r| r.path.contains("/tags/list"));
     assert_eq!(pages.count(), 2, "{:?}", looping.requests());
 
+    let elsewhere_here = tag_list_server("127.0.0.1", |_| {
+        let next = r#"</v2/other/secret/tags/list?last=v0.1.0>; rel="next""#;
+        (tags_json(&["v0.1.0"]), Some(next.into()))
+    });
+    assert_refused(
+        &dry_run_of(&elsewhere_here.addr),
+        "the next page is not this repository's tag list",
+    );
+
     let not_a_tag = tag_list_server("127.0.0.1", |_| (tags_json(&["../../etc"]), None));
     assert_refused(
         &dry_run_of(&not_a_tag.addr),
