@@ -14,6 +14,7 @@ mod mirror;
 mod preflight;
 mod release;
 mod support;
+mod tag_sets;
 mod trust_shapes;
 mod trust_sign;
 mod trust_verify;

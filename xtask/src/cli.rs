@@ -476,16 +476,27 @@ pub enum MirrorAction {
     Load(MirrorLoadArgs),
 }
 
+/// What `mirror` and `mirror save` take: lists, and images named on the command line.
 #[derive(Debug, Args)]
-pub struct MirrorCopyArgs {
+pub struct MirrorSelection {
     /// Groups under mirrors/ (kubeopencode, agentkube, base, build-time) or list files (default: all groups).
     pub lists: Vec<String>,
+    /// One more image (repeatable).
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+    /// The tags of each --image REPO (named without a tag) in this semver range, e.g.
+    /// ">=0.1.3, <0.2.0"; a `v` prefix is accepted, pre-releases only if the range names one.
+    #[arg(long, value_name = "RANGE")]
+    pub tags_semver: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorCopyArgs {
+    #[command(flatten)]
+    pub select: MirrorSelection,
     /// Destination prefix, e.g. registry.example.com/exo-mirror.
     #[arg(long)]
     pub to: Option<String>,
-    /// One more image to copy (repeatable).
-    #[arg(long = "image", value_name = "REF")]
-    pub images: Vec<String>,
     /// Put images under PREFIX/<source host>/... so registries never collide.
     #[arg(long)]
     pub keep_host: bool,
@@ -521,14 +532,11 @@ pub struct MirrorCopyArgs {
 
 #[derive(Debug, Args)]
 pub struct MirrorSaveArgs {
-    /// Groups or list files, as for `mirror` (default: all groups).
-    pub lists: Vec<String>,
+    #[command(flatten)]
+    pub select: MirrorSelection,
     /// The archive to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// One more image to save (repeatable).
-    #[arg(long = "image", value_name = "REF")]
-    pub images: Vec<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
     #[command(flatten)]

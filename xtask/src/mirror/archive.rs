@@ -49,7 +49,7 @@ struct Collected {
 }
 
 pub async fn save(ctx: &Ctx, args: &MirrorSaveArgs) -> Result<()> {
-    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
+    let entries = super::selected_entries(ctx, &args.select).await?;
     // Local first: an unwritable --out is named as such, before any registry is asked.
     let partial = partial_path(&args.out);
     let file = File::create(&partial)

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::tagset::{TagSet, TagSetSpec};
 use crate::catalog::Catalog;
 use crate::naming::ImageRef;
 use crate::trust::{PolicySpec, Rule, TOML_NAMES};
@@ -40,6 +41,8 @@ struct EntrySpec {
     agent_field: Option<String>,
     helm_chart: Option<HelmChart>,
     verify: Option<PolicySpec>,
+    /// Which of the repository's tags to mirror; the source then names no tag.
+    tags: Option<TagSetSpec>,
 }
 
 /// A Helm chart (an OCI artifact, not an image): how `--write-config` installs it.
@@ -68,6 +71,12 @@ pub struct Entry {
     /// Its signature policy, from the image or its list; none: the command line's.
     #[serde(skip)]
     pub verify: Option<Arc<Rule>>,
+    /// A tag set still to resolve against the registry (`tagset::resolve`).
+    #[serde(skip)]
+    pub tags: Option<TagSet>,
+    /// The tag set this entry's tag was selected by, for people.
+    #[serde(skip)]
+    pub tag_set: Option<String>,
 }
 
 impl Entry {
@@ -82,6 +91,8 @@ impl Entry {
             agent_field: None,
             helm_chart: None,
             verify: None,
+            tags: None,
+            tag_set: None,
         }
     }
 }
@@ -106,8 +117,28 @@ pub fn group_names(root: &Path) -> Vec<String> {
 }
 
 /// Entries for `selectors` (group names or TOML files; all groups when empty) plus
-/// `--image` references, de-duplicated by source.
-pub fn load(root: &Path, selectors: &[String], extra_images: &[String]) -> Result<Vec<Entry>> {
+/// `--image` references (repositories with `--tags-semver`), de-duplicated by source.
+/// Tag sets are left for `tagset::resolve`.
+pub fn load(
+    root: &Path,
+    selectors: &[String],
+    extra_images: &[String],
+    tags_semver: Option<&str>,
+) -> Result<Vec<Entry>> {
+    let cli_set = match tags_semver {
+        Some(range) if extra_images.is_empty() => bail!(
+            "--tags-semver '{}' selects tags of an --image REPO; name the repository with --image",
+            range.escape_debug()
+        ),
+        Some(range) => Some(
+            TagSet::build(&TagSetSpec {
+                semver: Some(range.to_string()),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("--tags-semver: {}", e.replace("tags.semver ", "")))?,
+        ),
+        None => None,
+    };
     let selectors: Vec<String> = if selectors.is_empty() && extra_images.is_empty() {
         group_names(root)
     } else {
@@ -119,7 +150,12 @@ pub fn load(root: &Path, selectors: &[String], extra_images: &[String]) -> Resul
     }
     for image in extra_images {
         let source = ImageRef::parse(image).map_err(|e| anyhow!("--image {image}: {e}"))?;
-        entries.push(Entry::plain("cli", source));
+        if cli_set.is_some() && (source.tag.is_some() || source.digest.is_some()) {
+            bail!("--image {image} names a tag or digest, and --tags-semver selects the tags: pass the repository alone, e.g. --image {}/{}", source.registry, source.repository);
+        }
+        let mut entry = Entry::plain("cli", source);
+        entry.tags = cli_set.clone();
+        entries.push(entry);
     }
     let mut seen = BTreeSet::new();
     entries.retain(|e| seen.insert(e.source.to_string()));
@@ -169,13 +205,11 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
         .into_iter()
         .map(|spec| {
             let source = ImageRef::parse(&spec.source).map_err(|e| anyhow!("{label}: {e}"))?;
-            if source.tag.is_none() && source.digest.is_none() {
-                bail!(
-                    "{label}: '{}' needs a tag or a digest, so the mirror knows what to copy",
-                    spec.source
-                );
+            let tags = tag_set_of(&label, &spec, &source)?;
+            for platform in spec.platforms.iter().flatten() {
+                crate::catalog::validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
             }
-            check_spec(&label, &spec, &source)?;
+            check_cluster_values(&label, &spec, &source, &tags)?;
             let verify = match &spec.verify {
                 Some(policy) => policy
                     .build(base, &TOML_NAMES)
@@ -192,16 +226,21 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                 helm_image: spec.helm_image,
                 agent_field: spec.agent_field,
                 helm_chart: spec.helm_chart,
+                tags,
+                tag_set: None,
             })
         })
         .collect()
 }
 
-/// One list entry's fields, each checked where it will be used.
-fn check_spec(label: &str, spec: &EntrySpec, source: &ImageRef) -> Result<()> {
-    for platform in spec.platforms.iter().flatten() {
-        crate::catalog::validate_platform(platform).map_err(|e| anyhow!("{label}: {e}"))?;
-    }
+/// The values that end up as YAML keys, environment names, shell words and Kubernetes
+/// names, checked before anything is copied.
+fn check_cluster_values(
+    label: &str,
+    spec: &EntrySpec,
+    source: &ImageRef,
+    tags: &Option<TagSet>,
+) -> Result<()> {
     for (what, key) in spec
         .helm
         .iter()
@@ -235,14 +274,30 @@ fn check_spec(label: &str, spec: &EntrySpec, source: &ImageRef) -> Result<()> {
                 bail!("{label}: helm_chart.{what} '{}' is not a DNS label (a-z, 0-9, '-', at most {max})", name.escape_debug());
             }
         }
-        if source.tag.is_none() {
-            bail!(
-                "{label}: the chart '{}' needs a tag: helm installs a chart by its version",
-                spec.source
-            );
+        if source.tag.is_none() && tags.is_none() {
+            bail!("{label}: the chart '{}' needs a tag or a tag set: helm installs a chart by its version", spec.source);
         }
     }
     Ok(())
+}
+
+/// An entry's tag set, checked: a source names a tag (or digest), or carries `tags`.
+fn tag_set_of(label: &str, spec: &EntrySpec, source: &ImageRef) -> Result<Option<TagSet>> {
+    let pinned = source.tag.is_some() || source.digest.is_some();
+    match &spec.tags {
+        None if !pinned => bail!(
+            "{label}: '{}' needs a tag, a digest or a tag set (tags = {{ semver = \"…\" }}), so the mirror knows what to copy",
+            spec.source
+        ),
+        None => Ok(None),
+        Some(_) if pinned => bail!(
+            "{label}: '{}' names a tag or digest and a tag set; drop the ':TAG' to follow the set, or drop `tags` to pin the tag",
+            spec.source
+        ),
+        Some(tags) => TagSet::build(tags)
+            .map(Some)
+            .map_err(|e| anyhow!("{label}: {}: {e}", spec.source)),
+    }
 }
 
 /// A Kubernetes name: lower-case letters, digits and '-', not at either end.
@@ -360,7 +415,7 @@ mod tests {
                 format!("description = \"x\"\n[[image]]\nsource = \"r.example/a:1\"\n{entry}\n"),
             )
             .unwrap();
-            let err = load(dir.path(), &[list.display().to_string()], &[])
+            let err = load(dir.path(), &[list.display().to_string()], &[], None)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(why), "{entry}: {err}");
@@ -372,7 +427,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            load(dir.path(), &[list.display().to_string()], &[])
+            load(dir.path(), &[list.display().to_string()], &[], None)
                 .unwrap()
                 .len(),
             1
@@ -387,7 +442,7 @@ mod tests {
         std::fs::write(dir.path().join("k.pub"), key).unwrap();
         let load_list = |text: &str| {
             std::fs::write(&list, text).unwrap();
-            load(dir.path(), &[list.display().to_string()], &[])
+            load(dir.path(), &[list.display().to_string()], &[], None)
         };
         let entries = load_list(
             "description = \"x\"\n[verify]\nkeys = [\"k.pub\"]\n\
@@ -424,9 +479,74 @@ mod tests {
     }
 
     #[test]
+    fn tag_sets_are_checked_where_the_list_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("sets.toml");
+        let load_entry = |entry: &str| {
+            std::fs::write(&list, format!("description = \"x\"\n[[image]]\n{entry}\n")).unwrap();
+            load(dir.path(), &[list.display().to_string()], &[], None)
+        };
+        for (entry, want) in [
+            (
+                "source = \"r.example/a:1\"\ntags = { semver = \">=1\" }",
+                "sets.toml: 'r.example/a:1' names a tag or digest and a tag set; drop the ':TAG'",
+            ),
+            (
+                "source = \"r.example/a\"\ntags = { semver = \"~>1\" }",
+                "sets.toml: r.example/a: tags.semver '~>1' is not a semver range",
+            ),
+            (
+                "source = \"r.example/a\"\ntags = { exclude = \"[\" }",
+                "sets.toml: r.example/a: tags.exclude '[' is not a regular expression",
+            ),
+            (
+                "source = \"r.example/a\"\ntags = { newest = 2, latest = true }",
+                "unknown field `latest`",
+            ),
+            (
+                "source = \"r.example/a\"",
+                "needs a tag, a digest or a tag set",
+            ),
+        ] {
+            let err = load_entry(entry).unwrap_err().to_string();
+            assert!(err.contains(want), "{entry}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let entries = load_entry(
+            "source = \"r.example/chart\"\ntags = { semver = \">=0.1.3, <0.2.0\", newest = 1 }\n\
+             helm_chart = { release = \"x\", namespace = \"n\" }",
+        )
+        .unwrap();
+        assert!(entries[0].tags.is_some() && entries[0].source.tag.is_none());
+        for (images, range, want) in [
+            (
+                vec!["r.example/a:1".to_string()],
+                ">=1",
+                "--image r.example/a:1 names a tag",
+            ),
+            (
+                vec![],
+                ">=1",
+                "--tags-semver '>=1' selects tags of an --image REPO",
+            ),
+            (
+                vec!["r.example/a".to_string()],
+                "=>1",
+                "--tags-semver: '=>1' is not a semver range",
+            ),
+        ] {
+            let err = load(dir.path(), &[], &images, Some(range))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
     fn the_repository_lists_load() {
         let root = crate::project::project_root();
-        let entries = load(&root, &[], &[]).unwrap();
+        let entries = load(&root, &[], &[], None).unwrap();
         let groups: BTreeSet<&str> = entries.iter().map(|e| e.group.as_str()).collect();
         assert_eq!(
             groups,
@@ -444,7 +564,9 @@ mod tests {
             .source
             .to_string()
             .starts_with("docker.io/library/debian:bookworm-slim@sha256:")));
-        let err = load(&root, &["nope".into()], &[]).unwrap_err().to_string();
+        let err = load(&root, &["nope".into()], &[], None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown mirror group or file 'nope'"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod lists;
 pub mod retag;
+pub mod tagset;
 pub mod verify;
 
 use anyhow::{bail, Result};
@@ -17,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs};
+use crate::cli::{MirrorAction, MirrorArgs, MirrorCopyArgs, MirrorSelection};
 use crate::context::Ctx;
 use crate::oci::Registries;
 use engine::{CopyJob, Engine, Outcome};
@@ -125,7 +126,7 @@ async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
             "--to PREFIX is required: where the images go, e.g. --to registry.example.com/mirror"
         );
     };
-    let entries = lists::load(&ctx.root, &args.lists, &args.images)?;
+    let entries = selected_entries(ctx, &args.select).await?;
     let mut planned = plan(entries, prefix, args.keep_host, &args.platform)?;
     // The command line's policy is for images whose list names none.
     let cli_rule = args
@@ -167,6 +168,19 @@ async fn copy(ctx: &Ctx, args: &MirrorCopyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The entries a run names, every tag set resolved: what the copy, `--dry-run`,
+/// `--write-config` and `mirror save` all start from.
+async fn selected_entries(ctx: &Ctx, select: &MirrorSelection) -> Result<Vec<Entry>> {
+    tagset::load_resolved(
+        &ctx.registries,
+        &ctx.root,
+        &select.lists,
+        &select.images,
+        select.tags_semver.as_deref(),
+    )
+    .await
 }
 
 /// The cluster configuration, only for a complete mirror: one without the failed images
@@ -502,18 +516,44 @@ async fn dry_run(ctx: &Ctx, planned: &[(Planned, CopyJob)], args: &MirrorCopyArg
         documents.push(serde_json::json!({
             "source": p.source, "destination": p.destination, "group": p.entry.group,
             "source_digest": source.ok(), "action": action, "verification": verdict,
+            "tag_set": p.entry.tag_set,
         }));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&documents)?);
     } else {
         println!("# Mirror plan (dry run: nothing is written)");
+        for line in tag_set_lines(planned) {
+            println!("# {line}");
+        }
         print!(
             "{}",
             crate::report::table(&["SOURCE", "DESTINATION", "ACTION", "SIGNATURE"], &rows)
         );
     }
     Ok(())
+}
+
+/// What each tag set resolved to: `REPOSITORY (SET): TAG, TAG`, in plan order.
+fn tag_set_lines(planned: &[(Planned, CopyJob)]) -> Vec<String> {
+    let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+    for (p, _) in planned {
+        let (Some(set), Some(tag)) = (&p.entry.tag_set, &p.entry.source.tag) else {
+            continue;
+        };
+        let head = format!(
+            "tags of {}/{} ({set})",
+            p.entry.source.registry, p.entry.source.repository
+        );
+        match lines.iter_mut().find(|(h, _)| *h == head) {
+            Some((_, tags)) => tags.push(tag.to_string()),
+            None => lines.push((head, vec![tag.to_string()])),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(head, tags)| format!("{head}: {}", tags.join(", ")))
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::auth::{challenge_of, credential_for, Auth, Challenge};
 use super::error::{Error, NetworkCause, Result};
-use super::name::{Digest, Reference, Registry, Repository};
+use super::name::{Digest, Reference, Registry, Repository, Tag};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
 use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
 
@@ -217,6 +217,7 @@ impl Client {
             Endpoint::Blob(digest) => format!("blobs/{digest}"),
             Endpoint::Uploads => "blobs/uploads/".to_string(),
             Endpoint::Referrers(digest) => format!("referrers/{digest}"),
+            Endpoint::Tags => "tags/list".to_string(),
         };
         self.base
             .join(&format!("v2/{repository}/{tail}"))
@@ -720,6 +721,153 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Every tag of `repository`, following the `Link: <…>; rel="next"` pages to the
+    /// end. The list is hostile input: each page is bounded, the count is capped at
+    /// `MAX_TAGS`, a next page must be this repository's tag list on this origin (the
+    /// request carries credentials), and a page seen before ends it as a loop.
+    pub async fn list_tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
+        let what = format!("tag list of {}/{repository}", self.host);
+        let first = self.url(repository, Endpoint::Tags)?;
+        let mut next = Some(first.clone());
+        let mut seen_pages = std::collections::HashSet::new();
+        let mut tags = Vec::new();
+        while let Some(page) = next.take() {
+            if !seen_pages.insert(page_key(&page)) {
+                return Err(Error::Refused(format!(
+                    "{what}: the registry's next page points back to a page already read (a pagination loop); refusing it"
+                )));
+            }
+            let (names, link) = self.tags_page(repository, &page, &what).await?;
+            if names.is_empty() && link.is_some() {
+                return Err(Error::Refused(format!(
+                    "{what}: an empty page that points to another; refusing the list"
+                )));
+            }
+            for name in names {
+                if tags.len() >= MAX_TAGS {
+                    return Err(Error::Refused(format!(
+                        "{what}: more than {MAX_TAGS} tags; refusing the list (name fixed tags in the list instead)"
+                    )));
+                }
+                let tag = Tag::parse(&name).map_err(|_| {
+                    Error::Refused(format!(
+                        "{what}: the registry listed '{}', which is not a tag; refusing the list",
+                        crate::text::printable(&name)
+                    ))
+                })?;
+                tags.push(tag);
+            }
+            next = match link {
+                Some(link) => Some(next_tags_page(&first, &page, &link, &what)?),
+                None => None,
+            };
+        }
+        Ok(tags)
+    }
+
+    /// One page of a tag list: its names and its `Link` header, if any.
+    async fn tags_page(
+        &self,
+        repository: &Repository,
+        page: &Url,
+        what: &str,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        with_retry(&format!("GET {what}"), &self.stats, || async {
+            let response = self
+                .send(
+                    Method::GET,
+                    page,
+                    &repository.pull_scope(),
+                    HeaderMap::new(),
+                    None,
+                    Payload::Metadata,
+                )
+                .await?;
+            if !response.status().is_success() {
+                return Err(failure_from(format!("GET {what}"), response).await);
+            }
+            let link = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .map(|v| v.to_str().map(str::to_string));
+            let link = match link {
+                Some(Ok(link)) => Some(link),
+                Some(Err(_)) => {
+                    return Err(Error::Refused(format!(
+                        "{what}: an unreadable Link header; refusing the list"
+                    )))
+                }
+                None => None,
+            };
+            let bytes = read_bounded(response, MAX_TAG_PAGE_BYTES, what, false).await?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                Error::Refused(format!("{what}: the answer is not UTF-8; refusing it"))
+            })?;
+            let page: Page = serde_json::from_str(text).map_err(|_| {
+                Error::Refused(format!(
+                    "{what}: the answer is not a JSON tag list ({{\"name\", \"tags\"}}); refusing it"
+                ))
+            })?;
+            Ok((page.tags.unwrap_or_default(), link))
+        })
+        .await
+    }
+}
+
+/// A page's identity for loop detection: its path and query, with `last` decoded.
+fn page_key(page: &Url) -> String {
+    let mut pairs: Vec<(String, String)> = page.query_pairs().into_owned().collect();
+    pairs.sort();
+    format!("{}?{pairs:?}", page.path())
+}
+
+/// The next page a `Link` header names: `<URL>; rel="next"`, resolved against the page
+/// it came with, and only on the first page's origin and path.
+fn next_tags_page(first: &Url, page: &Url, link: &str, what: &str) -> Result<Url> {
+    let target = link
+        .split(',')
+        .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))
+        .and_then(|part| {
+            let part = part.trim();
+            part.strip_prefix('<')?.split_once('>').map(|(url, _)| url)
+        })
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "{what}: a Link header without a <URL>; rel=\"next\"; refusing the list"
+            ))
+        })?;
+    let next = page
+        .join(target)
+        .map_err(|_| Error::Refused(format!("{what}: an unreadable next-page URL")))?;
+    if origin(&next) != origin(first) {
+        return Err(Error::Refused(format!(
+            "{what}: the next page is on another origin ({}); refusing it, credentials never leave the registry",
+            crate::text::printable(&format!(
+                "{}://{}",
+                next.scheme(),
+                next.host_str().unwrap_or("")
+            ))
+        )));
+    }
+    if next.path() != first.path() || !next.username().is_empty() || next.password().is_some() {
+        return Err(Error::Refused(format!(
+            "{what}: the next page is not this repository's tag list; refusing it"
+        )));
+    }
+    Ok(next)
+}
+
+/// The most tags a repository may list: more is refused, not truncated, since a
+/// truncated list would select other tags than the registry holds.
+pub const MAX_TAGS: usize = 10_000;
+/// One page of a tag list: 10 000 tags of the longest legal name fit in 1.3 MiB.
+const MAX_TAG_PAGE_BYTES: u64 = 2 << 20;
+
 /// What to try next when `host` did not answer over verified HTTPS: only a failed TLS
 /// handshake points at --insecure; a name that does not resolve or a closed port do not.
 async fn unreachable_hint(host: &Registry, https: &Url, error: &Error) -> String {
@@ -759,6 +907,7 @@ enum Endpoint<'a> {
     Blob(&'a Digest),
     Uploads,
     Referrers(&'a Digest),
+    Tags,
 }
 
 fn accept_manifests() -> HeaderMap {
