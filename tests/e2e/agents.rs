@@ -1156,9 +1156,13 @@ fn rootless(image: &str) {
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].contains("name=rootless"), "{stdout}");
     assert!(lines[1].starts_with("built sha256:"), "{stdout}");
+    assert_eq!(lines[2], "pid in /tmp/dockerd.pid", "{stdout}");
+    // Both the image built inside and the one loaded are listed, in whichever order.
+    let mut listed = lines[3..].to_vec();
+    listed.sort();
     assert_eq!(
-        lines[2..],
-        ["pid in /tmp/dockerd.pid", "listed tiny:inside"],
+        listed,
+        ["listed inner:latest", "listed tiny:inside"],
         "{stdout}"
     );
 

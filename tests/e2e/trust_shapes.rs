@@ -603,6 +603,27 @@ fn each_signature_shape_gets_the_verdict_cosign_and_containers_image_give() {
         table.join("\n"),
         failures.join("\n")
     );
+
+    // What proved trust came along: cosign verifies the copies at the destination.
+    let copy = |name: &str| format!("{}/{}/{name}", dst.addr, name.replace('/', "-"));
+    for (name, bundle) in [
+        ("s/index", false),
+        ("s/bundle", true),
+        ("s/bundle-legacy", true),
+    ] {
+        let reference = format!("{}:v1", copy(name));
+        assert!(
+            cosign_accepts(dir, &reference, bundle),
+            "cosign refuses the copy {reference}"
+        );
+    }
+    for digest in &platforms {
+        let reference = format!("{}@{digest}", copy("s/children"));
+        assert!(
+            cosign_accepts(dir, &reference, false),
+            "cosign refuses the copy {reference}"
+        );
+    }
 }
 
 /// What proves trust travels with the image: through save and load, with the source
