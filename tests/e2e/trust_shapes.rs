@@ -127,19 +127,7 @@ fn keyless_bundle(dir: &Path, payload: &[u8], time: i64) -> serde_json::Value {
         "payloadHash": {"algorithm": "sha256", "value": hex::encode(sha2::Sha256::digest(payload))},
         "signatures": [{"signature": signature, "verifier": base64(leaf.as_bytes())}]}});
     let body = base64(body.to_string().as_bytes());
-    let rekor = fs::read(dir.join("rekor.der")).unwrap();
-    let log_id = sha2::Sha256::digest(&rekor);
-    let canonical = format!(
-        r#"{{"body":"{body}","integratedTime":{time},"logID":"{}","logIndex":7}}"#,
-        hex::encode(log_id)
-    );
-    fs::write(dir.join("entry.json"), canonical).unwrap();
-    let set = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign", "rekor.key", "entry.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(set.status.success());
+    let (log_id, set) = crate::trust_verify::rekor_set(dir, &body, time, 7);
     serde_json::json!({
         "mediaType": BUNDLE_TYPE,
         "verificationMaterial": {
@@ -147,7 +135,7 @@ fn keyless_bundle(dir: &Path, payload: &[u8], time: i64) -> serde_json::Value {
             "tlogEntries": [{"logIndex": "7", "logId": {"keyId": base64(&log_id)},
                 "kindVersion": {"kind": "dsse", "version": "0.0.1"},
                 "integratedTime": time.to_string(),
-                "inclusionPromise": {"signedEntryTimestamp": base64(&set.stdout)},
+                "inclusionPromise": {"signedEntryTimestamp": base64(&set)},
                 "canonicalizedBody": body}]},
         "dsseEnvelope": {"payload": base64(payload), "payloadType": IN_TOTO,
                          "signatures": [{"sig": signature}]}

@@ -652,6 +652,24 @@ pub(crate) fn trusted_root(ca: &str, rekor: &[u8]) -> String {
     .to_string()
 }
 
+/// Plays Rekor's log: the SET, by `dir/rekor.key`, over the canonical entry of `body`
+/// (base64) at `time` and `index`; with the log's ID (SHA-256 of `dir/rekor.der`).
+pub(crate) fn rekor_set(dir: &Path, body: &str, time: i64, index: u64) -> (Vec<u8>, Vec<u8>) {
+    let log_id = sha2::Sha256::digest(fs::read(dir.join("rekor.der")).unwrap()).to_vec();
+    let canonical = format!(
+        r#"{{"body":"{body}","integratedTime":{time},"logID":"{}","logIndex":{index}}}"#,
+        hex::encode(&log_id)
+    );
+    fs::write(dir.join("entry.json"), canonical).unwrap();
+    let set = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign", "rekor.key", "entry.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    (log_id, set.stdout)
+}
+
 /// Plays Rekor for a signature cosign made with a certificate: records a hashedrekord
 /// entry at `time` and attaches it, with its SET by `dir/rekor.key`, to the layer.
 fn rekor_entry(
@@ -679,21 +697,11 @@ fn rekor_entry(
                  "signature": {"content": annotations["dev.cosignproject.cosign/signature"],
                      "publicKey": {"content": base64(annotations["dev.sigstore.cosign/certificate"].as_str().unwrap().as_bytes())}}}});
     let body = base64(body.to_string().as_bytes());
-    let log_id = hex::encode(sha2::Sha256::digest(
-        fs::read(dir.join("rekor.der")).unwrap(),
-    ));
-    let canonical =
-        format!(r#"{{"body":"{body}","integratedTime":{time},"logID":"{log_id}","logIndex":1}}"#);
-    fs::write(dir.join("entry.json"), canonical).unwrap();
-    let set = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign", "rekor.key", "entry.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(set.status.success());
+    let (log_id, set) = rekor_set(dir, &body, time, 1);
+    let log_id = hex::encode(log_id);
     // Signed at `time`, shown at another: the SET no longer covers the entry.
     let shown = if tamper { time + 1 } else { time };
-    let bundle = serde_json::json!({"SignedEntryTimestamp": base64(&set.stdout),
+    let bundle = serde_json::json!({"SignedEntryTimestamp": base64(&set),
         "Payload": {"body": body, "integratedTime": shown, "logIndex": 1, "logID": log_id}});
     manifest["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"] = bundle.to_string().into();
     push_manifest(src, repository, Some(&tag), &manifest.to_string());
