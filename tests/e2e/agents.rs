@@ -453,7 +453,7 @@ fn devbox_family_builds_offline_and_works() {
     let project = project_copy();
     // The copy's bases pinned to the stand-in the mirror holds. sandbox-base's debian
     // flavour takes the same pin; its alpine base is unused and keeps the real one.
-    pin_bases(project.path(), &["opencode", "attach", "devbox"], &prefix);
+    pin_bases(project.path(), &["opencode", "devbox"], &prefix);
     let debian_base = |root: &Path| -> String {
         let spec = fs::read_to_string(root.join("agents/devbox/image.toml")).unwrap();
         let spec: toml::Table = spec.parse().unwrap();
@@ -661,8 +661,8 @@ fn devbox_family_builds_offline_and_works() {
     pin_bases(project.path(), &["tiny"], &prefix);
 
     // One platform at a time, by digest, then merged into one index per image, as
-    // release runners do (merge wants every catalog image, so attach too). The build
-    // cache goes between the two: both platforms' cache at once is most of the disk.
+    // release runners do (opencode is the tools image verify mounts). The build cache
+    // goes between the two: both platforms' cache at once is most of the disk.
     let served_before = server.served.load(std::sync::atomic::Ordering::Relaxed);
     let records = tempfile::tempdir().unwrap();
     let mut record_dirs = Vec::new();
@@ -672,7 +672,7 @@ fn devbox_family_builds_offline_and_works() {
         let started = std::time::Instant::now();
         let built = build_with(
             platform,
-            &[&["opencode", "attach"][..], &images_for(platform)[..]].concat(),
+            &[&["opencode"][..], &images_for(platform)[..]].concat(),
             &["--by-digest", &dir],
         );
         let log = text(&built.stderr);
