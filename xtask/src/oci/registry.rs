@@ -15,7 +15,10 @@ use super::auth::{challenge_of, credential_for, Auth, Challenge};
 use super::error::{Error, NetworkCause, Result};
 use super::name::{Digest, Reference, Registry, Repository, Tag};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
-use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
+use super::transport::{
+    error_body, failure_from, origin, read_bounded, registry_error_detail, Transport,
+    METADATA_DEADLINE,
+};
 
 pub use super::media::MANIFEST_TYPES;
 
@@ -25,6 +28,20 @@ pub struct Described {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+}
+
+/// What a DELETE of a manifest came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// Nothing by that name (deleted already, with another tag on the same digest).
+    Absent,
+    /// 400 or 405: deletes are off, or this kind of delete is not supported. `detail`
+    /// is the registry's error codes, printable, e.g. ` (UNSUPPORTED …)`.
+    Declined {
+        status: StatusCode,
+        detail: String,
+    },
 }
 
 /// One registry's API, connected: every call takes parsed names and returns checked
@@ -236,6 +253,7 @@ impl Client {
         let scopes = match access {
             Access::Pull => repository.pull_scope(),
             Access::Push => repository.push_scope(),
+            Access::Delete => repository.delete_scope(),
         };
         let url = self.url(repository, endpoint)?;
         self.send(method, &url, &scopes, headers, None, Payload::Metadata)
@@ -380,6 +398,41 @@ impl Client {
                 return Ok(());
             }
             Err(failure_from(what.clone(), response).await)
+        })
+        .await
+    }
+
+    /// DELETE of a manifest by digest (it goes with every tag on it, in distribution) or
+    /// of one tag (optional in the spec). What the registry declined is the caller's to
+    /// judge: deletes turned off, or no deleting a tag alone.
+    pub async fn delete_manifest(
+        &self,
+        repository: &Repository,
+        reference: &Reference,
+    ) -> Result<Deletion> {
+        let what = format!("DELETE manifest {}/{repository}:{reference}", self.host);
+        with_retry(&what, &self.stats, || async {
+            let response = self
+                .ask(
+                    Method::DELETE,
+                    repository,
+                    Endpoint::Manifest(reference),
+                    Access::Delete,
+                    HeaderMap::new(),
+                )
+                .await?;
+            match response.status() {
+                status if status.is_success() => Ok(Deletion::Deleted),
+                StatusCode::NOT_FOUND => Ok(Deletion::Absent),
+                status @ (StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) => {
+                    let body = error_body(response, &what).await;
+                    Ok(Deletion::Declined {
+                        status,
+                        detail: registry_error_detail(&body),
+                    })
+                }
+                _ => Err(failure_from(what.clone(), response).await),
+            }
         })
         .await
     }
@@ -898,6 +951,7 @@ async fn unreachable_hint(host: &Registry, https: &Url, error: &Error) -> String
 enum Access {
     Pull,
     Push,
+    Delete,
 }
 
 /// What a request addresses in a repository.
