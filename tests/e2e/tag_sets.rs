@@ -4,28 +4,12 @@
 //! scripted registries.
 
 use crate::support::scripted::{Body, Reply, Scripted};
-use crate::support::upload::{push_blob, push_manifest};
+use crate::support::upload::{push_tagged, IMAGE_CONFIG};
 use crate::support::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-/// A small image under `tag` whose config names the tag, so every tag has its own digest.
-fn push_tagged(registry: &Registry, repository: &str, tag: &str, config_type: &str) -> String {
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","tag":"{tag}","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
-    );
-    let config_digest = push_blob(registry, repository, config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
-        "layers": [],
-    });
-    push_manifest(registry, repository, Some(tag), &manifest.to_string())
-}
-
-const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 
 fn images_mirror(args: &[&str]) -> std::process::Output {

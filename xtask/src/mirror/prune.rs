@@ -181,8 +181,8 @@ async fn plan_repository(
             tagged
                 .iter()
                 .find(|(other, d)| d == digest && want.tags.contains(other))
-                .map(|(other, _)| format!("kept tag {other}"))
-                .unwrap_or_else(|| "a kept image references it".to_string())
+                .map(|(other, _)| format!("kept tag {other} has the same manifest"))
+                .unwrap_or_else(|| "a kept image references the manifest".to_string())
         });
         plan.prunes.push(Prune {
             repository: repository.clone(),
@@ -388,14 +388,15 @@ fn row_line(host: &Registry, row: &Row) -> String {
     let why = prune
         .shared_with
         .as_ref()
-        .map(|with| format!(" (shares its manifest with {with})"))
+        .map(|with| format!(" ({with})"))
         .unwrap_or_default();
     let verb = match row.result {
         None => row.action,
         Some(Done::Deleted) => "deleted",
         Some(Done::Untagged) => "untagged",
         Some(Done::Left) => {
-            return format!("left     {what}: the registry cannot delete a tag alone, and deleting the manifest would take the {}", prune.shared_with.as_deref().unwrap_or("kept image"));
+            let with = prune.shared_with.as_deref().unwrap_or_default();
+            return format!("left     {what}: the registry cannot delete a tag alone, and {with}");
         }
     };
     format!("{verb:<8} {what}{why}")

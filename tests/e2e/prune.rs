@@ -1,0 +1,281 @@
+//! `images mirror prune`: mirror a tag set, narrow the list, and prune what it no longer
+//! selects, against the real distribution registry, with skopeo judging what is left.
+
+use crate::support::upload::{self, push_tagged, put, IMAGE_CONFIG};
+use crate::support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn prune(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["images", "mirror", "prune"];
+    all.extend_from_slice(args);
+    xtask(&all)
+}
+
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn skopeo_tags(reference: &str) -> BTreeSet<String> {
+    let listed = run(
+        "skopeo",
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let tags = listed["Tags"].as_array().unwrap().iter();
+    tags.map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+/// Every tag of the registry with skopeo's digest of it.
+fn digests(registry: &Registry) -> BTreeMap<String, String> {
+    registry
+        .tags()
+        .into_iter()
+        .map(|tag| {
+            let raw = skopeo_inspect("--raw", &format!("{}/{tag}", registry.addr));
+            (tag, upload::sha256(raw.as_bytes()))
+        })
+        .collect()
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+fn sig(digest: &str, suffix: &str) -> String {
+    format!("{}{suffix}", digest.replace(':', "-"))
+}
+
+/// The source: releases of k/app (v1.3.0 an index over v1.1.0's manifest), a signature
+/// and a fallback referrers tag beside v1.0.0, a signature beside v2.0.0, and k/tool:v1.
+/// Returns the digests by tag.
+fn source(src: &Registry) -> BTreeMap<String, String> {
+    let mut digests = BTreeMap::new();
+    for tag in ["v1.0.0", "v1.1.0", "v1.2.0", "v2.0.0"] {
+        digests.insert(
+            tag.to_string(),
+            push_tagged(src, "k/app", tag, IMAGE_CONFIG),
+        );
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": INDEX,
+        "manifests": [{"mediaType": upload::MANIFEST, "digest": digests["v1.1.0"], "size": 0,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    // The size must be the child's: read it back.
+    let child = skopeo_inspect("--raw", &format!("{}/k/app:v1.1.0", src.addr));
+    let mut index = index;
+    index["manifests"][0]["size"] = child.len().into();
+    let index = index.to_string();
+    put(
+        &src.url("/v2/k/app/manifests/v1.3.0"),
+        INDEX,
+        index.as_bytes(),
+    );
+    digests.insert("v1.3.0".into(), upload::sha256(index.as_bytes()));
+    for (subject, suffix) in [("v1.0.0", ".sig"), ("v1.0.0", ""), ("v2.0.0", ".sig")] {
+        let tag = sig(&digests[subject], suffix);
+        push_tagged(src, "k/app", &tag, IMAGE_CONFIG);
+    }
+    push_tagged(src, "k/tool", "v1", IMAGE_CONFIG);
+    digests
+}
+
+fn write_list(path: &Path, src: &str, range: &str) -> String {
+    fs::write(
+        path,
+        format!(
+            "description = \"prune\"\n\
+             [[image]]\nsource = \"{src}/k/app\"\ntags = {{ semver = \"{range}\" }}\n\
+             [[image]]\nsource = \"{src}/k/tool:v1\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
+    need!(Registry, Skopeo);
+    let (src, dst) = (Registry::plain(), Registry::plain());
+    let released = source(&src);
+    let work = tempfile::tempdir().unwrap();
+    let list_path = work.path().join("apps.toml");
+    let prefix = format!("{}/m", dst.addr);
+
+    // Mirror every release, signatures with them.
+    let list = write_list(&list_path, &src.addr, ">=1.0.0");
+    succeeded(&xtask(&["images", "mirror", &list, "--to", &prefix]));
+    // A tag only the mirror has, on a kept manifest; and repositories outside PREFIX,
+    // one whose name merely starts with it, with the same tags.
+    let alias = format!("{prefix}/k/app:old-alias");
+    fixture::skopeo_copy(
+        &format!("docker://{prefix}/k/app:v1.2.0"),
+        &format!("docker://{alias}"),
+    );
+    for outside in ["other/k/app", "m-old/k/app", "k/app"] {
+        for tag in ["v1.0.0", "v1.1.0"] {
+            fixture::skopeo_copy(
+                &format!("docker://{prefix}/k/app:{tag}"),
+                &format!("docker://{}/{outside}:{tag}", dst.addr),
+            );
+        }
+    }
+    let before = digests(&dst);
+    let (v1, v2) = (&released["v1.0.0"], &released["v2.0.0"]);
+    assert!(
+        before.contains_key(&format!("m/k/app:{}", sig(v1, ".sig"))),
+        "{before:?}"
+    );
+
+    // The list moves on: 1.2.0 and up.
+    let list = write_list(&list_path, &src.addr, ">=1.2.0");
+    let expected: BTreeSet<String> = [
+        format!("delete   {prefix}/k/app:v1.0.0 -> {v1}"),
+        format!(
+            "untag    {prefix}/k/app:v1.1.0 -> {} (a kept image references the manifest)",
+            released["v1.1.0"]
+        ),
+        format!(
+            "untag    {prefix}/k/app:old-alias -> {} (kept tag v1.2.0 has the same manifest)",
+            released["v1.2.0"]
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let dry = succeeded(&prune(&[&list, "--to", &prefix]));
+    let lines: Vec<&str> = dry.lines().collect();
+    let (rows, summary) = lines.split_at(lines.len() - 1);
+    let rows: BTreeSet<String> = rows.iter().map(|l| l.to_string()).collect();
+    let signature_rows: BTreeSet<String> = [sig(v1, ".sig"), sig(v1, "")]
+        .iter()
+        .map(|tag| format!("{prefix}/k/app:{tag} -> "))
+        .collect();
+    assert_eq!(rows.len(), expected.len() + signature_rows.len(), "{dry}");
+    assert!(expected.is_subset(&rows), "{dry}");
+    for row in &signature_rows {
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with(&format!("delete   {row}"))),
+            "{row}: {dry}"
+        );
+    }
+    assert!(
+        summary[0].starts_with("dry run: 5 tags would be pruned in 2 repositories")
+            && summary[0].contains("(5 kept)"),
+        "{dry}"
+    );
+    assert_eq!(digests(&dst), before, "the dry run deleted something");
+
+    // --yes deletes them; skopeo sees the rest exactly as it was.
+    let out = succeeded(&prune(&[&list, "--to", &prefix, "--yes"]));
+    let after = digests(&dst);
+    let gone: BTreeSet<String> = ["v1.0.0".to_string(), sig(v1, ".sig"), sig(v1, "")]
+        .iter()
+        .map(|tag| format!("m/k/app:{tag}"))
+        .collect();
+    // distribution cannot delete a tag alone: the tags sharing a kept manifest stay.
+    let mut expected_after = before.clone();
+    expected_after.retain(|tag, _| !gone.contains(tag));
+    assert_eq!(after, expected_after, "{out}");
+    assert_eq!(
+        skopeo_tags(&format!("{prefix}/k/app")),
+        set(&[
+            "v1.1.0".into(),
+            "v1.2.0".into(),
+            "v1.3.0".into(),
+            "v2.0.0".into(),
+            "old-alias".into(),
+            sig(v2, ".sig")
+        ])
+    );
+    assert!(skopeo_tags(&format!("{prefix}/k/tool")).contains("v1"));
+    // ...and says so, one line each.
+    for tag in ["old-alias", "v1.1.0"] {
+        assert!(
+            out.contains(&format!("left     {prefix}/k/app:{tag} -> ")),
+            "{out}"
+        );
+    }
+    // The pruned manifest is gone by digest too; the one v1.3.0 points at is not.
+    let by_digest = |digest: &str| {
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{prefix}/k/app@{digest}"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!by_digest(v1), "{v1} is still there");
+    assert!(by_digest(&released["v1.1.0"]), "v1.3.0's child was deleted");
+
+    // Run again: nothing left to prune but what the registry cannot untag.
+    let again = succeeded(&prune(&[&list, "--to", &prefix, "--json"]));
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["dry_run"], true, "{again}");
+    let actions: BTreeSet<&str> = again["prunes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, BTreeSet::from(["untag"]), "{again}");
+}
+
+#[test]
+fn prune_refuses_an_empty_list_a_bad_prefix_and_an_unreachable_registry() {
+    need!(Registry, Skopeo);
+    let dst = Registry::plain();
+    push_tagged(&dst, "m/k/app", "v1", IMAGE_CONFIG);
+    let before = digests(&dst);
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("empty.toml");
+    fs::write(&empty, "description = \"nothing yet\"\n").unwrap();
+    let empty = empty.display().to_string();
+    let prefix = format!("{}/m", dst.addr);
+    let tool = work.path().join("tool.toml");
+    fs::write(
+        &tool,
+        format!(
+            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
+            dst.addr
+        ),
+    )
+    .unwrap();
+    let tool = tool.display().to_string();
+    for (args, want) in [
+        (
+            vec![empty.as_str(), "--to", &prefix, "--yes"],
+            "empty.toml select(s) no image, and prune deletes what the lists do not select; add [[image]] entries",
+        ),
+        (
+            vec![tool.as_str(), "--to", "Not A Prefix", "--yes"],
+            "--to: registry prefix 'Not A Prefix' does not start with a registry host",
+        ),
+        (
+            vec![tool.as_str(), "--to", "127.0.0.1:1/m", "--yes"],
+            "registry 127.0.0.1:1 is unreachable",
+        ),
+    ] {
+        let out = prune(&args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(digests(&dst), before, "a refused run deleted something");
+}
