@@ -15,30 +15,6 @@ fn prune(args: &[&str]) -> std::process::Output {
     xtask(&all)
 }
 
-fn succeeded(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn skopeo_tags(reference: &str) -> BTreeSet<String> {
-    let listed = run(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let tags = listed["Tags"].as_array().unwrap().iter();
-    tags.map(|t| t.as_str().unwrap().to_string()).collect()
-}
-
 /// Every tag of the registry with skopeo's digest of it.
 fn digests(registry: &Registry) -> BTreeMap<String, String> {
     registry
@@ -278,4 +254,36 @@ fn prune_refuses_an_empty_list_a_bad_prefix_and_an_unreachable_registry() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
     assert_eq!(digests(&dst), before, "a refused run deleted something");
+}
+
+#[test]
+fn a_registry_with_deletes_off_is_one_line_saying_how_to_enable_them() {
+    need!(Registry, Skopeo);
+    let dst = Registry::without_deletes();
+    push_tagged(&dst, "m/k/tool", "v1", IMAGE_CONFIG);
+    push_tagged(&dst, "m/k/tool", "v0", IMAGE_CONFIG);
+    let before = digests(&dst);
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("tool.toml");
+    fs::write(
+        &list,
+        format!(
+            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
+            dst.addr
+        ),
+    )
+    .unwrap();
+    let prefix = format!("{}/m", dst.addr);
+    let out = prune(&[list.to_str().unwrap(), "--to", &prefix, "--yes"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{prefix}/k/tool:v0: {} answered DELETE with 405",
+            dst.addr
+        )) && stderr.contains("storage.delete.enabled: true"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(digests(&dst), before);
 }

@@ -18,30 +18,6 @@ fn images_mirror(args: &[&str]) -> std::process::Output {
     xtask(&all)
 }
 
-fn succeeded(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mirror failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn skopeo_tags(reference: &str) -> BTreeSet<String> {
-    let listed = run(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let tags = listed["Tags"].as_array().unwrap().iter();
-    tags.map(|t| t.as_str().unwrap().to_string()).collect()
-}
-
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
