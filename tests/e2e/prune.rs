@@ -236,7 +236,7 @@ fn prune_refuses_an_empty_list_a_bad_prefix_and_an_unreachable_registry() {
     for (args, want) in [
         (
             vec![empty.as_str(), "--to", &prefix, "--yes"],
-            "empty.toml select(s) no image, and prune deletes what the lists do not select; add [[image]] entries",
+            "empty.toml selects no image, and prune deletes whatever the lists do not select; add [[image]] entries",
         ),
         (
             vec![tool.as_str(), "--to", "Not A Prefix", "--yes"],
@@ -286,4 +286,51 @@ fn a_registry_with_deletes_off_is_one_line_saying_how_to_enable_them() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(digests(&dst), before);
+}
+
+#[test]
+fn a_registry_that_takes_the_manifest_with_a_tag_is_named_at_once() {
+    need!(Registry, Skopeo);
+    let dst = Registry::plain();
+    let kept = push_tagged(&dst, "m/k/tool", "v1", IMAGE_CONFIG);
+    let raw = skopeo_inspect("--raw", &format!("{}/m/k/tool:v1", dst.addr));
+    put(
+        &dst.url("/v2/m/k/tool/manifests/old"),
+        upload::MANIFEST,
+        raw.as_bytes(),
+    );
+    // As early zot did: a DELETE by tag deletes the manifest, every tag on it with it.
+    let by_digest = dst.url(&format!("/v2/m/k/tool/manifests/{kept}"));
+    let registry = proxy::Proxy::start(
+        &dst.addr,
+        Box::new(move |method, path, _| {
+            if method == "DELETE" && path == "/v2/m/k/tool/manifests/old" {
+                run("curl", &["-sf", "-X", "DELETE", &by_digest]);
+                return proxy::Action::Respond(202, Vec::new());
+            }
+            proxy::Action::Forward
+        }),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("tool.toml");
+    fs::write(
+        &list,
+        format!(
+            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
+            dst.addr
+        ),
+    )
+    .unwrap();
+    let prefix = format!("{}/m", registry.addr);
+    let out = prune(&[list.to_str().unwrap(), "--to", &prefix, "--yes"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{prefix}/k/tool:old: {} deleted the manifest {kept} with the tag, and kept tags need it; run the mirror again",
+            registry.addr
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

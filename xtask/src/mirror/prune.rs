@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx, args: &MirrorPruneArgs) -> Result<()> {
     if !args.yes {
         return report(&scope, &plan, None, args.json);
     }
-    let results = delete(&registry, &scope, &plan).await?;
+    let results = delete(&registry, &scope, &plan, args.json).await?;
     report(&scope, &plan, Some(&results), args.json)
 }
 
@@ -105,13 +105,15 @@ fn refuse_empty_lists(root: &std::path::Path, select: &MirrorSelection) -> Resul
             empty.push(selector.as_str());
         }
     }
-    if !empty.is_empty() {
-        bail!(
-            "{} select(s) no image, and prune deletes what the lists do not select; add [[image]] entries, or name only the lists the mirror copies",
-            empty.join(", ")
-        );
-    }
-    Ok(())
+    let (what, verb) = match empty.len() {
+        0 => return Ok(()),
+        1 => ("mirror list", "selects"),
+        _ => ("mirror lists", "select"),
+    };
+    bail!(
+        "{what} {} {verb} no image, and prune deletes whatever the lists do not select; add [[image]] entries, or name only the lists the mirror copies",
+        empty.join(", ")
+    )
 }
 
 /// What the lists select in one repository.
@@ -269,8 +271,9 @@ enum Done {
 }
 
 /// Deletes the plan, images before their signatures: a run cut short leaves at worst
-/// signatures of deleted images, which the next run finds.
-async fn delete(registry: &Client, scope: &Scope, plan: &Plan) -> Result<Vec<Done>> {
+/// signatures of deleted images, which the next run finds. Each line is printed as it
+/// is done, so a run that stops says how far it got.
+async fn delete(registry: &Client, scope: &Scope, plan: &Plan, json: bool) -> Result<Vec<Done>> {
     let mut order: Vec<usize> = (0..plan.prunes.len()).collect();
     order.sort_by_key(|&i| plan.prunes[i].is_attachment());
     let mut results = vec![Done::Left; plan.prunes.len()];
@@ -278,39 +281,56 @@ async fn delete(registry: &Client, scope: &Scope, plan: &Plan) -> Result<Vec<Don
     for i in order {
         let prune = &plan.prunes[i];
         scope.check(&registry.host, &prune.repository)?;
-        let line = format!("{}/{}:{}", registry.host, prune.repository, prune.tag);
-        results[i] = if prune.shared_with.is_some() {
-            let reference = Reference::Tag(prune.tag.clone());
-            match registry
-                .delete_manifest(&prune.repository, &reference)
-                .await?
-            {
-                Deletion::Deleted | Deletion::Absent => Done::Untagged,
-                Deletion::Declined { .. } => Done::Left,
-            }
-        } else {
-            let key = (prune.repository.clone(), prune.digest.clone());
-            if !gone.contains(&key) {
-                let reference = Reference::Digest(prune.digest.clone());
-                match registry
-                    .delete_manifest(&prune.repository, &reference)
-                    .await?
-                {
-                    Deletion::Deleted | Deletion::Absent => {}
-                    Deletion::Declined { status, detail } => {
-                        bail!(
-                            "{line}: {} answered DELETE with {status}{detail}; {}",
-                            registry.host,
-                            enable_deletes_hint(status, &detail)
-                        )
-                    }
-                }
-                gone.insert(key);
-            }
-            Done::Deleted
-        };
+        results[i] = delete_one(registry, prune, &mut gone).await?;
+        if !json {
+            println!(
+                "{}",
+                row_line(&registry.host, &row(prune, Some(&results[i])))
+            );
+        }
     }
     Ok(results)
+}
+
+async fn delete_one(
+    registry: &Client,
+    prune: &Prune,
+    gone: &mut HashSet<(Repository, Digest)>,
+) -> Result<Done> {
+    let line = format!("{}/{}:{}", registry.host, prune.repository, prune.tag);
+    let by_digest = Reference::Digest(prune.digest.clone());
+    if prune.shared_with.is_some() {
+        let by_tag = Reference::Tag(prune.tag.clone());
+        return match registry.delete_manifest(&prune.repository, &by_tag).await? {
+            Deletion::Declined { .. } => Ok(Done::Left),
+            Deletion::Deleted | Deletion::Absent => {
+                // Some registries have taken the manifest along with the tag: say so.
+                if registry
+                    .head_manifest(&prune.repository, &by_digest)
+                    .await?
+                    .is_none()
+                {
+                    bail!("{line}: {} deleted the manifest {} with the tag, and kept tags need it; run the mirror again to restore them", registry.host, prune.digest);
+                }
+                Ok(Done::Untagged)
+            }
+        };
+    }
+    // Several pruned tags on one manifest: it is deleted once.
+    if gone.insert((prune.repository.clone(), prune.digest.clone())) {
+        match registry
+            .delete_manifest(&prune.repository, &by_digest)
+            .await?
+        {
+            Deletion::Deleted | Deletion::Absent => {}
+            Deletion::Declined { status, detail } => bail!(
+                "{line}: {} answered DELETE with {status}{detail}; {}",
+                registry.host,
+                enable_deletes_hint(status, &detail)
+            ),
+        }
+    }
+    Ok(Done::Deleted)
 }
 
 /// How to let a registry that declined a DELETE by digest accept it.
@@ -332,20 +352,24 @@ struct Row<'a> {
     result: Option<&'a Done>,
 }
 
+fn row<'a>(prune: &'a Prune, result: Option<&'a Done>) -> Row<'a> {
+    let action = match prune.shared_with {
+        Some(_) => "untag",
+        None => "delete",
+    };
+    Row {
+        prune,
+        action,
+        result,
+    }
+}
+
 fn report(scope: &Scope, plan: &Plan, results: Option<&[Done]>, json: bool) -> Result<()> {
     let rows: Vec<Row> = plan
         .prunes
         .iter()
         .enumerate()
-        .map(|(i, prune)| Row {
-            prune,
-            action: if prune.shared_with.is_some() {
-                "untag"
-            } else {
-                "delete"
-            },
-            result: results.map(|r| &r[i]),
-        })
+        .map(|(i, prune)| row(prune, results.map(|r| &r[i])))
         .collect();
     let count = |done: Done| results.map_or(0, |r| r.iter().filter(|d| **d == done).count());
     let left = count(Done::Left);
@@ -361,7 +385,8 @@ fn report(scope: &Scope, plan: &Plan, results: Option<&[Done]>, json: bool) -> R
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
     }
-    for row in &rows {
+    // After --yes, each line was printed as it was done.
+    for row in rows.iter().filter(|_| results.is_none()) {
         println!("{}", row_line(&scope.registry, row));
     }
     let (n, m) = (plan.prunes.len(), plan.repositories);
