@@ -83,6 +83,25 @@ fn write_list(path: &Path, src: &str, range: &str) -> String {
     path.display().to_string()
 }
 
+/// A list of one pinned image, `{src}/k/tool:v1`, in `dir`: no source is asked for it.
+fn tool_list(dir: &Path, src: &str) -> String {
+    let path = dir.join("tool.toml");
+    fs::write(
+        &path,
+        format!("description = \"x\"\n[[image]]\nsource = \"{src}/k/tool:v1\"\n"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// The one line a refused run prints, checked to be one line and a failure.
+fn refused(out: &std::process::Output) -> String {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
     need!(Registry, Skopeo);
@@ -223,16 +242,7 @@ fn prune_refuses_an_empty_list_a_bad_prefix_and_an_unreachable_registry() {
     fs::write(&empty, "description = \"nothing yet\"\n").unwrap();
     let empty = empty.display().to_string();
     let prefix = format!("{}/m", dst.addr);
-    let tool = work.path().join("tool.toml");
-    fs::write(
-        &tool,
-        format!(
-            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
-            dst.addr
-        ),
-    )
-    .unwrap();
-    let tool = tool.display().to_string();
+    let tool = tool_list(work.path(), &dst.addr);
     for (args, want) in [
         (
             vec![empty.as_str(), "--to", &prefix, "--yes"],
@@ -247,11 +257,8 @@ fn prune_refuses_an_empty_list_a_bad_prefix_and_an_unreachable_registry() {
             "registry 127.0.0.1:1 is unreachable",
         ),
     ] {
-        let out = prune(&args);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{args:?}: {stderr}");
-        assert!(stderr.contains(want), "{stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let stderr = refused(&prune(&args));
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
     assert_eq!(digests(&dst), before, "a refused run deleted something");
 }
@@ -264,19 +271,9 @@ fn a_registry_with_deletes_off_is_one_line_saying_how_to_enable_them() {
     push_tagged(&dst, "m/k/tool", "v0", IMAGE_CONFIG);
     let before = digests(&dst);
     let work = tempfile::tempdir().unwrap();
-    let list = work.path().join("tool.toml");
-    fs::write(
-        &list,
-        format!(
-            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
-            dst.addr
-        ),
-    )
-    .unwrap();
+    let list = tool_list(work.path(), &dst.addr);
     let prefix = format!("{}/m", dst.addr);
-    let out = prune(&[list.to_str().unwrap(), "--to", &prefix, "--yes"]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&prune(&[&list, "--to", &prefix, "--yes"]));
     assert!(
         stderr.contains(&format!(
             "{prefix}/k/tool:v0: {} answered DELETE with 405",
@@ -284,7 +281,6 @@ fn a_registry_with_deletes_off_is_one_line_saying_how_to_enable_them() {
         )) && stderr.contains("storage.delete.enabled: true"),
         "{stderr}"
     );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert_eq!(digests(&dst), before);
 }
 
@@ -312,19 +308,9 @@ fn a_registry_that_takes_the_manifest_with_a_tag_is_named_at_once() {
         }),
     );
     let work = tempfile::tempdir().unwrap();
-    let list = work.path().join("tool.toml");
-    fs::write(
-        &list,
-        format!(
-            "description = \"x\"\n[[image]]\nsource = \"{}/k/tool:v1\"\n",
-            dst.addr
-        ),
-    )
-    .unwrap();
+    let list = tool_list(work.path(), &dst.addr);
     let prefix = format!("{}/m", registry.addr);
-    let out = prune(&[list.to_str().unwrap(), "--to", &prefix, "--yes"]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&prune(&[&list, "--to", &prefix, "--yes"]));
     assert!(
         stderr.contains(&format!(
             "{prefix}/k/tool:old: {} deleted the manifest {kept} with the tag, and kept tags need it; run the mirror again",
@@ -332,5 +318,4 @@ fn a_registry_that_takes_the_manifest_with_a_tag_is_named_at_once() {
         )),
         "{stderr}"
     );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
