@@ -39,8 +39,13 @@ pub async fn run(ctx: &Ctx, args: &MirrorPruneArgs) -> Result<()> {
     for entry in &entries {
         let placed = lists::destination(&entry.source, &args.to, args.keep_host)?;
         scope.check(&placed.registry, &placed.repository)?;
+        // What the copy writes: the tag, else the digest, else `latest`.
+        let tag = match (&placed.tag, &placed.digest) {
+            (None, None) => Some(Tag::latest()),
+            (tag, _) => tag.clone(),
+        };
         let want = wanted.entry(placed.repository).or_default();
-        want.tags.extend(placed.tag);
+        want.tags.extend(tag);
         want.digests.extend(placed.digest);
     }
     let mut plan = Plan::default();
