@@ -319,3 +319,84 @@ fn a_registry_that_takes_the_manifest_with_a_tag_is_named_at_once() {
         "{stderr}"
     );
 }
+
+/// `REPO:TAG` of every row a dry run prints (the summary line left out).
+fn planned(dry: &str, prefix: &str) -> BTreeSet<String> {
+    dry.lines()
+        .filter_map(|line| line.strip_prefix("delete   "))
+        .filter_map(|row| row.split(" -> ").next())
+        .map(|reference| {
+            reference
+                .trim_start_matches(&format!("{prefix}/"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn unmapped_prunes_what_no_list_maps_under_prefix_and_nothing_beside_it() {
+    need!(Registry, Skopeo);
+    let dst = Registry::plain();
+    for (repository, tag) in [
+        ("m/k/tool", "v1"),
+        ("m/k/tool", "v0"),
+        ("m/old/app", "v1"),
+        ("m/old/app", "v2"),
+        // Outside PREFIX, in the catalog all the same; one only starts with its text.
+        ("other/k/app", "v1"),
+        ("m-old/k/app", "v1"),
+        ("k/app", "v1"),
+    ] {
+        push_tagged(&dst, repository, tag, IMAGE_CONFIG);
+    }
+    let before = digests(&dst);
+    let work = tempfile::tempdir().unwrap();
+    let list = tool_list(work.path(), &dst.addr);
+    let prefix = format!("{}/m", dst.addr);
+
+    // By default only the repositories the lists map are looked at.
+    let mapped = succeeded(&prune(&[&list, "--to", &prefix]));
+    assert_eq!(
+        planned(&mapped, &prefix),
+        set(&["k/tool:v0".into()]),
+        "{mapped}"
+    );
+    let dry = succeeded(&prune(&[&list, "--to", &prefix, "--unmapped"]));
+    let expected = set(&["k/tool:v0".into(), "old/app:v1".into(), "old/app:v2".into()]);
+    assert_eq!(planned(&dry, &prefix), expected, "{dry}");
+    assert_eq!(digests(&dst), before, "the dry run deleted something");
+
+    let out = succeeded(&prune(&[&list, "--to", &prefix, "--unmapped", "--yes"]));
+    let mut expected_after = before.clone();
+    expected_after.retain(|tag, _| !expected.contains(tag.trim_start_matches("m/")));
+    assert_eq!(digests(&dst), expected_after, "{out}");
+    assert_eq!(
+        skopeo_tags(&format!("{prefix}/k/tool")),
+        set(&["v1".into()])
+    );
+
+    // A registry that keeps its catalog to itself: one line, nothing deleted.
+    let closed = proxy::Proxy::start(
+        &dst.addr,
+        Box::new(|_, path, _| match path.starts_with("/v2/_catalog") {
+            true => proxy::Action::Respond(404, Vec::new()),
+            false => proxy::Action::Forward,
+        }),
+    );
+    let closed_prefix = format!("{}/m", closed.addr);
+    let stderr = refused(&prune(&[
+        &list,
+        "--to",
+        &closed_prefix,
+        "--unmapped",
+        "--yes",
+    ]));
+    assert!(
+        stderr.contains(&format!(
+            "--unmapped: {} does not serve /v2/_catalog to these credentials",
+            closed.addr
+        )),
+        "{stderr}"
+    );
+    assert_eq!(digests(&dst), expected_after);
+}

@@ -576,6 +576,11 @@ pub struct MirrorPruneArgs {
     /// The images are under PREFIX/<source host>/..., as `mirror --keep-host` puts them.
     #[arg(long)]
     pub keep_host: bool,
+    /// Also every repository under PREFIX that the selected lists do not map, found
+    /// through the registry's /v2/_catalog: all its tags go. Name every list the mirror
+    /// copies, or the others' repositories count as unmapped.
+    #[arg(long)]
+    pub unmapped: bool,
     /// Delete; without it, only print what would be deleted.
     #[arg(long)]
     pub yes: bool,

@@ -2,9 +2,10 @@
 //! longer select, printed (a dry run) or, with `--yes`, deleted. Manifests only: blobs
 //! are left to the registry's garbage collection.
 //!
-//! The repositories looked at are the ones the lists map into PREFIX; `_catalog` is not
-//! used (many registries turn it off, and with it `prune kubeopencode` would empty every
-//! other list's repositories). A repository no list maps any more is therefore not seen.
+//! The repositories looked at are the ones the lists map into PREFIX. `_catalog` is read
+//! only with `--unmapped`: many registries turn it off, and by default `prune
+//! kubeopencode` must not empty every other list's repositories. Without it, a
+//! repository no list maps any more is not seen.
 
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
@@ -47,6 +48,11 @@ pub async fn run(ctx: &Ctx, args: &MirrorPruneArgs) -> Result<()> {
         let want = wanted.entry(placed.repository).or_default();
         want.tags.extend(tag);
         want.digests.extend(placed.digest);
+    }
+    if args.unmapped {
+        for repository in unmapped(&registry, &scope, &wanted).await? {
+            wanted.entry(repository).or_default();
+        }
     }
     let mut plan = Plan::default();
     for (repository, want) in &wanted {
@@ -95,6 +101,26 @@ impl Scope {
             None => self.registry.to_string(),
         }
     }
+}
+
+/// The repositories under PREFIX that the registry's catalog lists and no list maps.
+/// The catalog is hostile: only names that pass the scope guard are taken.
+async fn unmapped(
+    registry: &Client,
+    scope: &Scope,
+    wanted: &BTreeMap<Repository, Wanted>,
+) -> Result<Vec<Repository>> {
+    let Some(catalog) = registry.catalog().await? else {
+        bail!(
+            "--unmapped: {} does not serve /v2/_catalog to these credentials; prune without --unmapped, and delete repositories no list maps by hand",
+            registry.host
+        );
+    };
+    Ok(catalog
+        .into_iter()
+        .filter(|repository| scope.check(&registry.host, repository).is_ok())
+        .filter(|repository| !wanted.contains_key(repository))
+        .collect())
 }
 
 /// Lists that select nothing would keep nothing: refused before anything is asked.

@@ -782,60 +782,103 @@ impl Client {
     pub async fn list_tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
         let what = format!("tag list of {}/{repository}", self.host);
         let first = self.url(repository, Endpoint::Tags)?;
+        let scopes = repository.pull_scope();
+        let names = self
+            .list_pages(&first, &scopes, Listing::Tags, &what)
+            .await?;
+        names
+            .iter()
+            .map(|name| Tag::parse(name).map_err(|_| listed_wrongly(&what, name, "a tag")))
+            .collect()
+    }
+
+    /// The repositories `/v2/_catalog` lists, every page, read as hostile as a tag list.
+    /// None when the registry does not serve it to us (401, 403, 404, 405): many turn
+    /// it off or keep it for administrators.
+    pub async fn catalog(&self) -> Result<Option<Vec<Repository>>> {
+        let what = format!("catalog of {}", self.host);
+        let first = self
+            .base
+            .join("v2/_catalog")
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.host)))?;
+        let scopes = ["registry:catalog:*".to_string()];
+        let names = match self
+            .list_pages(&first, &scopes, Listing::Catalog, &what)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) if matches!(e.root(), Error::Status { status, .. } if [401, 403, 404, 405].contains(&status.as_u16())) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        names
+            .iter()
+            .map(|name| {
+                Repository::parse(name).map_err(|_| listed_wrongly(&what, name, "a repository"))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// Every name of a paged list (tags, or the catalog), from `first` to the last page.
+    async fn list_pages(
+        &self,
+        first: &Url,
+        scopes: &[String],
+        listing: Listing,
+        what: &str,
+    ) -> Result<Vec<String>> {
         let mut next = Some(first.clone());
         let mut seen_pages = std::collections::HashSet::new();
-        let mut tags = Vec::new();
+        let mut names = Vec::new();
         while let Some(page) = next.take() {
             if !seen_pages.insert(page_key(&page)) {
                 return Err(Error::Refused(format!(
                     "{what}: the registry's next page points back to a page already read (a pagination loop); refusing it"
                 )));
             }
-            let (names, link) = self.tags_page(repository, &page, &what).await?;
-            if names.is_empty() && link.is_some() {
+            let (page_names, link) = self.list_page(&page, scopes, listing, what).await?;
+            if page_names.is_empty() && link.is_some() {
                 return Err(Error::Refused(format!(
                     "{what}: an empty page that points to another; refusing the list"
                 )));
             }
-            for name in names {
-                if tags.len() >= MAX_TAGS {
-                    return Err(Error::Refused(format!(
-                        "{what}: more than {MAX_TAGS} tags; refusing the list (name fixed tags in the list instead)"
-                    )));
-                }
-                let tag = Tag::parse(&name).map_err(|_| {
-                    Error::Refused(format!(
-                        "{what}: the registry listed '{}', which is not a tag; refusing the list",
-                        crate::text::printable(&name)
-                    ))
-                })?;
-                tags.push(tag);
+            if names.len() + page_names.len() > MAX_TAGS {
+                return Err(Error::Refused(format!(
+                    "{what}: more than {MAX_TAGS} {}; refusing the list ({})",
+                    listing.noun(),
+                    listing.hint()
+                )));
             }
+            names.extend(page_names);
             next = match link {
-                Some(link) => Some(next_tags_page(&first, &page, &link, &what)?),
+                Some(link) => Some(next_page(first, &page, &link, listing, what)?),
                 None => None,
             };
         }
-        Ok(tags)
+        Ok(names)
     }
 
-    /// One page of a tag list: its names and its `Link` header, if any.
-    async fn tags_page(
+    /// One page of a list: its names and its `Link` header, if any.
+    async fn list_page(
         &self,
-        repository: &Repository,
         page: &Url,
+        scopes: &[String],
+        listing: Listing,
         what: &str,
     ) -> Result<(Vec<String>, Option<String>)> {
         #[derive(serde::Deserialize)]
         struct Page {
             tags: Option<Vec<String>>,
+            repositories: Option<Vec<String>>,
         }
         with_retry(&format!("GET {what}"), &self.stats, || async {
             let response = self
                 .send(
                     Method::GET,
                     page,
-                    &repository.pull_scope(),
+                    scopes,
                     HeaderMap::new(),
                     None,
                     Payload::Metadata,
@@ -863,13 +906,63 @@ impl Client {
             })?;
             let page: Page = serde_json::from_str(text).map_err(|_| {
                 Error::Refused(format!(
-                    "{what}: the answer is not a JSON tag list ({{\"name\", \"tags\"}}); refusing it"
+                    "{what}: the answer is not {}; refusing it",
+                    listing.shape()
                 ))
             })?;
-            Ok((page.tags.unwrap_or_default(), link))
+            let names = match listing {
+                Listing::Tags => page.tags,
+                Listing::Catalog => page.repositories,
+            };
+            Ok((names.unwrap_or_default(), link))
         })
         .await
     }
+}
+
+/// A paged list: one repository's tags, or the registry's catalog of repositories.
+#[derive(Clone, Copy)]
+enum Listing {
+    Tags,
+    Catalog,
+}
+
+impl Listing {
+    fn noun(self) -> &'static str {
+        match self {
+            Listing::Tags => "tags",
+            Listing::Catalog => "repositories",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Listing::Tags => "name fixed tags in the list instead",
+            Listing::Catalog => "prune without --unmapped",
+        }
+    }
+
+    fn shape(self) -> &'static str {
+        match self {
+            Listing::Tags => "a JSON tag list ({\"name\", \"tags\"})",
+            Listing::Catalog => "a JSON catalog ({\"repositories\"})",
+        }
+    }
+
+    fn this(self) -> &'static str {
+        match self {
+            Listing::Tags => "this repository's tag list",
+            Listing::Catalog => "the catalog",
+        }
+    }
+}
+
+/// A name a list gave that is not `kind`: the whole list is refused.
+fn listed_wrongly(what: &str, name: &str, kind: &str) -> Error {
+    Error::Refused(format!(
+        "{what}: the registry listed '{}', which is not {kind}; refusing the list",
+        crate::text::printable(name)
+    ))
 }
 
 /// A page's identity for loop detection: its path and query, with `last` decoded.
@@ -881,7 +974,7 @@ fn page_key(page: &Url) -> String {
 
 /// The next page a `Link` header names: `<URL>; rel="next"`, resolved against the page
 /// it came with, and only on the first page's origin and path.
-fn next_tags_page(first: &Url, page: &Url, link: &str, what: &str) -> Result<Url> {
+fn next_page(first: &Url, page: &Url, link: &str, listing: Listing, what: &str) -> Result<Url> {
     let target = link
         .split(',')
         .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))
@@ -909,7 +1002,8 @@ fn next_tags_page(first: &Url, page: &Url, link: &str, what: &str) -> Result<Url
     }
     if next.path() != first.path() || !next.username().is_empty() || next.password().is_some() {
         return Err(Error::Refused(format!(
-            "{what}: the next page is not this repository's tag list; refusing it"
+            "{what}: the next page is not {}; refusing it",
+            listing.this()
         )));
     }
     Ok(next)
