@@ -288,7 +288,7 @@ async fn children(
 }
 
 fn is_not_found(error: &Error) -> bool {
-    matches!(error.root(), Error::Status { status, .. } if *status == reqwest::StatusCode::NOT_FOUND)
+    error.has_status(&[404])
 }
 
 /// What happened to one planned prune.

@@ -802,14 +802,12 @@ impl Client {
             .join("v2/_catalog")
             .map_err(|e| Error::Invalid(format!("{}: {e}", self.host)))?;
         let scopes = ["registry:catalog:*".to_string()];
-        let names = match self
+        let listed = self
             .list_pages(&first, &scopes, Listing::Catalog, &what)
-            .await
-        {
+            .await;
+        let names = match listed {
             Ok(names) => names,
-            Err(e) if matches!(e.root(), Error::Status { status, .. } if [401, 403, 404, 405].contains(&status.as_u16())) => {
-                return Ok(None)
-            }
+            Err(e) if e.has_status(&[401, 403, 404, 405]) => return Ok(None),
             Err(e) => return Err(e),
         };
         names
@@ -938,7 +936,7 @@ impl Listing {
     fn hint(self) -> &'static str {
         match self {
             Listing::Tags => "name fixed tags in the list instead",
-            Listing::Catalog => "prune without --unmapped",
+            Listing::Catalog => "a catalog is read whole or not at all",
         }
     }
 
