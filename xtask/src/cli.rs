@@ -571,7 +571,7 @@ pub struct MirrorPruneArgs {
     #[command(flatten)]
     pub select: MirrorSelection,
     /// The prefix the mirror copies to, e.g. registry.example.com/exo-mirror.
-    #[arg(long)]
+    #[arg(long, value_name = "PREFIX")]
     pub to: String,
     /// The images are under PREFIX/<source host>/..., as `mirror --keep-host` puts them.
     #[arg(long)]
