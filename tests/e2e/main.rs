@@ -12,6 +12,7 @@ mod github_app;
 mod hostile;
 mod mirror;
 mod preflight;
+mod prune;
 mod release;
 mod support;
 mod tag_sets;

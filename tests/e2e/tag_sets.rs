@@ -4,58 +4,18 @@
 //! scripted registries.
 
 use crate::support::scripted::{Body, Reply, Scripted};
-use crate::support::upload::{push_blob, push_manifest};
+use crate::support::upload::{push_tagged, IMAGE_CONFIG};
 use crate::support::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-/// A small image under `tag` whose config names the tag, so every tag has its own digest.
-fn push_tagged(registry: &Registry, repository: &str, tag: &str, config_type: &str) -> String {
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","tag":"{tag}","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
-    );
-    let config_digest = push_blob(registry, repository, config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
-        "layers": [],
-    });
-    push_manifest(registry, repository, Some(tag), &manifest.to_string())
-}
-
-const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 
 fn images_mirror(args: &[&str]) -> std::process::Output {
     let mut all = vec!["images", "mirror"];
     all.extend_from_slice(args);
     xtask(&all)
-}
-
-fn succeeded(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "mirror failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn skopeo_tags(reference: &str) -> BTreeSet<String> {
-    let listed = run(
-        "skopeo",
-        &[
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-    );
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    let tags = listed["Tags"].as_array().unwrap().iter();
-    tags.map(|t| t.as_str().unwrap().to_string()).collect()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {

@@ -474,6 +474,8 @@ pub enum MirrorAction {
     Save(MirrorSaveArgs),
     /// Push an OCI image layout (a tar, or a directory) into a registry.
     Load(MirrorLoadArgs),
+    /// Delete the tags under PREFIX that the lists no longer select (a dry run unless --yes).
+    Prune(MirrorPruneArgs),
 }
 
 /// What `mirror` and `mirror save` take: lists, and images named on the command line.
@@ -565,6 +567,31 @@ pub struct MirrorLoadArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MirrorPruneArgs {
+    #[command(flatten)]
+    pub select: MirrorSelection,
+    /// The prefix the mirror copies to, e.g. registry.example.com/exo-mirror.
+    #[arg(long, value_name = "PREFIX")]
+    pub to: String,
+    /// The images are under PREFIX/<source host>/..., as `mirror --keep-host` puts them.
+    #[arg(long)]
+    pub keep_host: bool,
+    /// Also every repository under PREFIX that the selected lists do not map, found
+    /// through the registry's /v2/_catalog: all its tags go. Name every list the mirror
+    /// copies, or the others' repositories count as unmapped.
+    #[arg(long)]
+    pub unmapped: bool,
+    /// Delete; without it, only print what would be deleted.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct RetagArgs {
     /// The image that has the manifest, e.g. ghcr.io/org/img:v1.2.3.
     pub source: String,
@@ -585,6 +612,7 @@ impl Command {
                 ImagesCommand::Mirror(args) => Some(match &args.action {
                     Some(MirrorAction::Save(save)) => &save.registry,
                     Some(MirrorAction::Load(load)) => &load.registry,
+                    Some(MirrorAction::Prune(prune)) => &prune.registry,
                     None => &args.copy.registry,
                 }),
                 ImagesCommand::Retag(args) => Some(&args.registry),

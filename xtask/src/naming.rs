@@ -68,21 +68,15 @@ impl ImageRef {
     /// The same image under `prefix`, keeping the source repository path. This is how
     /// `AGENTKUBE_IMAGE_REGISTRY`-style mirrors lay images out.
     pub fn under_prefix(&self, prefix: &str) -> Result<ImageRef> {
-        let prefix = prefix.trim_end_matches('/');
-        let (host, path) = prefix.split_once('/').unwrap_or((prefix, ""));
-        if !is_registry_host(host) {
-            bail!(
-                "registry prefix '{}' does not start with a registry host; \
-                 write it like 'registry.example.com/mirror' or '127.0.0.1:5000/mirror'",
-                prefix.escape_debug()
-            );
-        }
-        let context = |e: crate::oci::Error| {
-            anyhow::anyhow!("registry prefix '{}': {e}", prefix.escape_debug())
+        let (registry, path) = split_prefix(prefix)?;
+        let repository = match &path {
+            Some(path) => self.repository.under(path),
+            None => Ok(self.repository.clone()),
         };
         Ok(ImageRef {
-            registry: Registry::parse(host).map_err(context)?,
-            repository: self.repository.under(path).map_err(context)?,
+            registry,
+            repository: repository
+                .map_err(|e| anyhow::anyhow!("registry prefix '{}': {e}", prefix.escape_debug()))?,
             tag: self.tag.clone(),
             digest: self.digest.clone(),
         })
@@ -196,6 +190,28 @@ impl Publish {
 }
 
 /// Whether `name` starts with a registry host (`host[:port]/...`).
+/// A registry prefix (`registry.example.com/mirror`) as its host and repository path
+/// (none for a bare host).
+pub fn split_prefix(prefix: &str) -> Result<(Registry, Option<Repository>)> {
+    let prefix = prefix.trim_end_matches('/');
+    let (host, path) = prefix.split_once('/').unwrap_or((prefix, ""));
+    if !is_registry_host(host) {
+        bail!(
+            "registry prefix '{}' does not start with a registry host; \
+             write it like 'registry.example.com/mirror' or '127.0.0.1:5000/mirror'",
+            prefix.escape_debug()
+        );
+    }
+    let context =
+        |e: crate::oci::Error| anyhow::anyhow!("registry prefix '{}': {e}", prefix.escape_debug());
+    let registry = Registry::parse(host).map_err(context)?;
+    let path = match path {
+        "" => None,
+        path => Some(Repository::parse(path).map_err(context)?),
+    };
+    Ok((registry, path))
+}
+
 pub fn has_host(name: &str) -> bool {
     name.split_once('/')
         .is_some_and(|(first, _)| is_registry_host(first))

@@ -327,6 +327,32 @@ pub fn run(program: &str, args: &[&str]) -> String {
     text(&output.stdout)
 }
 
+/// The stdout of an xtask run, failing the test with its output unless it succeeded.
+pub fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "xtask failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The tags of a repository, per `skopeo list-tags`.
+pub fn skopeo_tags(reference: &str) -> std::collections::BTreeSet<String> {
+    let listed = run(
+        "skopeo",
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let tags = listed["Tags"].as_array().unwrap().iter();
+    tags.map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
 /// A self-signed certificate for the IP address `ip`, written to `cert` and `key`.
 pub fn self_signed_cert(cert: &Path, key: &Path, ip: &str) {
     run(
@@ -381,7 +407,7 @@ impl Registry {
     /// A registry with TLS on another of this machine's addresses, `ip`: its self-signed
     /// certificate is verified, as for any host off loopback.
     pub fn tls_on(ip: &str) -> Registry {
-        Registry::spawn_on(ip, true, None)
+        Registry::spawn_on(ip, true, None, true)
     }
 
     /// A plain-HTTP registry, for the mirror tests' proxies to sit in front of.
@@ -394,11 +420,16 @@ impl Registry {
         Registry::spawn(false, Some((user, password)))
     }
 
-    fn spawn(tls: bool, login: Option<(&str, &str)>) -> Registry {
-        Registry::spawn_on("127.0.0.1", tls, login)
+    /// A plain-HTTP registry with deletes turned off, as distribution ships.
+    pub fn without_deletes() -> Registry {
+        Registry::spawn_on("127.0.0.1", false, None, false)
     }
 
-    fn spawn_on(ip: &str, tls: bool, login: Option<(&str, &str)>) -> Registry {
+    fn spawn(tls: bool, login: Option<(&str, &str)>) -> Registry {
+        Registry::spawn_on("127.0.0.1", tls, login, true)
+    }
+
+    fn spawn_on(ip: &str, tls: bool, login: Option<(&str, &str)>, deletes: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("{ip}:{port}");
@@ -433,7 +464,7 @@ impl Registry {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}{auth_config}",
+                 delete:\n    enabled: {deletes}\nhttp:\n  addr: {addr}\n{tls_config}{auth_config}",
                 dir.path().join("data").display(),
             ),
         )

@@ -86,3 +86,20 @@ pub fn push_manifest(
     put(&url, MANIFEST, body.as_bytes());
     digest
 }
+
+pub const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// A small image under `tag` whose config names the tag, so every tag has its own digest.
+pub fn push_tagged(registry: &Registry, repository: &str, tag: &str, config_type: &str) -> String {
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","tag":"{tag}","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+    );
+    let config_digest = push_blob(registry, repository, config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
+        "layers": [],
+    });
+    push_manifest(registry, repository, Some(tag), &manifest.to_string())
+}

@@ -39,13 +39,7 @@ pub(super) fn entry_name(annotations: Option<&HashMap<String, String>>) -> Optio
 /// A cosign attachment tag (`sha256-<hex>.sig/.att/.sbom`, or the referrers fallback
 /// `sha256-<hex>`): not an image of its own. The hex, when it is one.
 fn attachment_of(name: &str) -> Option<&str> {
-    let tag = name.rsplit_once(':').map_or("", |(_, t)| t);
-    let hex = tag.strip_prefix("sha256-")?;
-    let hex = [".sig", ".att", ".sbom"]
-        .iter()
-        .find_map(|suffix| hex.strip_suffix(suffix))
-        .unwrap_or(hex);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+    crate::oci::name::attachment_hex(name.rsplit_once(':').map_or("", |(_, t)| t))
 }
 
 fn is_attachment(name: &str) -> bool {

@@ -6,6 +6,7 @@ mod bundle_verify;
 pub mod config;
 pub mod engine;
 pub mod lists;
+mod prune;
 pub mod retag;
 pub mod tagset;
 pub mod verify;
@@ -30,6 +31,7 @@ impl MirrorArgs {
             match &self.action {
                 Some(MirrorAction::Save(save)) => archive::save(ctx, save).await,
                 Some(MirrorAction::Load(load)) => archive::load(ctx, load).await,
+                Some(MirrorAction::Prune(args)) => prune::run(ctx, args).await,
                 None => copy(ctx, &self.copy).await,
             }
         })

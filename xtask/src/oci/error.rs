@@ -94,6 +94,11 @@ impl Error {
         }
     }
 
+    /// Whether the registry answered with one of `statuses`, under any context.
+    pub fn has_status(&self, statuses: &[u16]) -> bool {
+        matches!(self.root(), Error::Status { status, .. } if statuses.contains(&status.as_u16()))
+    }
+
     pub fn is_digest_mismatch(&self) -> bool {
         matches!(self.root(), Error::DigestMismatch { .. })
     }

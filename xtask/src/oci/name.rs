@@ -128,6 +128,10 @@ impl Repository {
         vec![format!("repository:{}:pull", self.0)]
     }
 
+    pub fn delete_scope(&self) -> Vec<String> {
+        vec![format!("repository:{}:delete", self.0)]
+    }
+
     pub fn push_scope(&self) -> Vec<String> {
         vec![format!("repository:{}:pull,push", self.0)]
     }
@@ -145,9 +149,25 @@ impl Tag {
         Ok(Tag(tag.to_string()))
     }
 
+    /// The image a cosign attachment tag belongs to: `sha256-<hex>.sig/.att/.sbom`, or
+    /// the referrers fallback index `sha256-<hex>`. None for any other tag.
+    pub fn attached_to(&self) -> Option<Digest> {
+        Digest::parse(&format!("sha256:{}", attachment_hex(&self.0)?)).ok()
+    }
+
     pub fn latest() -> Tag {
         Tag("latest".to_string())
     }
+}
+
+/// The hex of a cosign attachment tag (see `Tag::attached_to`).
+pub fn attachment_hex(tag: &str) -> Option<&str> {
+    let hex = tag.strip_prefix("sha256-")?;
+    let hex = [".sig", ".att", ".sbom"]
+        .iter()
+        .find_map(|suffix| hex.strip_suffix(suffix))
+        .unwrap_or(hex);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 fn is_tag(value: &str) -> bool {

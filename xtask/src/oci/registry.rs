@@ -15,7 +15,10 @@ use super::auth::{challenge_of, credential_for, Auth, Challenge};
 use super::error::{Error, NetworkCause, Result};
 use super::name::{Digest, Reference, Registry, Repository, Tag};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
-use super::transport::{failure_from, origin, read_bounded, Transport, METADATA_DEADLINE};
+use super::transport::{
+    error_body, failure_from, origin, read_bounded, registry_error_detail, Transport,
+    METADATA_DEADLINE,
+};
 
 pub use super::media::MANIFEST_TYPES;
 
@@ -25,6 +28,20 @@ pub struct Described {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+}
+
+/// What a DELETE of a manifest came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// Nothing by that name (deleted already, with another tag on the same digest).
+    Absent,
+    /// 400 or 405: deletes are off, or this kind of delete is not supported. `detail`
+    /// is the registry's error codes, printable, e.g. ` (UNSUPPORTED …)`.
+    Declined {
+        status: StatusCode,
+        detail: String,
+    },
 }
 
 /// One registry's API, connected: every call takes parsed names and returns checked
@@ -236,6 +253,7 @@ impl Client {
         let scopes = match access {
             Access::Pull => repository.pull_scope(),
             Access::Push => repository.push_scope(),
+            Access::Delete => repository.delete_scope(),
         };
         let url = self.url(repository, endpoint)?;
         self.send(method, &url, &scopes, headers, None, Payload::Metadata)
@@ -380,6 +398,41 @@ impl Client {
                 return Ok(());
             }
             Err(failure_from(what.clone(), response).await)
+        })
+        .await
+    }
+
+    /// DELETE of a manifest by digest (it goes with every tag on it, in distribution) or
+    /// of one tag (optional in the spec). What the registry declined is the caller's to
+    /// judge: deletes turned off, or no deleting a tag alone.
+    pub async fn delete_manifest(
+        &self,
+        repository: &Repository,
+        reference: &Reference,
+    ) -> Result<Deletion> {
+        let what = format!("DELETE manifest {}/{repository}:{reference}", self.host);
+        with_retry(&what, &self.stats, || async {
+            let response = self
+                .ask(
+                    Method::DELETE,
+                    repository,
+                    Endpoint::Manifest(reference),
+                    Access::Delete,
+                    HeaderMap::new(),
+                )
+                .await?;
+            match response.status() {
+                status if status.is_success() => Ok(Deletion::Deleted),
+                StatusCode::NOT_FOUND => Ok(Deletion::Absent),
+                status @ (StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) => {
+                    let body = error_body(response, &what).await;
+                    Ok(Deletion::Declined {
+                        status,
+                        detail: registry_error_detail(&body),
+                    })
+                }
+                _ => Err(failure_from(what.clone(), response).await),
+            }
         })
         .await
     }
@@ -729,60 +782,101 @@ impl Client {
     pub async fn list_tags(&self, repository: &Repository) -> Result<Vec<Tag>> {
         let what = format!("tag list of {}/{repository}", self.host);
         let first = self.url(repository, Endpoint::Tags)?;
+        let scopes = repository.pull_scope();
+        let names = self
+            .list_pages(&first, &scopes, Listing::Tags, &what)
+            .await?;
+        names
+            .iter()
+            .map(|name| Tag::parse(name).map_err(|_| listed_wrongly(&what, name, "a tag")))
+            .collect()
+    }
+
+    /// The repositories `/v2/_catalog` lists, every page, read as hostile as a tag list.
+    /// None when the registry does not serve it to us (401, 403, 404, 405): many turn
+    /// it off or keep it for administrators.
+    pub async fn catalog(&self) -> Result<Option<Vec<Repository>>> {
+        let what = format!("catalog of {}", self.host);
+        let first = self
+            .base
+            .join("v2/_catalog")
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.host)))?;
+        let scopes = ["registry:catalog:*".to_string()];
+        let listed = self
+            .list_pages(&first, &scopes, Listing::Catalog, &what)
+            .await;
+        let names = match listed {
+            Ok(names) => names,
+            Err(e) if e.has_status(&[401, 403, 404, 405]) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        names
+            .iter()
+            .map(|name| {
+                Repository::parse(name).map_err(|_| listed_wrongly(&what, name, "a repository"))
+            })
+            .collect::<Result<_>>()
+            .map(Some)
+    }
+
+    /// Every name of a paged list (tags, or the catalog), from `first` to the last page.
+    async fn list_pages(
+        &self,
+        first: &Url,
+        scopes: &[String],
+        listing: Listing,
+        what: &str,
+    ) -> Result<Vec<String>> {
         let mut next = Some(first.clone());
         let mut seen_pages = std::collections::HashSet::new();
-        let mut tags = Vec::new();
+        let mut names = Vec::new();
         while let Some(page) = next.take() {
             if !seen_pages.insert(page_key(&page)) {
                 return Err(Error::Refused(format!(
                     "{what}: the registry's next page points back to a page already read (a pagination loop); refusing it"
                 )));
             }
-            let (names, link) = self.tags_page(repository, &page, &what).await?;
-            if names.is_empty() && link.is_some() {
+            let (page_names, link) = self.list_page(&page, scopes, listing, what).await?;
+            if page_names.is_empty() && link.is_some() {
                 return Err(Error::Refused(format!(
                     "{what}: an empty page that points to another; refusing the list"
                 )));
             }
-            for name in names {
-                if tags.len() >= MAX_TAGS {
-                    return Err(Error::Refused(format!(
-                        "{what}: more than {MAX_TAGS} tags; refusing the list (name fixed tags in the list instead)"
-                    )));
-                }
-                let tag = Tag::parse(&name).map_err(|_| {
-                    Error::Refused(format!(
-                        "{what}: the registry listed '{}', which is not a tag; refusing the list",
-                        crate::text::printable(&name)
-                    ))
-                })?;
-                tags.push(tag);
+            if names.len() + page_names.len() > MAX_TAGS {
+                return Err(Error::Refused(format!(
+                    "{what}: more than {MAX_TAGS} {}; refusing the list ({})",
+                    listing.noun(),
+                    listing.hint()
+                )));
             }
+            names.extend(page_names);
             next = match link {
-                Some(link) => Some(next_tags_page(&first, &page, &link, &what)?),
+                Some(link) => Some(next_page(first, &page, &link, listing, what)?),
                 None => None,
             };
         }
-        Ok(tags)
+        Ok(names)
     }
 
-    /// One page of a tag list: its names and its `Link` header, if any.
-    async fn tags_page(
+    /// One page of a list: its names and its `Link` header, if any.
+    async fn list_page(
         &self,
-        repository: &Repository,
         page: &Url,
+        scopes: &[String],
+        listing: Listing,
         what: &str,
     ) -> Result<(Vec<String>, Option<String>)> {
         #[derive(serde::Deserialize)]
         struct Page {
             tags: Option<Vec<String>>,
+            repositories: Option<Vec<String>>,
         }
         with_retry(&format!("GET {what}"), &self.stats, || async {
             let response = self
                 .send(
                     Method::GET,
                     page,
-                    &repository.pull_scope(),
+                    scopes,
                     HeaderMap::new(),
                     None,
                     Payload::Metadata,
@@ -810,13 +904,63 @@ impl Client {
             })?;
             let page: Page = serde_json::from_str(text).map_err(|_| {
                 Error::Refused(format!(
-                    "{what}: the answer is not a JSON tag list ({{\"name\", \"tags\"}}); refusing it"
+                    "{what}: the answer is not {}; refusing it",
+                    listing.shape()
                 ))
             })?;
-            Ok((page.tags.unwrap_or_default(), link))
+            let names = match listing {
+                Listing::Tags => page.tags,
+                Listing::Catalog => page.repositories,
+            };
+            Ok((names.unwrap_or_default(), link))
         })
         .await
     }
+}
+
+/// A paged list: one repository's tags, or the registry's catalog of repositories.
+#[derive(Clone, Copy)]
+enum Listing {
+    Tags,
+    Catalog,
+}
+
+impl Listing {
+    fn noun(self) -> &'static str {
+        match self {
+            Listing::Tags => "tags",
+            Listing::Catalog => "repositories",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Listing::Tags => "name fixed tags in the list instead",
+            Listing::Catalog => "a catalog is read whole or not at all",
+        }
+    }
+
+    fn shape(self) -> &'static str {
+        match self {
+            Listing::Tags => "a JSON tag list ({\"name\", \"tags\"})",
+            Listing::Catalog => "a JSON catalog ({\"repositories\"})",
+        }
+    }
+
+    fn this(self) -> &'static str {
+        match self {
+            Listing::Tags => "this repository's tag list",
+            Listing::Catalog => "the catalog",
+        }
+    }
+}
+
+/// A name a list gave that is not `kind`: the whole list is refused.
+fn listed_wrongly(what: &str, name: &str, kind: &str) -> Error {
+    Error::Refused(format!(
+        "{what}: the registry listed '{}', which is not {kind}; refusing the list",
+        crate::text::printable(name)
+    ))
 }
 
 /// A page's identity for loop detection: its path and query, with `last` decoded.
@@ -828,7 +972,7 @@ fn page_key(page: &Url) -> String {
 
 /// The next page a `Link` header names: `<URL>; rel="next"`, resolved against the page
 /// it came with, and only on the first page's origin and path.
-fn next_tags_page(first: &Url, page: &Url, link: &str, what: &str) -> Result<Url> {
+fn next_page(first: &Url, page: &Url, link: &str, listing: Listing, what: &str) -> Result<Url> {
     let target = link
         .split(',')
         .find(|part| part.contains("rel=\"next\"") || part.contains("rel=next"))
@@ -856,7 +1000,8 @@ fn next_tags_page(first: &Url, page: &Url, link: &str, what: &str) -> Result<Url
     }
     if next.path() != first.path() || !next.username().is_empty() || next.password().is_some() {
         return Err(Error::Refused(format!(
-            "{what}: the next page is not this repository's tag list; refusing it"
+            "{what}: the next page is not {}; refusing it",
+            listing.this()
         )));
     }
     Ok(next)
@@ -898,6 +1043,7 @@ async fn unreachable_hint(host: &Registry, https: &Url, error: &Error) -> String
 enum Access {
     Pull,
     Push,
+    Delete,
 }
 
 /// What a request addresses in a repository.

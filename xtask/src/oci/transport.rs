@@ -296,11 +296,16 @@ pub fn status_failure(what: String, status: StatusCode, headers: &HeaderMap, bod
 pub async fn failure_from(what: String, response: reqwest::Response) -> Error {
     let status = response.status();
     let headers = response.headers().clone();
-    let body = read_bounded(response, MAX_ERROR_BODY, &what, true)
+    let body = error_body(response, &what).await;
+    status_failure(what, status, &headers, &body)
+}
+
+/// An error answer's body, bounded; empty when it cannot be read.
+pub async fn error_body(response: reqwest::Response, what: &str) -> String {
+    read_bounded(response, MAX_ERROR_BODY, what, true)
         .await
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    status_failure(what, status, &headers, &body)
+        .unwrap_or_default()
 }
 
 pub fn registry_error_detail(body: &str) -> String {
