@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod lists;
 pub mod retag;
+mod since;
 pub mod tagset;
 pub mod verify;
 
