@@ -5,6 +5,7 @@
 
 use crate::archive::{index_names, load, loaded, loads_as_the_original, refused, saved_index};
 use crate::support::fixture::*;
+use crate::support::proxy::{Action, Proxy};
 use crate::support::upload::*;
 use crate::support::*;
 use std::fs;
@@ -202,6 +203,31 @@ fn split_bundle_loads_from_its_parts_and_refuses_any_part_out_of_place() {
         fs::read_dir(work.path()).unwrap().count(),
         0,
         "a refused save wrote files"
+    );
+
+    // A layer that goes bad midway, after some parts are written: no part is left behind.
+    let big = big_layer(&src.addr, "fixture/app");
+    let proxy = Proxy::start(
+        &src.addr,
+        Box::new(
+            move |method, path, _| match method == "GET" && path.ends_with(&big) {
+                true => Action::Corrupt(2_500_000),
+                false => Action::Forward,
+            },
+        ),
+    );
+    let through_proxy = format!("{}/fixture/app:v1", proxy.addr);
+    let failed = save_with(&out, &[&through_proxy], &["--max-part-size", "1MiB"]);
+    let stderr = text(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: the archive was not written: digest mismatch"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_dir(work.path()).unwrap().count(),
+        0,
+        "a failed save left files"
     );
 
     saved(save_with(&out, &[&original], &["--max-part-size", "1MiB"]));
