@@ -451,4 +451,35 @@ mod tests {
         whole.read_to_end(&mut back).unwrap();
         assert_eq!(back, data[10..]);
     }
+
+    fn refusal(path: &Path) -> String {
+        match locate(path) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_sidecar_names_only_our_parts_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("b.tar");
+        let mut writer = BundleWriter::create(&out, Some(MIN_PART_SIZE)).unwrap();
+        writer.write_all(&vec![7u8; 3 << 20]).unwrap();
+        writer.commit().unwrap();
+        let sidecar = sidecar_path(&out);
+        let listed = std::fs::read_to_string(&sidecar).unwrap();
+        std::fs::write(
+            &sidecar,
+            listed.replace("b.tar.part-002", "../b.tar.part-002"),
+        )
+        .unwrap();
+        let why = refusal(&sidecar);
+        assert!(why.contains("names part 2 '../b.tar.part-002'"), "{why}");
+        std::fs::write(&sidecar, listed).unwrap();
+        // Equal parts: a swap is indistinguishable and harmless; a cut one is named.
+        let third = part_path(&out, 3);
+        std::fs::write(&third, vec![7u8; 1000]).unwrap();
+        let why = refusal(&out);
+        assert!(why.contains("b.tar.part-003 is 1000 bytes"), "{why}");
+    }
 }
