@@ -6,6 +6,10 @@
 //! `load` reads its own bundles once, front to back. A member that comes before `load`
 //! knows where it goes (another tool's order) is noted by its offset and read afterwards
 //! by seeking, so memory holds only manifests whatever the order.
+//!
+//! A bundle may be split in parts (`oci::parts`: checked before a byte is read, then
+//! read as one tar) or incremental (`since`: what it leaves out must be at the
+//! destination before anything is tagged).
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
