@@ -350,3 +350,30 @@ fn split_bundle_loads_from_its_parts_and_refuses_any_part_out_of_place() {
     ));
     assert!(output.contains("0 loaded, 1 already current"), "{output}");
 }
+
+#[test]
+fn incremental_bundle_carries_again_what_previous_had_for_another_repository() {
+    need!(Docker, Registry, Skopeo);
+    let (src, dst) = source_and_destination(&["fixture/app", "fixture/tools"]);
+    let work = tempfile::tempdir().unwrap();
+    let (app, tools) = (
+        format!("{}/fixture/app:v1", src.addr),
+        format!("{}/fixture/tools:v1", src.addr),
+    );
+    let previous = work.path().join("previous.tar");
+    saved(save_with(&previous, &[&app], &[]));
+    // The same image in a new repository: PREVIOUS's load put its blobs in app only.
+    let new = work.path().join("new.tar");
+    let since = ["--since", previous.to_str().unwrap()];
+    saved(save_with(&new, &[&app, &tools], &since));
+    assert_eq!(
+        blob_members(std::slice::from_ref(&new)),
+        blob_members(std::slice::from_ref(&previous)),
+        "tools needs all of it again"
+    );
+    let to = format!("{}/x", dst.addr);
+    loaded(&load(&previous, &to, &[]));
+    loaded(&load(&new, &to, &[]));
+    assert_same_tree(&tools, &format!("{to}/fixture/tools:v1"));
+    assert_same_tree(&app, &format!("{to}/fixture/app:v1"));
+}
