@@ -8,6 +8,7 @@ use crate::support::fixture::*;
 use crate::support::proxy::{Action, Proxy};
 use crate::support::upload::*;
 use crate::support::*;
+use crate::trust_verify::key_pair;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -85,7 +86,7 @@ fn change_one_image(src: &Registry) -> Vec<String> {
 
 #[test]
 fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
-    need!(Docker, Registry, Skopeo);
+    need!(Docker, Registry, Skopeo, Cosign);
     let (src, dst) = source_and_destination(&["fixture/app"]);
     let work = tempfile::tempdir().unwrap();
     let (v1, v2) = (
@@ -149,6 +150,15 @@ fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
             &format!("docker://{to}/fixture/app:v2"),
             &format!("dir:{}", pulled.display()),
         ],
+    );
+    // A signature check needs the manifests it leaves out: refused, and said why.
+    key_pair(work.path(), "cosign");
+    let key = work.path().join("cosign.pub");
+    let verify = ["--verify-key", key.to_str().unwrap()];
+    let stderr = refused(&load(&new, &format!("{}/verified", dst.addr), &verify));
+    assert!(
+        stderr.contains("left out of this bundle, saved --since previous.tar"),
+        "{stderr}"
     );
     assert_eq!(
         fs::read_dir(&pulled).unwrap().count(),

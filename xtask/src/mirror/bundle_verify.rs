@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::since::Since;
 use crate::naming::{has_host, ImageRef};
 use crate::oci::layout::{read_checked, scan, Members, CONTAINERD_NAME, REF_NAME};
 use crate::oci::parts::Located;
@@ -68,6 +69,7 @@ pub(super) fn check_bundle(
         .iter()
         .filter_map(|(n, d)| n.as_deref().map(|n| (n, d)))
         .collect();
+    let since = Since::from_annotations(index.annotations().as_ref());
     let members = RefCell::new(members);
     let mut refused = Refused::default();
     for (name, digest) in &entries {
@@ -90,6 +92,7 @@ pub(super) fn check_bundle(
         let store = Archived {
             members: &members,
             by_name: &by_name,
+            since: since.as_ref(),
             repository: format!("{}/{}", source.registry, source.repository),
         };
         match handle.block_on(trust::image::check(&store, &source, digest, None, policy))? {
@@ -145,13 +148,21 @@ struct Archived<'a> {
     by_name: &'a BTreeMap<&'a str, &'a Digest>,
     /// `registry/repository` of the image checked.
     repository: String,
+    /// An incremental bundle's PREVIOUS, which carries what this one leaves out.
+    since: Option<&'a Since>,
 }
 
 impl Archived<'_> {
     fn read(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
         match read_checked(&mut self.members.borrow_mut(), digest, limit)? {
             Some(bytes) => Ok(Bytes::from(bytes)),
-            None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
+            None => match self.since {
+                Some(since) => bail!(
+                    "{digest} is left out of this bundle, saved --since {}; signatures are checked offline only in whole bundles: save one without --since to check them",
+                    since.name
+                ),
+                None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
+            },
         }
     }
 }
