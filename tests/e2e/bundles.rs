@@ -151,6 +151,16 @@ fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
             &format!("dir:{}", pulled.display()),
         ],
     );
+    // --since an incremental bundle: what it left out counts as not carried.
+    let after_new = work.path().join("after-new.tar");
+    let since_new = ["--since", new.to_str().unwrap()];
+    saved(save_with(&after_new, &[&v1, &v2], &since_new));
+    assert_eq!(
+        blob_members(std::slice::from_ref(&after_new)),
+        blob_members(std::slice::from_ref(&previous)),
+        "all of v1 again, none of v2's new blobs"
+    );
+
     // A signature check needs the manifests it leaves out: refused, and said why.
     key_pair(work.path(), "cosign");
     let key = work.path().join("cosign.pub");
