@@ -45,6 +45,16 @@ fn blob_members(tar: &[PathBuf]) -> Vec<String> {
     blobs
 }
 
+/// `save --since previous` of `images` into `out`; the blobs it carries.
+fn save_since(out: &Path, images: &[&str], previous: &Path) -> Vec<String> {
+    saved(save_with(
+        out,
+        images,
+        &["--since", previous.to_str().unwrap()],
+    ));
+    blob_members(&[out.to_path_buf()])
+}
+
 fn file_sha256(path: &Path) -> String {
     sha256(&fs::read(path).unwrap())
 }
@@ -98,10 +108,8 @@ fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
     let new_blobs = change_one_image(&src);
 
     let new = work.path().join("new.tar");
-    let since = ["--since", previous.to_str().unwrap()];
-    saved(save_with(&new, &[&v1, &v2], &since));
     assert_eq!(
-        blob_members(std::slice::from_ref(&new)),
+        save_since(&new, &[&v1, &v2], &previous),
         new_blobs,
         "only v2's new blobs"
     );
@@ -153,10 +161,8 @@ fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
     );
     // --since an incremental bundle: what it left out counts as not carried.
     let after_new = work.path().join("after-new.tar");
-    let since_new = ["--since", new.to_str().unwrap()];
-    saved(save_with(&after_new, &[&v1, &v2], &since_new));
     assert_eq!(
-        blob_members(std::slice::from_ref(&after_new)),
+        save_since(&after_new, &[&v1, &v2], &new),
         blob_members(std::slice::from_ref(&previous)),
         "all of v1 again, none of v2's new blobs"
     );
@@ -384,10 +390,8 @@ fn incremental_bundle_carries_again_what_previous_had_for_another_repository() {
     saved(save_with(&previous, &[&app], &[]));
     // The same image in a new repository: PREVIOUS's load put its blobs in app only.
     let new = work.path().join("new.tar");
-    let since = ["--since", previous.to_str().unwrap()];
-    saved(save_with(&new, &[&app, &tools], &since));
     assert_eq!(
-        blob_members(std::slice::from_ref(&new)),
+        save_since(&new, &[&app, &tools], &previous),
         blob_members(std::slice::from_ref(&previous)),
         "tools needs all of it again"
     );
