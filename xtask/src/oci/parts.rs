@@ -377,10 +377,18 @@ impl Read for Concat {
         }
         let index = self.starts.partition_point(|s| *s <= self.position) - 1;
         let offset = self.position - self.starts[index];
-        if !matches!(&self.open, Some((i, _, at)) if *i == index && *at == offset) {
-            let mut file = File::open(&self.files[index].0)?;
-            file.seek(SeekFrom::Start(offset))?;
-            self.open = Some((index, file, offset));
+        match &mut self.open {
+            Some((i, _, at)) if *i == index && *at == offset => {}
+            // A seek within the open part: no need to open it again.
+            Some((i, file, at)) if *i == index => {
+                file.seek(SeekFrom::Start(offset))?;
+                *at = offset;
+            }
+            _ => {
+                let mut file = File::open(&self.files[index].0)?;
+                file.seek(SeekFrom::Start(offset))?;
+                self.open = Some((index, file, offset));
+            }
         }
         let Some((_, file, at)) = &mut self.open else {
             unreachable!("opened above")
@@ -450,6 +458,13 @@ mod tests {
         let mut back = Vec::new();
         whole.read_to_end(&mut back).unwrap();
         assert_eq!(back, data[10..]);
+        // Back into the first part, then forward within it.
+        let mut four = [0u8; 4];
+        for at in [5u64, 100_000, 6] {
+            whole.seek(SeekFrom::Start(at)).unwrap();
+            whole.read_exact(&mut four).unwrap();
+            assert_eq!(four, data[at as usize..at as usize + 4]);
+        }
     }
 
     fn refusal(path: &Path) -> String {
