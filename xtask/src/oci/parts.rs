@@ -134,7 +134,7 @@ impl BundleWriter {
     /// Renames everything to its final name; a split bundle's sidecar goes last, as
     /// the sign that every part is there.
     pub fn commit(mut self) -> Result<Committed> {
-        let Some(_) = self.limit else {
+        if self.limit.is_none() {
             self.file.sync_all()?;
             rename(&partial(&self.out), &self.out)?;
             let size = std::fs::metadata(&self.out)?.len();
@@ -142,13 +142,16 @@ impl BundleWriter {
                 files: vec![(self.out.clone(), size)],
                 sidecar: None,
             });
-        };
+        }
         self.close_part()?;
         let sidecar = sidecar_path(&self.out);
         let json = serde_json::to_vec_pretty(&Sidecar {
             parts: self.parts.clone(),
         })?;
-        std::fs::write(partial(&sidecar), json)
+        let mut file = File::create(partial(&sidecar))
+            .with_context(|| format!("writing {}", sidecar.display()))?;
+        file.write_all(&json)
+            .and_then(|_| file.sync_all())
             .with_context(|| format!("writing {}", sidecar.display()))?;
         let mut files = Vec::new();
         for (number, part) in self.parts.iter().enumerate() {
