@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-fn load(bundle: &Path, to: &str, extra: &[&str]) -> Output {
+pub(crate) fn load(bundle: &Path, to: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "images",
         "mirror",
@@ -26,7 +26,7 @@ fn load(bundle: &Path, to: &str, extra: &[&str]) -> Output {
 }
 
 /// `mirror save` of `images` into `bundle`.
-fn save(bundle: &Path, images: &[&str]) {
+pub(crate) fn save(bundle: &Path, images: &[&str]) {
     let mut args = vec![
         "images",
         "mirror",
@@ -41,7 +41,7 @@ fn save(bundle: &Path, images: &[&str]) {
     assert!(output.status.success(), "{}", text(&output.stderr));
 }
 
-fn loaded(output: &Output) -> String {
+pub(crate) fn loaded(output: &Output) -> String {
     assert!(
         output.status.success(),
         "load failed: {}",
@@ -51,7 +51,7 @@ fn loaded(output: &Output) -> String {
 }
 
 /// The load failed with exactly one line on stderr, which it returns.
-fn refused(output: &Output) -> String {
+pub(crate) fn refused(output: &Output) -> String {
     let stderr = text(&output.stderr);
     assert!(
         !output.status.success(),
@@ -77,13 +77,24 @@ fn skopeo(args: &[&str]) {
 }
 
 /// The index.json of a bundle, read with tar rather than our loader.
-fn saved_index(bundle: &Path) -> serde_json::Value {
+pub(crate) fn saved_index(bundle: &Path) -> serde_json::Value {
     let text = run("tar", &["-xOf", bundle.to_str().unwrap(), "index.json"]);
     serde_json::from_str(&text).unwrap()
 }
 
+/// The name index.json gives each entry, in order.
+pub(crate) fn index_names(index: &serde_json::Value) -> Vec<String> {
+    let entries = index["manifests"].as_array().unwrap().iter();
+    entries
+        .map(|m| {
+            let name = &m["annotations"]["org.opencontainers.image.ref.name"];
+            name.as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
 /// Loads a bundle of the fixture into `dst` under `prefix/fixture/app` and compares.
-fn loads_as_the_original(bundle: &Path, dst: &Registry, prefix: &str, original: &str) {
+pub(crate) fn loads_as_the_original(bundle: &Path, dst: &Registry, prefix: &str, original: &str) {
     let to = format!("{}/{prefix}", dst.addr);
     loaded(&load(bundle, &to, &["--repository", "fixture/app"]));
     assert_same_tree(original, &format!("{to}/fixture/app:v1"));
@@ -428,16 +439,7 @@ fn save_carries_signatures_and_referrers_and_load_restores_them() {
     let bundle = work.path().join("bundle.tar");
     save(&bundle, &[&format!("{}/fixture/app:v1", proxy.addr)]);
     let index = saved_index(bundle.as_path());
-    let names: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
+    let names = index_names(&index);
     let repository = format!("{}/fixture/app", proxy.addr);
     assert_eq!(
         names,

@@ -6,6 +6,7 @@
 mod agents;
 mod archive;
 mod build;
+mod bundles;
 mod checks;
 mod cli;
 mod github_app;

@@ -539,6 +539,14 @@ pub struct MirrorSaveArgs {
     /// The archive to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Write only what this earlier bundle (whole, split or itself incremental) lacks;
+    /// `load` then needs it loaded at the destination first.
+    #[arg(long, value_name = "PREVIOUS")]
+    pub since: Option<PathBuf>,
+    /// Split the tar into OUT.part-001, OUT.part-002… of at most SIZE (1MiB or more;
+    /// 500M, 2GiB, bytes), listed with their sha256 in OUT.parts.json.
+    #[arg(long, value_name = "SIZE")]
+    pub max_part_size: Option<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
     #[command(flatten)]
@@ -548,7 +556,8 @@ pub struct MirrorSaveArgs {
 #[derive(Debug, Args)]
 pub struct MirrorLoadArgs {
     /// An OCI image layout: a tar in any member order (from `mirror save`, skopeo,
-    /// oras, crane, `tar` of a layout folder...) or a layout folder.
+    /// oras, crane, `tar` of a layout folder...) or a layout folder. A split bundle by
+    /// its first part or its OUT.parts.json.
     pub bundle: PathBuf,
     /// Destination prefix, e.g. registry.example.com/exo-mirror.
     #[arg(long)]

@@ -13,12 +13,10 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
 
 use crate::catalog::Image;
+use crate::oci::parts::file_sha256;
 use crate::oci::Digest;
 use crate::render::{ContextEntry, Rendered};
 
@@ -112,24 +110,6 @@ fn context_digest(rendered: &Rendered) -> Result<Digest> {
     Ok(sha256_json(&json!(entries)))
 }
 
-/// Streamed: a context file may be large.
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +117,7 @@ mod tests {
     use crate::catalog::Catalog;
     use crate::naming::Publish;
     use crate::render::{render_all, RenderOptions};
+    use std::path::Path;
 
     fn inputs_of(dir: &Path, version: &str) -> BTreeMap<String, Inputs> {
         let catalog = Catalog::load(dir).unwrap();

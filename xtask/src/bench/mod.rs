@@ -1,5 +1,6 @@
 //! `bench mirror`: the mirror against skopeo over the same corpus in the same run, and a
-//! 1 GiB layer against the machine's raw GET→PUT limit. Everything runs on loopback
+//! 1 GiB layer against the machine's raw GET→PUT limit, and an incremental bundle's size
+//! beside the whole one's. Everything runs on loopback
 //! registries this command starts and removes.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::cli::BenchMirrorArgs;
 
 mod build;
+mod bundles;
 use crate::oci::image::{descriptor_digest, Document};
 use crate::oci::media;
 use crate::oci::registry::Client;
@@ -514,7 +516,8 @@ impl BenchMirrorArgs {
                 baseline_name: "curl GET|PUT",
             });
         }
-        println!("{}", render(&rows, rss));
+        let bundles = bundles::incremental_save(ctx, &work, &source.addr, &images)?;
+        println!("{}\n{bundles}", render(&rows, rss));
         Ok(())
     }
 }

@@ -6,12 +6,15 @@
 //! `load` reads its own bundles once, front to back. A member that comes before `load`
 //! knows where it goes (another tool's order) is noted by its offset and read afterwards
 //! by seeking, so memory holds only manifests whatever the order.
+//!
+//! A bundle may be split in parts (`oci::parts`: checked before a byte is read, then
+//! read as one tar) or incremental (`since`: what it leaves out must be at the
+//! destination before anything is tagged).
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use super::bundle_verify::entry_name;
 use super::engine::attached;
 use super::lists;
+use super::since::{Previous, Since, SourceRepository};
 use crate::cli::{MirrorLoadArgs, MirrorSaveArgs};
 use crate::context::Ctx;
 use crate::naming::{has_host, ImageRef};
@@ -28,6 +32,7 @@ use crate::oci::layout::{
     self, classify, folder_file, read_document, Member, Members, Skipping, REF_NAME,
 };
 use crate::oci::media;
+use crate::oci::parts::{self, BundleWriter, Concat, Located};
 use crate::oci::registry::{receiver_stream, Client};
 use crate::oci::{Digest, Error, Reference, Registries, Registry, Repository, Tag};
 use crate::text::printable;
@@ -46,17 +51,61 @@ struct Collected {
     blobs: BTreeMap<Digest, u64>,
     /// Which repository each blob was read from.
     blob_sources: HashMap<Digest, (Registry, Repository)>,
+    /// The source repositories each manifest and blob is used in.
+    needed: HashMap<Digest, BTreeSet<SourceRepository>>,
+}
+
+impl Collected {
+    /// Notes that `top` and everything below it are used in `repository`.
+    fn needed_in(&mut self, top: &Digest, repository: &str) -> Result<()> {
+        let mut stack = vec![top.clone()];
+        while let Some(digest) = stack.pop() {
+            let repositories = self.needed.entry(digest.clone()).or_default();
+            if !repositories.insert(repository.to_string()) {
+                continue;
+            }
+            let Some((bytes, _)) = self.manifests.get(&digest) else {
+                continue;
+            };
+            let document = Document::parse(bytes, &format!("manifest {digest}"))?;
+            for child in document.children() {
+                stack.push(descriptor_digest(child)?);
+            }
+            for (blob, _) in referenced_blobs(&document)? {
+                self.needed
+                    .entry(blob)
+                    .or_default()
+                    .insert(repository.to_string());
+            }
+        }
+        Ok(())
+    }
 }
 
 pub async fn save(ctx: &Ctx, args: &MirrorSaveArgs) -> Result<()> {
+    // Local first: a bad size, PREVIOUS or --out is named before any registry is asked.
+    let limit = args
+        .max_part_size
+        .as_deref()
+        .map(|text| {
+            let size = parts::parse_size(text).context("--max-part-size")?;
+            if size < parts::MIN_PART_SIZE {
+                bail!("--max-part-size {text} is below the 1 MiB minimum; pass 1MiB or more");
+            }
+            Ok(size)
+        })
+        .transpose()?;
+    let previous = match &args.since {
+        Some(path) => {
+            Some(Previous::read(path).with_context(|| format!("--since {}", path.display()))?)
+        }
+        None => None,
+    };
     let entries = super::selected_entries(ctx, &args.select).await?;
-    // Local first: an unwritable --out is named as such, before any registry is asked.
-    let partial = partial_path(&args.out);
-    let file = File::create(&partial)
-        .with_context(|| format!("cannot write the archive to {}", args.out.display()))?;
-    let saved = save_into(&ctx.registries, args, &entries, file, &partial).await;
+    let writer = BundleWriter::create(&args.out, limit)?;
+    let saved = save_into(&ctx.registries, args, &entries, writer, previous.as_ref()).await;
     if saved.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        parts::remove_partials(&args.out);
     }
     saved
 }
@@ -65,8 +114,8 @@ async fn save_into(
     registries: &Registries,
     args: &MirrorSaveArgs,
     entries: &[lists::Entry],
-    file: File,
-    partial: &Path,
+    writer: BundleWriter,
+    previous: Option<&Previous>,
 ) -> Result<()> {
     let cli_rule = args
         .trust
@@ -119,6 +168,7 @@ async fn save_into(
             names.push((name, digest));
         }
         for (name, digest) in names {
+            collected.needed_in(&digest, &repository)?;
             let (bytes, media_type) = &collected.manifests[&digest];
             tops.push(serde_json::json!({
                 "mediaType": media_type,
@@ -129,25 +179,11 @@ async fn save_into(
             eprintln!("saving   {name} ({digest})");
         }
     }
-    let tops_count = tops.len();
-    let index = serde_json::to_vec_pretty(
-        &serde_json::json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": tops }),
-    )?;
-
-    write_archive(registries, &collected, Bytes::from(index), file).await?;
-    std::fs::rename(partial, &args.out)
-        .with_context(|| format!("moving the archive to {}", args.out.display()))?;
-    let total: u64 = collected.blobs.values().sum();
-    let saved = entries.len() - refused.len();
-    println!(
-        "saved {} images and {} signatures or referrers ({} manifests, {} blobs, {}) to {}",
-        saved,
-        tops_count - saved,
-        collected.manifests.len(),
-        collected.blobs.len(),
-        super::human_bytes(total),
-        args.out.display()
-    );
+    let summary = Summary {
+        saved: entries.len() - refused.len(),
+        tops,
+    };
+    finish_save(registries, args, &collected, writer, previous, summary).await?;
     if !refused.is_empty() {
         bail!(
             "{} of {} images were refused by the signature policy and left out of the bundle: {}",
@@ -159,13 +195,76 @@ async fn save_into(
     Ok(())
 }
 
+/// What the save loop hands on: images saved, and index.json's entries.
+struct Summary {
+    saved: usize,
+    tops: Vec<serde_json::Value>,
+}
+
+/// Writes index.json and what PREVIOUS lacks, commits the files, and says what it did.
+async fn finish_save(
+    registries: &Registries,
+    args: &MirrorSaveArgs,
+    collected: &Collected,
+    writer: BundleWriter,
+    previous: Option<&Previous>,
+    summary: Summary,
+) -> Result<()> {
+    let mut index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": summary.tops
+    });
+    let left_out = match previous {
+        Some(previous) => {
+            index["annotations"] = previous.since.annotations();
+            previous.left_out(&collected.needed)
+        }
+        None => BTreeSet::new(),
+    };
+    let index = serde_json::to_vec_pretty(&index)?;
+    let writer =
+        write_archive(registries, collected, Bytes::from(index), writer, &left_out).await?;
+    let committed = writer.commit()?;
+    let blobs: Vec<(&Digest, &u64)> = collected
+        .blobs
+        .iter()
+        .filter(|(d, _)| !left_out.contains(*d))
+        .collect();
+    let manifests = collected.manifests.len()
+        - collected
+            .manifests
+            .keys()
+            .filter(|d| left_out.contains(*d))
+            .count();
+    let total: u64 = blobs.iter().map(|(_, size)| **size).sum();
+    let written: u64 = committed.files.iter().map(|(_, size)| size).sum();
+    println!(
+        "saved {} images and {} signatures or referrers ({manifests} manifests, {} blobs, {}) to {}: {written} bytes",
+        summary.saved,
+        summary.tops.len() - summary.saved,
+        blobs.len(),
+        super::human_bytes(total),
+        args.out.display()
+    );
+    if let Some(previous) = previous {
+        println!(
+            "left out {} manifests and blobs that {} (sha256:{}) carries",
+            left_out.len(),
+            previous.since.name,
+            previous.since.sha256
+        );
+    }
+    if let Some(sidecar) = &committed.sidecar {
+        println!(
+            "in {} parts, listed in {}",
+            committed.files.len(),
+            sidecar.display()
+        );
+    }
+    Ok(())
+}
+
 pub(super) fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    out.with_file_name(name)
+    parts::with_suffix(out, ".partial")
 }
 
 fn collect<'a>(
@@ -219,15 +318,22 @@ async fn write_archive(
     registries: &Registries,
     collected: &Collected,
     index: Bytes,
-    file: File,
-) -> Result<()> {
-    let tar = layout::TarWriter::start(file, index).await?;
+    writer: BundleWriter,
+    left_out: &BTreeSet<Digest>,
+) -> Result<BundleWriter> {
+    let tar = layout::TarWriter::start(writer, index).await?;
     let feed = async {
         for digest in &collected.manifest_order {
+            if left_out.contains(digest) {
+                continue;
+            }
             let (bytes, _) = &collected.manifests[digest];
             tar.manifest(digest, bytes.clone()).await?;
         }
         for (digest, size) in &collected.blobs {
+            if left_out.contains(digest) {
+                continue;
+            }
             let (host, repository) = &collected.blob_sources[digest];
             let registry = registries.get(host).await?;
             let sender = tar.blob(digest, *size).await?;
@@ -366,6 +472,10 @@ struct Loader {
     counts: Counts,
     /// index.json entries the signature policy refused.
     skip: BTreeSet<(Option<String>, Digest)>,
+    /// The bundle this one was saved --since, from index.json.
+    since: Option<Since>,
+    /// Manifests an incremental bundle leaves out, and where they must already be.
+    absent: BTreeMap<Digest, BTreeSet<Repository>>,
 }
 
 impl Loader {
@@ -390,6 +500,7 @@ impl Loader {
         if index.manifests().is_empty() {
             bail!("index.json lists no images; the bundle is empty");
         }
+        self.since = Since::from_annotations(index.annotations().as_ref());
         for entry in index.manifests() {
             let digest = Digest::parse(entry.digest().as_ref()).context("index.json")?;
             let name = entry_name(entry.annotations().as_ref());
@@ -611,9 +722,9 @@ impl Loader {
     }
 
     /// The first pass over a tar, front to back.
-    fn stream_tar(&mut self, path: &Path) -> Result<Members> {
-        let file = File::open(path).map_err(|e| anyhow!("cannot open it: {e}"))?;
-        let mut archive = tar::Archive::new(Skipping(BufReader::with_capacity(1 << 20, file)));
+    fn stream_tar(&mut self, files: &[(PathBuf, u64)]) -> Result<Members> {
+        let reader = BufReader::with_capacity(1 << 20, Concat::new(files));
+        let mut archive = tar::Archive::new(Skipping(reader));
         let mut toc = HashMap::new();
         for entry in archive.entries_with_seek().context("not a tar archive")? {
             let mut entry = entry.context("not a tar archive, or one cut short or damaged")?;
@@ -664,7 +775,12 @@ impl Loader {
         while let Some((digest, (listed_by, _))) = self.expected.first_key_value() {
             let (digest, listed_by) = (digest.clone(), listed_by.clone());
             let Some((mut reader, size)) = members.open(&digest)? else {
-                bail!("manifest {digest} (listed by {listed_by}) is not in the bundle; it is incomplete: write it again");
+                if self.since.is_none() {
+                    bail!("manifest {digest} (listed by {listed_by}) is not in the bundle; it is incomplete: write it again");
+                }
+                let (_, repositories) = self.expected.remove(&digest).unwrap_or_default();
+                self.absent.entry(digest).or_default().extend(repositories);
+                continue;
             };
             self.read_manifest(&digest, &mut reader, size)?;
         }
@@ -674,13 +790,67 @@ impl Loader {
             .filter(|(_, b)| b.placed.is_empty())
             .map(|(d, _)| d)
             .collect();
-        let missing: Vec<&Digest> = unplaced
+        let missing: Vec<Digest> = unplaced
             .iter()
-            .copied()
             .filter(|d| members.position(d).is_none())
+            .map(|d| (*d).clone())
+            .collect();
+        if self.since.is_some() {
+            return self.left_out_are_there(missing, members);
+        }
+        self.place_carried(members, missing)
+    }
+
+    /// What an incremental bundle leaves out must be at the destination already, in
+    /// the repository that receives it: HEAD only, before any manifest or tag is written.
+    fn left_out_are_there(&mut self, missing: Vec<Digest>, members: &mut Members) -> Result<()> {
+        let registry = self.registry.clone();
+        let mut blobs_missing = 0;
+        for digest in &missing {
+            let repositories = self.blobs[digest].repositories.clone();
+            for repository in repositories {
+                if self
+                    .handle
+                    .block_on(registry.has_blob(&repository, digest))?
+                {
+                    self.counts.present += 1;
+                    let blob = self.blobs.get_mut(digest).expect("listed above");
+                    blob.placed.insert(repository);
+                }
+            }
+            blobs_missing += usize::from(self.blobs[digest].placed.is_empty());
+        }
+        let mut manifests_missing = 0;
+        for (digest, repositories) in &self.absent {
+            for repository in repositories {
+                let reference = Reference::Digest(digest.clone());
+                if self
+                    .handle
+                    .block_on(registry.head_manifest(repository, &reference))?
+                    .is_none()
+                {
+                    manifests_missing += 1;
+                    break;
+                }
+            }
+        }
+        if blobs_missing + manifests_missing > 0 {
+            let since = self.since.as_ref().expect("an incremental bundle");
+            bail!(since.refusal(blobs_missing, manifests_missing, &self.naming.to));
+        }
+        self.place_carried(members, Vec::new())
+    }
+
+    /// Uploads the carried blobs the first pass could not place, then mounts.
+    fn place_carried(&mut self, members: &mut Members, missing: Vec<Digest>) -> Result<()> {
+        let unplaced: Vec<&Digest> = self
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.placed.is_empty())
+            .map(|(d, _)| d)
             .collect();
         if let Some(first) = missing.first() {
-            let blob = &self.blobs[*first];
+            let blob = &self.blobs[first];
             let more = match missing.len() - 1 {
                 0 => String::new(),
                 n => format!(" (and {n} more)"),
@@ -716,9 +886,9 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
     let destination_host = ImageRef::parse(&format!("{}/x", args.to.trim_end_matches('/')))
         .map_err(|e| anyhow!("--to {}: {e}", args.to))?
         .registry;
-    // Local first: a missing bundle or a bad --repository is named before any connection.
-    std::fs::metadata(&args.bundle)
-        .map_err(|e| anyhow!("{}: cannot open it: {e}", args.bundle.display()))?;
+    // Local first: a missing bundle, a bad part or a bad --repository is named before
+    // any connection; every part of a split bundle is checked here.
+    let located = Arc::new(parts::locate(&args.bundle)?);
     if let Some(repository) = &args.repository {
         under(args.to.trim_end_matches('/'), repository).context("--repository")?;
     }
@@ -728,10 +898,10 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
         .build(Path::new(""), &crate::trust::FLAG_NAMES)?;
     let refused = match rule {
         Some(rule) => {
-            let path = args.bundle.clone();
+            let located = located.clone();
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
-                super::bundle_verify::check_bundle(&path, &rule, &handle)
+                super::bundle_verify::check_bundle(&located, &rule, &handle)
             })
             .await?
             .with_context(|| args.bundle.display().to_string())?
@@ -759,14 +929,15 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
         manifest_bytes: 0,
         blobs: BTreeMap::new(),
         counts: Counts::default(),
+        since: None,
+        absent: BTreeMap::new(),
     };
     let path = args.bundle.clone();
     // Reading the bundle is blocking; uploads are handed to the runtime as they stream.
     let loader = tokio::task::spawn_blocking(move || {
-        let members = if path.is_dir() {
-            loader.read_folder(&path)
-        } else {
-            loader.stream_tar(&path)
+        let members = match located.as_ref() {
+            Located::Folder(root) => loader.read_folder(root),
+            Located::Tar { files, .. } => loader.stream_tar(files),
         };
         members
             .and_then(|mut members| loader.finish(&mut members))
@@ -820,14 +991,18 @@ async fn push_tops(registry: &Client, loader: &Loader) -> Result<(usize, usize)>
             &mut pushed,
         )
         .await?;
-        let manifest = &loader.manifests[&top.digest];
+        let (bytes, media_type) = match loader.manifests.get(&top.digest) {
+            Some(manifest) => (manifest.bytes.clone(), manifest.media_type.clone()),
+            // Left out of an incremental bundle: proven at the destination already.
+            None => {
+                let reference = Reference::Digest(top.digest.clone());
+                registry
+                    .get_manifest(&destination.repository, &reference)
+                    .await?
+            }
+        };
         registry
-            .put_manifest(
-                &destination.repository,
-                &pointer,
-                &manifest.bytes,
-                &manifest.media_type,
-            )
+            .put_manifest(&destination.repository, &pointer, &bytes, &media_type)
             .await?;
         loaded += 1;
         eprintln!("loaded   {} -> {destination}", top.name);
@@ -850,7 +1025,10 @@ async fn push_children(
         if pushed.contains(&key) {
             continue;
         }
-        let manifest = &manifests[&digest];
+        // Left out of an incremental bundle: at the destination, with all below it.
+        let Some(manifest) = manifests.get(&digest) else {
+            continue;
+        };
         if !expanded {
             stack.push((digest, true));
             stack.extend(manifest.children.iter().map(|c| (c.clone(), false)));

@@ -4,14 +4,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
 
+use super::since::Since;
 use crate::naming::{has_host, ImageRef};
-use crate::oci::layout::{
-    classify, folder_file, read_document, Member, Members, Skipping, CONTAINERD_NAME, REF_NAME,
-};
+use crate::oci::layout::{read_checked, scan, Members, CONTAINERD_NAME, REF_NAME};
+use crate::oci::parts::Located;
 use crate::oci::{Digest, Tag};
 use crate::text::printable;
 use crate::trust::{self, Rule};
@@ -47,14 +44,14 @@ fn is_attachment(name: &str) -> bool {
 }
 
 pub(super) fn check_bundle(
-    path: &Path,
+    located: &Located,
     rule: &Rule,
     handle: &tokio::runtime::Handle,
 ) -> Result<Refused> {
     let Rule::Signed(policy) = rule else {
         return Ok(Refused::default());
     };
-    let (members, index) = open(path)?;
+    let (members, index) = scan(located)?;
     let index: oci_spec::image::ImageIndex = serde_json::from_slice(&index)
         .map_err(|e| anyhow!("index.json is not an OCI image index: {e}"))?;
     let mut entries = Vec::new();
@@ -66,6 +63,7 @@ pub(super) fn check_bundle(
         .iter()
         .filter_map(|(n, d)| n.as_deref().map(|n| (n, d)))
         .collect();
+    let since = Since::from_annotations(index.annotations().as_ref());
     let members = RefCell::new(members);
     let mut refused = Refused::default();
     for (name, digest) in &entries {
@@ -88,6 +86,7 @@ pub(super) fn check_bundle(
         let store = Archived {
             members: &members,
             by_name: &by_name,
+            since: since.as_ref(),
             repository: format!("{}/{}", source.registry, source.repository),
         };
         match handle.block_on(trust::image::check(&store, &source, digest, None, policy))? {
@@ -143,13 +142,21 @@ struct Archived<'a> {
     by_name: &'a BTreeMap<&'a str, &'a Digest>,
     /// `registry/repository` of the image checked.
     repository: String,
+    /// An incremental bundle's PREVIOUS, which carries what this one leaves out.
+    since: Option<&'a Since>,
 }
 
 impl Archived<'_> {
     fn read(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
-        match read(&mut self.members.borrow_mut(), digest, limit)? {
+        match read_checked(&mut self.members.borrow_mut(), digest, limit)? {
             Some(bytes) => Ok(Bytes::from(bytes)),
-            None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
+            None => match self.since {
+                Some(since) => bail!(
+                    "{digest} is left out of this bundle, saved --since {}; signatures are checked offline only in whole bundles: save one without --since to check them",
+                    since.name
+                ),
+                None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
+            },
         }
     }
 }
@@ -172,54 +179,6 @@ impl trust::image::SignatureSource for Archived<'_> {
     async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
         self.read(digest, limit)
     }
-}
-
-/// The members of a tar (by offset) or a folder, and index.json's bytes.
-fn open(path: &Path) -> Result<(Members, Vec<u8>)> {
-    if path.is_dir() {
-        let Some((mut file, size)) = folder_file(path, "index.json")? else {
-            bail!("no index.json, so nothing says which images it holds");
-        };
-        let index = read_document(&mut file, size, "index.json")?;
-        return Ok((Members::Folder(path.to_path_buf()), index));
-    }
-    let file = File::open(path).map_err(|e| anyhow!("cannot open it: {e}"))?;
-    let mut archive = tar::Archive::new(Skipping(BufReader::with_capacity(1 << 20, file)));
-    let mut toc = HashMap::new();
-    let mut index = None;
-    for entry in archive.entries_with_seek().context("not a tar archive")? {
-        let mut entry = entry.context("not a tar archive, or one cut short or damaged")?;
-        let size = entry.size();
-        match classify(entry.header(), &entry.path_bytes())? {
-            Member::Index => index = Some(read_document(&mut entry, size, "index.json")?),
-            Member::Blob(digest) => {
-                toc.insert(digest, (entry.raw_file_position(), size));
-            }
-            Member::Layout | Member::Other => {}
-        }
-    }
-    let Some(index) = index else {
-        bail!("no index.json, so nothing says which images it holds");
-    };
-    let file = archive.into_inner().0;
-    Ok((Members::Tar { file, toc }, index))
-}
-
-/// A member by digest, whole, checked against its digest.
-fn read(members: &mut Members, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>> {
-    let Some((mut reader, size)) = members.open(digest)? else {
-        return Ok(None);
-    };
-    if size > limit {
-        bail!("{digest} is {size} bytes, more than a manifest or signature may be");
-    }
-    let bytes = read_document(&mut reader, size, &format!("blob {digest}"))?;
-    if !digest.matches(&bytes) {
-        bail!(crate::oci::Error::DigestMismatch {
-            what: format!("blob {digest} in the bundle")
-        });
-    }
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]

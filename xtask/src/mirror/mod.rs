@@ -8,6 +8,7 @@ pub mod engine;
 pub mod lists;
 mod prune;
 pub mod retag;
+mod since;
 pub mod tagset;
 pub mod verify;
 

@@ -6,12 +6,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::blobs::upload_verified;
 use super::image::{descriptor_digest, Document};
 use super::name::{Digest, Reference, Repository};
+use super::parts::{Concat, Located};
 use super::registry::{Client, MAX_MANIFEST_BYTES};
 use crate::text::printable;
 
@@ -106,7 +107,7 @@ pub fn read_document(reader: &mut dyn Read, size: u64, what: &str) -> Result<Vec
 
 /// Skips forward inside the read buffer instead of dropping it, so passing over many
 /// small members does not re-read a buffer each time.
-pub struct Skipping(pub BufReader<File>);
+pub struct Skipping(pub BufReader<Concat>);
 
 impl Read for Skipping {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -129,7 +130,7 @@ impl Seek for Skipping {
 /// Members read after the first pass: by offset in a tar, or by path in a folder.
 pub enum Members {
     Tar {
-        file: BufReader<File>,
+        file: BufReader<Concat>,
         /// Data offset and size of each blob member.
         toc: HashMap<Digest, (u64, u64)>,
     },
@@ -164,6 +165,55 @@ impl Members {
             }
         }
     }
+}
+
+/// The members of a located bundle (a tar by offset, or a folder) and index.json's
+/// bytes, from one pass that seeks past blob bodies.
+pub fn scan(located: &Located) -> Result<(Members, Vec<u8>)> {
+    let no_index = || anyhow!("no index.json, so nothing says which images it holds");
+    let files = match located {
+        Located::Folder(path) => {
+            let (mut file, size) = folder_file(path, "index.json")?.ok_or_else(no_index)?;
+            let index = read_document(&mut file, size, "index.json")?;
+            return Ok((Members::Folder(path.to_path_buf()), index));
+        }
+        Located::Tar { files, .. } => files,
+    };
+    let reader = BufReader::with_capacity(1 << 20, Concat::new(files));
+    let mut archive = tar::Archive::new(Skipping(reader));
+    let mut toc = HashMap::new();
+    let mut index = None;
+    for entry in archive.entries_with_seek().context("not a tar archive")? {
+        let mut entry = entry.context("not a tar archive, or one cut short or damaged")?;
+        let size = entry.size();
+        match classify(entry.header(), &entry.path_bytes())? {
+            Member::Index => index = Some(read_document(&mut entry, size, "index.json")?),
+            Member::Blob(digest) => {
+                toc.insert(digest, (entry.raw_file_position(), size));
+            }
+            Member::Layout | Member::Other => {}
+        }
+    }
+    let index = index.ok_or_else(no_index)?;
+    let file = archive.into_inner().0;
+    Ok((Members::Tar { file, toc }, index))
+}
+
+/// A member by digest, whole, checked against its digest; None when it is not there.
+pub fn read_checked(members: &mut Members, digest: &Digest, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Some((mut reader, size)) = members.open(digest)? else {
+        return Ok(None);
+    };
+    if size > limit {
+        bail!("{digest} is {size} bytes, more than a manifest or signature may be");
+    }
+    let bytes = read_document(&mut reader, size, &format!("blob {digest}"))?;
+    if !digest.matches(&bytes) {
+        bail!(super::Error::DigestMismatch {
+            what: format!("blob {digest} in the bundle")
+        });
+    }
+    Ok(Some(bytes))
 }
 
 /// A file of a layout folder, refusing symbolic links on the way.
@@ -202,13 +252,13 @@ enum Piece {
 /// A layout written as one tar on a blocking thread: `oci-layout` and `index.json`
 /// first, then what the caller sends. Blob bodies reach it through bounded channels, so
 /// memory stays at a few chunks whatever the layer size.
-pub struct TarWriter {
+pub struct TarWriter<W> {
     pieces: tokio::sync::mpsc::Sender<Piece>,
-    writer: tokio::task::JoinHandle<Result<()>>,
+    writer: tokio::task::JoinHandle<Result<W>>,
 }
 
-impl TarWriter {
-    pub async fn start(file: File, index: Bytes) -> Result<TarWriter> {
+impl<W: Write + Send + 'static> TarWriter<W> {
+    pub async fn start(file: W, index: Bytes) -> Result<TarWriter<W>> {
         let (pieces, receiver) = tokio::sync::mpsc::channel::<Piece>(1);
         let writer = tokio::task::spawn_blocking(move || write_tar(file, receiver));
         let tar = TarWriter { pieces, writer };
@@ -238,8 +288,9 @@ impl TarWriter {
         Ok(sender)
     }
 
-    /// Waits for the writer; `fed` is how feeding it went, reported first.
-    pub async fn finish(self, fed: Result<()>) -> Result<()> {
+    /// Waits for the writer; `fed` is how feeding it went, reported first. Returns
+    /// the sink, flushed, for the caller to commit.
+    pub async fn finish(self, fed: Result<()>) -> Result<W> {
         drop(self.pieces);
         let written = self.writer.await?;
         fed?;
@@ -254,7 +305,7 @@ impl TarWriter {
     }
 }
 
-fn write_tar(file: File, mut receiver: tokio::sync::mpsc::Receiver<Piece>) -> Result<()> {
+fn write_tar<W: Write>(file: W, mut receiver: tokio::sync::mpsc::Receiver<Piece>) -> Result<W> {
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
     while let Some(piece) = receiver.blocking_recv() {
         let (name, size, mut reader): (String, u64, Box<dyn Read>) = match piece {
@@ -284,9 +335,7 @@ fn write_tar(file: File, mut receiver: tokio::sync::mpsc::Receiver<Piece>) -> Re
     builder
         .into_inner()?
         .into_inner()
-        .map_err(|e| anyhow!("flushing the archive: {}", e.error()))?
-        .sync_all()?;
-    Ok(())
+        .map_err(|e| anyhow!("flushing the archive: {}", e.error()))
 }
 
 struct ChannelReader {

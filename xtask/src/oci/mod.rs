@@ -11,6 +11,7 @@ pub mod image;
 pub mod layout;
 pub mod media;
 pub mod name;
+pub mod parts;
 pub mod registry;
 pub mod transport;
 
