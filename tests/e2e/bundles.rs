@@ -8,7 +8,7 @@ use crate::support::fixture::*;
 use crate::support::proxy::{Action, Proxy};
 use crate::support::upload::*;
 use crate::support::*;
-use crate::trust_verify::key_pair;
+use crate::trust_verify::{cosign, key_pair, sign};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -167,20 +167,71 @@ fn incremental_bundle_carries_only_new_blobs_and_loads_only_onto_previous() {
         "all of v1 again, none of v2's new blobs"
     );
 
-    // A signature check needs the manifests it leaves out: refused, and said why.
-    key_pair(work.path(), "cosign");
-    let key = work.path().join("cosign.pub");
-    let verify = ["--verify-key", key.to_str().unwrap()];
-    let stderr = refused(&load(&new, &format!("{}/verified", dst.addr), &verify));
-    assert!(
-        stderr.contains("left out of this bundle, saved --since previous.tar"),
-        "{stderr}"
-    );
     assert_eq!(
         fs::read_dir(&pulled).unwrap().count(),
         5,
         "manifest, version, config, two layers"
     );
+}
+
+#[test]
+fn signed_incremental_bundle_is_verified_where_previous_was_loaded() {
+    need!(Docker, Registry, Skopeo, Cosign);
+    let (src, dst) = source_and_destination(&["fixture/app"]);
+    let work = tempfile::tempdir().unwrap();
+    key_pair(work.path(), "cosign");
+    let signed_by_key = ["--key", "cosign.key"];
+    let (v1, v2) = (
+        format!("{}/fixture/app:v1", src.addr),
+        format!("{}/fixture/app:v2", src.addr),
+    );
+    sign(work.path(), &v1, &signed_by_key);
+    let previous = work.path().join("previous.tar");
+    saved(save_with(&previous, &[&v1], &[]));
+    change_one_image(&src);
+    sign(work.path(), &v2, &signed_by_key);
+    let new = work.path().join("new.tar");
+    saved(save_with(
+        &new,
+        &[&v1, &v2],
+        &["--since", previous.to_str().unwrap()],
+    ));
+    let key = work.path().join("cosign.pub");
+    let verify = ["--verify-key", key.to_str().unwrap()];
+
+    // v1's signed manifest is left out of NEW: without PREVIOUS at the destination it
+    // cannot be checked, which is one line naming PREVIOUS; nothing is tagged.
+    let stderr = refused(&load(&new, &format!("{}/elsewhere", dst.addr), &verify));
+    assert!(
+        stderr.contains("left out of this bundle, saved --since previous.tar")
+            && stderr.contains("load previous.tar there first"),
+        "{stderr}"
+    );
+    assert_eq!(dst.tags(), Vec::<String>::new(), "a refused load tagged");
+
+    // Where PREVIOUS was loaded (and checked), NEW is checked too: v1 by what PREVIOUS
+    // put there, v2 by what NEW carries. cosign agrees at the destination.
+    let to = format!("{}/m", dst.addr);
+    loaded(&load(&previous, &to, &verify));
+    let output = load(&new, &to, &verify);
+    loaded(&output);
+    let stderr = text(&output.stderr);
+    for image in [&v1, &v2] {
+        assert!(stderr.contains(&format!("verified {image}")), "{stderr}");
+    }
+    for tag in ["v1", "v2"] {
+        cosign(
+            work.path(),
+            &[
+                "verify",
+                "--key",
+                "cosign.pub",
+                "--insecure-ignore-tlog",
+                "--allow-insecure-registry",
+                &format!("{to}/fixture/app:{tag}"),
+            ],
+        );
+    }
 }
 
 fn part(out: &Path, number: usize) -> PathBuf {

@@ -361,6 +361,7 @@ async fn write_archive(
 }
 
 /// Where `load` puts each image of a bundle.
+#[derive(Clone)]
 struct Naming {
     to: String,
     keep_host: bool,
@@ -896,12 +897,25 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
         .trust
         .spec()
         .build(Path::new(""), &crate::trust::FLAG_NAMES)?;
+    let registry = registries.get(&destination_host).await?;
+    let naming = Naming {
+        to: args.to.clone(),
+        keep_host: args.keep_host,
+        repository: args.repository.clone(),
+    };
     let refused = match rule {
         Some(rule) => {
             let located = located.clone();
             let handle = tokio::runtime::Handle::current();
+            let destination = super::bundle_verify::AtDestination {
+                registry: registry.clone(),
+                place: Box::new({
+                    let naming = naming.clone();
+                    move |name, digest| Ok(naming.destination(name, digest)?.repository)
+                }),
+            };
             tokio::task::spawn_blocking(move || {
-                super::bundle_verify::check_bundle(&located, &rule, &handle)
+                super::bundle_verify::check_bundle(&located, &rule, &destination, &handle)
             })
             .await?
             .with_context(|| args.bundle.display().to_string())?
@@ -911,14 +925,9 @@ pub async fn load(ctx: &Ctx, args: &MirrorLoadArgs) -> Result<()> {
     for line in &refused.lines {
         eprintln!("{line}");
     }
-    let registry = registries.get(&destination_host).await?;
     let mut loader = Loader {
         skip: refused.entries.clone(),
-        naming: Naming {
-            to: args.to.clone(),
-            keep_host: args.keep_host,
-            repository: args.repository.clone(),
-        },
+        naming,
         registry: registry.clone(),
         handle: tokio::runtime::Handle::current(),
         saw_layout: false,

@@ -9,11 +9,14 @@ use super::since::Since;
 use crate::naming::{has_host, ImageRef};
 use crate::oci::layout::{read_checked, scan, Members, CONTAINERD_NAME, REF_NAME};
 use crate::oci::parts::Located;
-use crate::oci::{Digest, Tag};
+use crate::oci::registry::Client;
+use crate::oci::{Digest, Repository, Tag};
 use crate::text::printable;
+use crate::trust::image::{Remote, SignatureSource};
 use crate::trust::{self, Rule};
 use bytes::Bytes;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// index.json entries (name, digest) that must not be loaded, and one line per refusal.
 #[derive(Default)]
@@ -43,9 +46,20 @@ fn is_attachment(name: &str) -> bool {
     attachment_of(name).is_some()
 }
 
+/// Where a load puts each image: what an incremental bundle leaves out of its manifest
+/// tree is read there (checked against its digest), since loading PREVIOUS put it there.
+pub(super) struct AtDestination {
+    pub registry: Arc<Client>,
+    pub place: Box<Placement>,
+}
+
+/// The destination repository of an index.json entry (its name and digest).
+pub(super) type Placement = dyn Fn(Option<&str>, &Digest) -> Result<Repository> + Send + Sync;
+
 pub(super) fn check_bundle(
     located: &Located,
     rule: &Rule,
+    destination: &AtDestination,
     handle: &tokio::runtime::Handle,
 ) -> Result<Refused> {
     let Rule::Signed(policy) = rule else {
@@ -83,11 +97,26 @@ pub(super) fn check_bundle(
         };
         let source =
             ImageRef::parse(source).map_err(|e| anyhow!("{}", printable(&e.to_string())))?;
+        let placed = match since {
+            Some(_) => Some((destination.place)(name.as_deref(), digest)?),
+            None => None,
+        };
         let store = Archived {
             members: &members,
             by_name: &by_name,
-            since: since.as_ref(),
             repository: format!("{}/{}", source.registry, source.repository),
+            since: since
+                .as_ref()
+                .zip(placed.as_ref())
+                .map(|(since, repository)| {
+                    (
+                        since,
+                        Remote {
+                            registry: &destination.registry,
+                            repository,
+                        },
+                    )
+                }),
         };
         match handle.block_on(trust::image::check(&store, &source, digest, None, policy))? {
             Ok(verdict) => eprintln!("verified {shown} ({})", verdict.note),
@@ -142,28 +171,41 @@ struct Archived<'a> {
     by_name: &'a BTreeMap<&'a str, &'a Digest>,
     /// `registry/repository` of the image checked.
     repository: String,
-    /// An incremental bundle's PREVIOUS, which carries what this one leaves out.
-    since: Option<&'a Since>,
+    /// An incremental bundle's PREVIOUS, and the destination repository its load filled,
+    /// where what this bundle leaves out is read.
+    since: Option<(&'a Since, Remote<'a>)>,
 }
 
 impl Archived<'_> {
-    fn read(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
-        match read_checked(&mut self.members.borrow_mut(), digest, limit)? {
-            Some(bytes) => Ok(Bytes::from(bytes)),
-            None => match self.since {
-                Some(since) => bail!(
-                    "{digest} is left out of this bundle, saved --since {}; signatures are checked offline only in whole bundles: save one without --since to check them",
-                    since.name
-                ),
-                None => bail!("{digest} is not in the bundle; it is incomplete: write it again"),
-            },
+    async fn read(&self, digest: &Digest, limit: u64, manifest: bool) -> Result<Bytes> {
+        let carried = read_checked(&mut self.members.borrow_mut(), digest, limit)?;
+        if let Some(bytes) = carried {
+            return Ok(Bytes::from(bytes));
         }
+        let Some((since, previous)) = &self.since else {
+            bail!("{digest} is not in the bundle; it is incomplete: write it again");
+        };
+        let read = match manifest {
+            true => previous.manifest(digest).await,
+            false => previous.small_blob(digest, limit).await,
+        };
+        read.map_err(|e| {
+            anyhow!(
+                "{digest} is left out of this bundle, saved --since {} (sha256:{}), and cannot be read at {}/{}: load {} there first ({e})",
+                since.name,
+                since.sha256,
+                previous.registry.host,
+                previous.repository,
+                since.name
+            )
+        })
     }
 }
 
 impl trust::image::SignatureSource for Archived<'_> {
     async fn manifest(&self, digest: &Digest) -> Result<Bytes> {
-        self.read(digest, crate::oci::registry::MAX_MANIFEST_BYTES)
+        self.read(digest, crate::oci::registry::MAX_MANIFEST_BYTES, true)
+            .await
     }
 
     async fn tag(&self, tag: &Tag) -> Result<Option<Digest>> {
@@ -177,7 +219,7 @@ impl trust::image::SignatureSource for Archived<'_> {
     }
 
     async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
-        self.read(digest, limit)
+        self.read(digest, limit, false).await
     }
 }
 
