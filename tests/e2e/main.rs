@@ -10,6 +10,7 @@ mod checks;
 mod cli;
 mod github_app;
 mod hostile;
+mod limits;
 mod mirror;
 mod preflight;
 mod release;

@@ -117,24 +117,34 @@ impl HostLimits {
     /// From `--max-requests-per-second HOST=N` and `--max-concurrent HOST=N` values.
     pub fn from_flags(per_second: &[String], concurrent: &[String]) -> Result<HostLimits> {
         let mut flags = BTreeMap::new();
-        let rate_flag = "--max-requests-per-second";
-        let rate = |n: &str| n.parse::<f64>().ok();
-        for (key, value) in parse_flag_values(rate_flag, per_second, "a number", rate)? {
-            let limit = Limit {
-                per_second: Some(value),
+        let rate = |n: &str| {
+            let rate = n.parse::<f64>().ok()?;
+            Some(Limit {
+                per_second: Some(rate),
                 concurrent: None,
-            };
-            add_flag(&mut flags, rate_flag, &key, limit)?;
-        }
-        let slots_flag = "--max-concurrent";
-        let slots = |n: &str| n.parse::<usize>().ok();
-        for (key, value) in parse_flag_values(slots_flag, concurrent, "a whole number", slots)? {
-            let limit = Limit {
+            })
+        };
+        add_flag(
+            &mut flags,
+            "--max-requests-per-second",
+            per_second,
+            "a number",
+            rate,
+        )?;
+        let slots = |n: &str| {
+            let slots = n.parse::<usize>().ok()?;
+            Some(Limit {
                 per_second: None,
-                concurrent: Some(value),
-            };
-            add_flag(&mut flags, slots_flag, &key, limit)?;
-        }
+                concurrent: Some(slots),
+            })
+        };
+        add_flag(
+            &mut flags,
+            "--max-concurrent",
+            concurrent,
+            "a whole number",
+            slots,
+        )?;
         Ok(HostLimits {
             flags,
             ..HostLimits::default()
@@ -172,49 +182,34 @@ impl HostLimits {
     }
 }
 
-/// Each `HOST=N` of `flag`, its host checked and its number parsed by `parse`.
-fn parse_flag_values<T>(
-    flag: &str,
-    values: &[String],
-    kind: &str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<Vec<(String, T)>> {
-    values
-        .iter()
-        .map(|value| {
-            let bad = |why: &str| {
-                Error::Invalid(format!("{flag} '{}': {why}", crate::text::printable(value)))
-            };
-            let (host, number) = value
-                .split_once('=')
-                .ok_or_else(|| bad(&format!("write HOST=N, e.g. {flag} docker.io=2")))?;
-            let key = checked_host(host).map_err(|e| bad(&e))?;
-            let number = parse(number.trim())
-                .ok_or_else(|| bad(&format!("'{}' is not {kind}", number.trim())))?;
-            Ok((key, number))
-        })
-        .collect()
-}
-
-/// Adds one flag's value for `key`, checked; a host given twice is refused.
+/// Each `HOST=N` of `flag` into `flags`: the host checked, the number read by `parse`
+/// and checked; a host given twice is refused.
 fn add_flag(
     flags: &mut BTreeMap<String, Limit>,
     flag: &str,
-    key: &str,
-    limit: Limit,
+    values: &[String],
+    kind: &str,
+    parse: impl Fn(&str) -> Option<Limit>,
 ) -> Result<()> {
-    limit
-        .check([flag, flag])
-        .map_err(|e| Error::Invalid(format!("{flag} {key}=…: {e}")))?;
-    let entry = flags.entry(key.to_string()).or_default();
-    let twice = (limit.per_second.is_some() && entry.per_second.is_some())
-        || (limit.concurrent.is_some() && entry.concurrent.is_some());
-    if twice {
-        return Err(Error::Invalid(format!(
-            "{flag} names {key} twice; give each host once"
-        )));
+    for value in values {
+        let bad = |why: &str| {
+            Error::Invalid(format!("{flag} '{}': {why}", crate::text::printable(value)))
+        };
+        let (host, number) = value
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("write HOST=N, e.g. {flag} docker.io=2")))?;
+        let key = checked_host(host).map_err(|e| bad(&e))?;
+        let limit = parse(number.trim())
+            .ok_or_else(|| bad(&format!("'{}' is not {kind}", number.trim())))?;
+        limit.check(["N", "N"]).map_err(|e| bad(&e))?;
+        let entry = flags.entry(key).or_default();
+        let twice = (limit.per_second.is_some() && entry.per_second.is_some())
+            || (limit.concurrent.is_some() && entry.concurrent.is_some());
+        if twice {
+            return Err(bad("the host is given twice; give each host once"));
+        }
+        *entry = limit.or(*entry);
     }
-    *entry = limit.or(*entry);
     Ok(())
 }
 
@@ -403,7 +398,7 @@ mod tests {
             let result = HostLimits::from_flags(&rates, &list(concurrent));
             let message = result.err().map(|e| e.to_string()).unwrap_or_default();
             let expected = if error.is_empty() {
-                "names docker.io twice"
+                "given twice"
             } else {
                 error
             };
