@@ -243,15 +243,16 @@ impl Limiter {
             Some(slots) => slots.clone().acquire_owned().await.ok(),
             None => None,
         };
-        if let Some(interval) = self.interval {
-            let start = {
-                let mut next = self.next_start.lock().unwrap();
-                let start = (*next).max(Instant::now());
+        let start = {
+            let mut next = self.next_start.lock().unwrap();
+            let start = (*next).max(Instant::now());
+            // Without a rate, only a Retry-After moves the next start.
+            if let Some(interval) = self.interval {
                 *next = start + interval;
-                start
-            };
-            tokio::time::sleep_until(start).await;
-        }
+            }
+            start
+        };
+        tokio::time::sleep_until(start).await;
         permit
     }
 
@@ -349,6 +350,17 @@ mod tests {
             assert_eq!((Instant::now() - begin).as_millis(), 3000);
             limiter.admit().await;
             assert_eq!((Instant::now() - begin).as_millis(), 3100);
+
+            // A host with only a concurrency budget is held back too.
+            let slots_only = Limiter::new(Limit {
+                per_second: None,
+                concurrent: Some(2),
+            });
+            slots_only.hold_off(Duration::from_secs(2));
+            let before = Instant::now();
+            slots_only.admit().await;
+            slots_only.admit().await;
+            assert_eq!((Instant::now() - before).as_millis(), 2000);
         });
     }
 
