@@ -98,45 +98,63 @@ fn a_host_budget_holds_at_the_registry_and_a_429_pauses_it_once() {
         free.len()
     );
 
-    let rate = format!("{}={RATE}", proxy.addr);
-    let one = format!("{}=1", proxy.addr);
-    let (limited, limited_took) = run(
-        "limited",
-        &["--max-requests-per-second", &rate, "--max-concurrent", &one],
+    // The rate from a list, nothing else: each request is quicker than the interval,
+    // so only the rate spaces them.
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("limits.toml");
+    std::fs::write(
+        &list,
+        format!(
+            "description = \"budgets only\"\n[limits.\"{}\"]\nmax_requests_per_second = {RATE}\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let (rated, rated_took) = run("rated", &[list.to_str().unwrap()]);
+    // One token of burst: in any second, at most RATE + 1 starts.
+    assert!(
+        busiest_second(&rated) <= RATE + 1,
+        "{} requests in one second; gaps {:?} ms",
+        busiest_second(&rated),
+        gaps_ms(&rated)
     );
+    assert!(
+        rated.len() >= 10 && rated_took > free_took,
+        "too few requests to show a rate: {}",
+        rated.len()
+    );
+
+    // Concurrency alone, the flag beating a list that allows 3.
+    std::fs::write(
+        &list,
+        format!(
+            "description = \"budgets only\"\n[limits.\"{}\"]\nmax_concurrent = 3\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let one = format!("{}=1", proxy.addr);
+    let (single, single_took) = run(
+        "single",
+        &[list.to_str().unwrap(), "--max-concurrent", &one],
+    );
+    assert_eq!(most_in_flight(&single), 1, "gaps {:?} ms", gaps_ms(&single));
     eprintln!(
         "unlimited: {} requests in {free_took:?}, {} in flight, {} in a second; \
-         limited: {} requests in {limited_took:?}, {} in flight, {} in a second",
+         rate {RATE}/s: {} requests in {rated_took:?}, {} in a second; \
+         one at a time: {} requests in {single_took:?}, {} in flight",
         free.len(),
         most_in_flight(&free),
         busiest_second(&free),
-        limited.len(),
-        most_in_flight(&limited),
-        busiest_second(&limited)
+        rated.len(),
+        busiest_second(&rated),
+        single.len(),
+        most_in_flight(&single),
     );
-    // One token of burst: in any second, at most RATE + 1 starts.
-    assert!(
-        busiest_second(&limited) <= RATE + 1,
-        "{} requests in one second; gaps {:?} ms",
-        busiest_second(&limited),
-        gaps_ms(&limited)
-    );
-    assert_eq!(
-        most_in_flight(&limited),
-        1,
-        "gaps {:?} ms",
-        gaps_ms(&limited)
-    );
-    assert!(
-        limited.len() >= 10,
-        "too few requests to show a rate: {}",
-        limited.len()
-    );
-    assert!(limited_took > free_took);
 
     // The retried HEAD waited the second it was asked to, and not a second more.
-    let throttled = limited.iter().find(|r| r.status == 429).unwrap().arrived;
-    let retried = limited
+    let throttled = rated.iter().find(|r| r.status == 429).unwrap().arrived;
+    let retried = rated
         .iter()
         .map(|r| r.arrived)
         .filter(|&a| a > throttled)
