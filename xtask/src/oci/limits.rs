@@ -79,10 +79,14 @@ impl Limit {
 }
 
 /// The key of a host: lower case, Docker Hub's API and index hosts folded into
-/// `docker.io`, and an explicit `:443` dropped (`https://host/` carries no port).
+/// `docker.io`, and an explicit `:443` or `:80` dropped (`https://host/` carries no
+/// port, and the URL of a default port is written without one).
 pub fn host_key(host: &str) -> String {
     let host = host.trim().to_ascii_lowercase();
-    let host = host.strip_suffix(":443").unwrap_or(&host);
+    let host = [":443", ":80"]
+        .iter()
+        .find_map(|port| host.strip_suffix(port))
+        .unwrap_or(&host);
     match host {
         "registry-1.docker.io" | "index.docker.io" => DOCKER_HUB.to_string(),
         other => other.to_string(),
@@ -379,6 +383,9 @@ mod tests {
             }
         );
         assert_eq!(limits.effective("ghcr.io"), Limit::default());
+        assert_eq!(host_key("GHCR.io:443"), "ghcr.io");
+        assert_eq!(host_key("[::1]:80"), "[::1]");
+        assert_eq!(host_key("127.0.0.1:8080"), "127.0.0.1:8080");
         let url = Url::parse("https://index.docker.io/v2/").unwrap();
         assert!(limits.limiter_for(&url).is_some());
         let loopback = Url::parse("http://127.0.0.1:5001/v2/").unwrap();
