@@ -288,6 +288,46 @@ fn bad_references_and_flags_are_one_line() {
     }
 }
 
+#[test]
+fn bad_request_limits_are_one_line_before_any_request() {
+    let down = format!("127.0.0.1:{}", free_port());
+    let image = format!("{down}/org/app:v1");
+    let to = format!("{down}/m");
+    for (flag, value, want) in [
+        (
+            "--max-concurrent",
+            "docker.io=0",
+            "--max-concurrent 'docker.io=0': N must be a whole number from 1",
+        ),
+        (
+            "--max-concurrent",
+            "docker.io=abc",
+            "--max-concurrent 'docker.io=abc': 'abc' is not a whole number",
+        ),
+        (
+            "--max-requests-per-second",
+            "docker.io",
+            "--max-requests-per-second 'docker.io': write HOST=N",
+        ),
+        (
+            "--max-requests-per-second",
+            "docker.io=-2",
+            "--max-requests-per-second 'docker.io=-2': N must be a number of requests per second of at least 0.01",
+        ),
+    ] {
+        let output = xtask(&[
+            "images", "mirror", "--image", &image, "--to", &to, flag, value,
+        ]);
+        assert_one_line_error(&output, want);
+    }
+    // Where a registry command takes --insecure, it takes the limits too.
+    let output = xtask(&["images", "retag", &image, "v2", "--max-concurrent", "x=1=2"]);
+    assert_one_line_error(
+        &output,
+        "--max-concurrent 'x=1=2': '1=2' is not a whole number",
+    );
+}
+
 /// With no registry listening, each command still names the local problem first.
 #[test]
 fn local_inputs_are_checked_before_any_registry_is_asked() {

@@ -11,6 +11,7 @@ mod checks;
 mod cli;
 mod github_app;
 mod hostile;
+mod limits;
 mod mirror;
 mod preflight;
 mod prune;

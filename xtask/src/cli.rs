@@ -396,6 +396,15 @@ pub struct RegistryArgs {
     /// Stop the whole run after this long (e.g. 30m, 2h), whatever the network does.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<humantime::Duration>,
+    /// At most N requests per second to HOST (as references write it; may be fractional,
+    /// e.g. docker.io=0.5; repeatable). Beats a list's `[limits."HOST"]`; docker.io
+    /// defaults to 5.
+    #[arg(long, value_name = "HOST=N")]
+    pub max_requests_per_second: Vec<String>,
+    /// At most N requests to HOST awaiting their answer at once (repeatable). Beats a
+    /// list's `[limits."HOST"]`; docker.io defaults to 3.
+    #[arg(long, value_name = "HOST=N")]
+    pub max_concurrent: Vec<String>,
 }
 
 /// Who must have signed an image before it is mirrored, saved or loaded (cosign's
@@ -647,6 +656,12 @@ impl Command {
             insecure: registry.map(|r| r.insecure.clone()).unwrap_or_default(),
             timeout: registry.and_then(|r| r.timeout.map(Into::into)),
             ca_bundle,
+            max_requests_per_second: registry
+                .map(|r| r.max_requests_per_second.clone())
+                .unwrap_or_default(),
+            max_concurrent: registry
+                .map(|r| r.max_concurrent.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The run context, made once in `main` and passed to every command's `run`: the
-//! project root, the one tokio runtime, the one `Registries` (every `--insecure` host),
-//! the CA bundle, and the one deadline of `--timeout`, which bounds the whole run
-//! whatever phase it is in.
+//! project root, the one tokio runtime, the one `Registries` (every `--insecure` host,
+//! every host's request budget), the CA bundle, and the one deadline of `--timeout`,
+//! which bounds the whole run whatever phase it is in.
 
 use anyhow::{bail, Context as _, Result};
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::oci::limits::HostLimits;
 use crate::oci::Registries;
 
 /// What `main` collects from whichever subcommand's flags.
@@ -17,6 +18,10 @@ pub struct RunOptions {
     pub insecure: Vec<String>,
     pub timeout: Option<Duration>,
     pub ca_bundle: Option<PathBuf>,
+    /// `--max-requests-per-second HOST=N` values, checked when the context is made.
+    pub max_requests_per_second: Vec<String>,
+    /// `--max-concurrent HOST=N` values.
+    pub max_concurrent: Vec<String>,
 }
 
 pub struct Ctx {
@@ -33,13 +38,15 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(root: PathBuf, options: RunOptions) -> Result<Ctx> {
+        let limits =
+            HostLimits::from_flags(&options.max_requests_per_second, &options.max_concurrent)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")?;
         Ok(Ctx {
             root,
-            registries: Arc::new(Registries::new(options.insecure.clone())),
+            registries: Arc::new(Registries::new(options.insecure.clone(), limits)),
             insecure: options.insecure,
             ca_bundle: options.ca_bundle,
             runtime: Some(runtime),

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Logged {
@@ -15,6 +15,11 @@ pub struct Logged {
     pub status: u16,
     /// The response body was cut short on purpose.
     pub cut: bool,
+    /// When the request line came in.
+    pub arrived: Instant,
+    /// Just before the last byte of the answer's head went out: a client cannot have
+    /// the answer before this, so a request arriving later was sent after it.
+    pub answered: Option<Instant>,
 }
 
 /// What to do with one request.
@@ -32,6 +37,8 @@ pub enum Action {
     Corrupt(usize),
     /// Forward the response body slowly: this pause after every 64 KiB.
     Slow(Duration),
+    /// Forward after this pause, as a distant registry would answer.
+    Delay(Duration),
 }
 
 pub type Rule = dyn Fn(&str, &str, usize) -> Action + Send + Sync;
@@ -97,6 +104,7 @@ fn handle(
     let mut reader = BufReader::new(client.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
+    let arrived = Instant::now();
     let mut parts = request_line.split_whitespace();
     let (method, path) = (
         parts.next().unwrap_or("").to_string(),
@@ -165,8 +173,13 @@ fn handle(
             path,
             status,
             cut: false,
+            arrived,
+            answered: Some(Instant::now()),
         });
         return client_out.shutdown(Shutdown::Both);
+    }
+    if let Action::Delay(pause) = action {
+        std::thread::sleep(pause);
     }
     let mut server = TcpStream::connect(upstream)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -202,14 +215,25 @@ fn handle(
         }
         response_head.push_str(&line);
     }
-    let entry = log.lock().unwrap().len();
-    log.lock().unwrap().push(Logged {
-        method: method.clone(),
-        path,
-        status,
-        cut: false,
-    });
-    client_out.write_all(response_head.as_bytes())?;
+    // One lock: other connections log too, and `entry` must be this one's.
+    let entry = {
+        let mut log = log.lock().unwrap();
+        log.push(Logged {
+            method: method.clone(),
+            path,
+            status,
+            cut: false,
+            arrived,
+            answered: None,
+        });
+        log.len() - 1
+    };
+    let (head, last) = response_head.as_bytes().split_at(response_head.len() - 1);
+    client_out.write_all(head)?;
+    if let Some(logged) = log.lock().unwrap().get_mut(entry) {
+        logged.answered = Some(Instant::now());
+    }
+    client_out.write_all(last)?;
     if method == "HEAD" {
         return client_out.shutdown(Shutdown::Both);
     }

@@ -2,13 +2,14 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::tagset::{TagSet, TagSetSpec};
 use crate::catalog::Catalog;
 use crate::naming::ImageRef;
+use crate::oci::limits::{checked_host, Limit};
 use crate::trust::{PolicySpec, Rule, TOML_NAMES};
 use std::sync::Arc;
 
@@ -25,6 +26,17 @@ struct ListFile {
     images: Vec<EntrySpec>,
     /// Who must have signed every image of the list, unless an image says otherwise.
     verify: Option<PolicySpec>,
+    /// Request budgets by registry host, e.g. `[limits."docker.io"]`: for the whole run,
+    /// not only this list's images, since the budget is the host's.
+    #[serde(default)]
+    limits: BTreeMap<String, LimitSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    max_requests_per_second: Option<f64>,
+    max_concurrent: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +128,14 @@ pub fn group_names(root: &Path) -> Vec<String> {
     names.into_iter().collect()
 }
 
+/// What the selected lists say: their entries, and the request budgets of their
+/// `[limits]` tables, merged.
+#[derive(Debug)]
+pub struct Loaded {
+    pub entries: Vec<Entry>,
+    pub limits: BTreeMap<String, Limit>,
+}
+
 /// Entries for `selectors` (group names or TOML files; all groups when empty) plus
 /// `--image` references (repositories with `--tags-semver`), de-duplicated by source.
 /// Tag sets are left for `tagset::resolve`.
@@ -124,7 +144,7 @@ pub fn load(
     selectors: &[String],
     extra_images: &[String],
     tags_semver: Option<&str>,
-) -> Result<Vec<Entry>> {
+) -> Result<Loaded> {
     let cli_set = match tags_semver {
         Some(range) if extra_images.is_empty() => bail!(
             "--tags-semver '{}' selects tags of an --image REPO; name the repository with --image",
@@ -145,8 +165,11 @@ pub fn load(
         selectors.to_vec()
     };
     let mut entries = Vec::new();
+    let mut limits = BTreeMap::new();
     for selector in &selectors {
-        entries.extend(load_selector(root, selector)?);
+        let (listed, list_limits) = load_selector(root, selector)?;
+        entries.extend(listed);
+        merge_limits(&mut limits, list_limits);
     }
     for image in extra_images {
         let source = ImageRef::parse(image).map_err(|e| anyhow!("--image {image}: {e}"))?;
@@ -159,12 +182,70 @@ pub fn load(
     }
     let mut seen = BTreeSet::new();
     entries.retain(|e| seen.insert(e.source.to_string()));
-    Ok(entries)
+    let limits = limits
+        .into_iter()
+        .map(|(host, (limit, _))| (host, limit))
+        .collect();
+    Ok(Loaded { entries, limits })
 }
 
-fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
+/// A host's limits by list label, so a disagreement can name both lists.
+type ListLimits = BTreeMap<String, (Limit, String)>;
+
+/// Adds one list's limits; where two lists set a value for the same host differently,
+/// the stricter holds, and a note says so.
+fn merge_limits(into: &mut ListLimits, from: ListLimits) {
+    for (host, (limit, label)) in from {
+        let Some((held, first)) = into.get_mut(&host) else {
+            into.insert(host, (limit, label));
+            continue;
+        };
+        let merged = held.stricter(limit);
+        let clash = matches!((held.per_second, limit.per_second), (Some(a), Some(b)) if a != b)
+            || matches!((held.concurrent, limit.concurrent), (Some(a), Some(b)) if a != b);
+        if clash {
+            eprintln!(
+                "note: {first} and {label} set different limits for {host}; taking the stricter of each: {}",
+                describe(&merged)
+            );
+        }
+        *held = merged;
+    }
+}
+
+/// A budget as list keys write it.
+fn describe(limit: &Limit) -> String {
+    let mut parts = Vec::new();
+    if let Some(rate) = limit.per_second {
+        parts.push(format!("max_requests_per_second = {rate}"));
+    }
+    if let Some(concurrent) = limit.concurrent {
+        parts.push(format!("max_concurrent = {concurrent}"));
+    }
+    parts.join(", ")
+}
+
+/// A list's `[limits]`, each host and value checked.
+fn limits_of(label: &str, specs: BTreeMap<String, LimitSpec>) -> Result<ListLimits> {
+    specs
+        .into_iter()
+        .map(|(host, spec)| {
+            let key = checked_host(&host).map_err(|e| anyhow!("{label}: [limits]: {e}"))?;
+            let limit = Limit {
+                per_second: spec.max_requests_per_second,
+                concurrent: spec.max_concurrent,
+            };
+            limit
+                .check(["max_requests_per_second", "max_concurrent"])
+                .map_err(|e| anyhow!("{label}: [limits.\"{key}\"]: {e}"))?;
+            Ok((key, (limit, label.to_string())))
+        })
+        .collect()
+}
+
+fn load_selector(root: &Path, selector: &str) -> Result<(Vec<Entry>, ListLimits)> {
     if selector == BASE_GROUP && !root.join(MIRRORS_DIR).join("base.toml").exists() {
-        return base_group(root);
+        return Ok((base_group(root)?, ListLimits::new()));
     }
     let path = if selector.ends_with(".toml") || selector.contains('/') {
         PathBuf::from(selector)
@@ -201,7 +282,9 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
             .map_err(|e| anyhow!("{label}: [verify]: {e:#}"))?,
         None => None,
     };
-    file.images
+    let limits = limits_of(&label, file.limits)?;
+    let entries = file
+        .images
         .into_iter()
         .map(|spec| {
             let source = ImageRef::parse(&spec.source).map_err(|e| anyhow!("{label}: {e}"))?;
@@ -230,7 +313,8 @@ fn load_selector(root: &Path, selector: &str) -> Result<Vec<Entry>> {
                 tag_set: None,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((entries, limits))
 }
 
 /// The values that end up as YAML keys, environment names, shell words and Kubernetes
@@ -429,6 +513,7 @@ mod tests {
         assert_eq!(
             load(dir.path(), &[list.display().to_string()], &[], None)
                 .unwrap()
+                .entries
                 .len(),
             1
         );
@@ -442,7 +527,7 @@ mod tests {
         std::fs::write(dir.path().join("k.pub"), key).unwrap();
         let load_list = |text: &str| {
             std::fs::write(&list, text).unwrap();
-            load(dir.path(), &[list.display().to_string()], &[], None)
+            load(dir.path(), &[list.display().to_string()], &[], None).map(|l| l.entries)
         };
         let entries = load_list(
             "description = \"x\"\n[verify]\nkeys = [\"k.pub\"]\n\
@@ -484,7 +569,7 @@ mod tests {
         let list = dir.path().join("sets.toml");
         let load_entry = |entry: &str| {
             std::fs::write(&list, format!("description = \"x\"\n[[image]]\n{entry}\n")).unwrap();
-            load(dir.path(), &[list.display().to_string()], &[], None)
+            load(dir.path(), &[list.display().to_string()], &[], None).map(|l| l.entries)
         };
         for (entry, want) in [
             (
@@ -544,9 +629,71 @@ mod tests {
     }
 
     #[test]
+    fn list_limits_are_checked_and_the_stricter_of_two_lists_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, limits: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!("description = \"x\"\n{limits}\n[[image]]\nsource = \"r.example/a:1\"\n"),
+            )
+            .unwrap();
+            path.display().to_string()
+        };
+        let a = write(
+            "a.toml",
+            "[limits.\"registry-1.docker.io\"]\nmax_requests_per_second = 2\nmax_concurrent = 3\n",
+        );
+        let b = write(
+            "b.toml",
+            "[limits.\"docker.io\"]\nmax_requests_per_second = 0.5\n[limits.\"r.example\"]\nmax_concurrent = 1\n",
+        );
+        let loaded = load(dir.path(), &[a, b], &[], None).unwrap();
+        let limit = |per_second, concurrent| Limit {
+            per_second,
+            concurrent,
+        };
+        assert_eq!(
+            loaded.limits,
+            BTreeMap::from([
+                ("docker.io".to_string(), limit(Some(0.5), Some(3))),
+                ("r.example".to_string(), limit(None, Some(1))),
+            ])
+        );
+        for (limits, want) in [
+            (
+                "[limits.\"docker.io\"]\nmax_concurrent = 0",
+                "c.toml: [limits.\"docker.io\"]: max_concurrent must be a whole number from 1",
+            ),
+            (
+                "[limits.\"docker.io\"]\nmax_requests_per_second = 0",
+                "max_requests_per_second must be a number of requests per second of at least 0.01",
+            ),
+            (
+                "[limits.\"docker.io\"]\nmax_concurrent = -1",
+                "c.toml:3: invalid value",
+            ),
+            (
+                "[limits.\"docker.io\"]\nmax_concurent = 1",
+                "unknown field `max_concurent`",
+            ),
+            (
+                "[limits.\"bad host\"]\nmax_concurrent = 1",
+                "c.toml: [limits]: registry host 'bad host' is invalid",
+            ),
+        ] {
+            let err = load(dir.path(), &[write("c.toml", limits)], &[], None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{limits}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
     fn the_repository_lists_load() {
         let root = crate::project::project_root();
-        let entries = load(&root, &[], &[], None).unwrap();
+        let entries = load(&root, &[], &[], None).unwrap().entries;
         let groups: BTreeSet<&str> = entries.iter().map(|e| e.group.as_str()).collect();
         assert_eq!(
             groups,

@@ -148,8 +148,10 @@ pub async fn load_resolved(
     images: &[String],
     tags_semver: Option<&str>,
 ) -> Result<Vec<Entry>> {
-    let entries = lists::load(root, selectors, images, tags_semver)?;
-    resolve(registries, entries).await
+    let loaded = lists::load(root, selectors, images, tags_semver)?;
+    // Before any request: the lists' budgets apply from the first one.
+    registries.limits.set_list_limits(loaded.limits);
+    resolve(registries, loaded.entries).await
 }
 
 /// Every entry with a tag set becomes one entry per selected tag.

@@ -127,7 +127,7 @@ impl Auth {
                 .basic_auth(user, Some(password)),
             _ => client.get(realm.clone()).query(&query),
         };
-        let response = request.timeout(METADATA_DEADLINE).send().await?;
+        let response = transport.send(request.timeout(METADATA_DEADLINE)).await?;
         if !response.status().is_success() {
             let failure = failure_from(what.clone(), response).await;
             if !trusted && !matches!(self.credential, Credential::Anonymous) {

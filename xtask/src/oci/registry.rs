@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::auth::{challenge_of, credential_for, Auth, Challenge};
 use super::error::{Error, NetworkCause, Result};
+use super::limits::HostLimits;
 use super::name::{Digest, Reference, Registry, Repository, Tag};
 pub use super::transport::{describe_reqwest, with_retry, Stats};
 use super::transport::{
@@ -69,10 +70,11 @@ impl Client {
     pub async fn connect(
         host: &Registry,
         insecure: &[String],
+        limits: &Arc<HostLimits>,
         stats: Arc<Stats>,
     ) -> Result<Arc<Client>> {
         let api_host = host.api_host();
-        let transport = Transport::new(insecure)?;
+        let transport = Transport::new(insecure, limits.clone())?;
         let https = Url::parse(&format!("https://{api_host}/"))
             .map_err(|_| Error::Invalid(format!("'{host}' is not a registry host")))?;
         let relaxed = transport.is_relaxed(&https);
@@ -80,16 +82,16 @@ impl Client {
         // Loopback and --insecure hosts may speak plain HTTP: one quick TLS try, then
         // HTTP with retries. Everything else is HTTPS, verified, with retries.
         let probe = |base: Url, retries: bool| {
-            let client = transport.client_for(&base).clone();
+            let transport = &transport;
             let stats = stats.clone();
             async move {
                 let url = base.join("v2/").expect("a fixed path");
                 let get = || async {
-                    let response = client
+                    let request = transport
+                        .client_for(&url)
                         .get(url.clone())
-                        .timeout(METADATA_DEADLINE)
-                        .send()
-                        .await?;
+                        .timeout(METADATA_DEADLINE);
+                    let response = transport.send(request).await?;
                     let status = response.status();
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                         return Err(failure_from(format!("GET /v2/ at {host}"), response).await);
@@ -195,7 +197,7 @@ impl Client {
                     request = request.body(b);
                 }
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let response = request.send().await?;
+                let response = self.transport.send(request).await?;
                 if follows {
                     if let Some(next) = self
                         .transport

@@ -1,7 +1,8 @@
 //! The transport under the registry client: which HTTP client a URL gets (verified TLS
 //! unless the host is loopback or named insecure), redirects followed by hand so
-//! credentials stay with their origin, per-request retries with backoff, bounded
-//! reads, and error text that never carries a URL or a control character.
+//! credentials stay with their origin, per-request retries with backoff, every request
+//! within its host's budget (`limits`), bounded reads, and error text that never carries
+//! a URL or a control character.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -9,9 +10,11 @@ use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::{StatusCode, Url};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{Error, NetworkCause, Result};
+use super::limits::{authority, HostLimits};
 use super::name::is_loopback;
 use crate::text::printable;
 
@@ -134,12 +137,15 @@ where
     }
 }
 
+/// The longest wait a server's `Retry-After` gets.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// Exponential backoff with jitter, or the server's `Retry-After`, capped at a minute.
 pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(7)));
     retry_after
         .unwrap_or_else(|| backoff.mul_f64(0.5 + fastrand::f64()))
-        .min(Duration::from_secs(60))
+        .min(MAX_WAIT)
 }
 
 /// (scheme, host, port): what must match for credentials to go along.
@@ -151,24 +157,17 @@ pub fn origin(url: &Url) -> (String, String, u16) {
     )
 }
 
-/// `host[:port]` as the user writes it, for matching `--insecure`.
-fn authority(url: &Url) -> String {
-    match url.port() {
-        Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
-        None => url.host_str().unwrap_or("").to_string(),
-    }
-}
-
 /// Two clients, chosen per URL: the relaxed one (no TLS verification) only ever talks to
 /// loopback and the hosts the user named, whatever a registry redirects to.
 pub struct Transport {
     verified: reqwest::Client,
     relaxed: reqwest::Client,
     insecure: Vec<String>,
+    limits: Arc<HostLimits>,
 }
 
 impl Transport {
-    pub fn new(insecure: &[String]) -> Result<Transport> {
+    pub fn new(insecure: &[String], limits: Arc<HostLimits>) -> Result<Transport> {
         let build = |relaxed: bool| {
             reqwest::Client::builder()
                 .danger_accept_invalid_certs(relaxed)
@@ -189,7 +188,33 @@ impl Transport {
             verified: build(false)?,
             relaxed: build(true)?,
             insecure: insecure.to_vec(),
+            limits,
         })
+    }
+
+    /// Sends a request built on `client_for` its URL, within its host's budget: it waits
+    /// for a slot and its start time, and holds the slot until the answer's head came
+    /// (a body streams under `--jobs`, and a copy within one registry never waits on
+    /// itself). Every try and every redirect hop comes through here, so each counts.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let (client, request) = request.build_split();
+        let request = request?;
+        let Some(limiter) = self.limits.limiter_for(request.url()) else {
+            return Ok(client.execute(request).await?);
+        };
+        let _slot = limiter.admit().await;
+        let response = client.execute(request).await?;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            if let Some(wait) = wait {
+                limiter.hold_off(wait.min(MAX_WAIT));
+            }
+        }
+        Ok(response)
     }
 
     /// Whether `url`'s host may skip TLS verification and speak plain HTTP.
@@ -424,7 +449,8 @@ mod tests {
 
     #[test]
     fn handed_urls_keep_https_and_carry_no_credentials() {
-        let transport = Transport::new(&["insecure.example:5000".to_string()]).unwrap();
+        let transport =
+            Transport::new(&["insecure.example:5000".to_string()], Arc::default()).unwrap();
         let https = Url::parse("https://registry.example/v2/").unwrap();
         let plain = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
         let check = |from: &Url, to: &str| {
@@ -442,7 +468,8 @@ mod tests {
         let relaxed_for = |url: &str| transport.is_relaxed(&Url::parse(url).unwrap());
         assert!(relaxed_for("https://127.0.0.1:5000/"));
         assert!(relaxed_for("https://insecure.example:5000/"));
-        let default_port = Transport::new(&["registry.example:443".to_string()]).unwrap();
+        let default_port =
+            Transport::new(&["registry.example:443".to_string()], Arc::default()).unwrap();
         assert!(default_port.is_relaxed(&Url::parse("https://registry.example/").unwrap()));
         assert!(!relaxed_for("https://insecure.example/"));
         assert!(!relaxed_for("https://127.evil.example/"));
