@@ -132,7 +132,10 @@ fn refuse_empty_lists(root: &std::path::Path, select: &MirrorSelection) -> Resul
     };
     let mut empty = Vec::new();
     for selector in &selectors {
-        if lists::load(root, std::slice::from_ref(selector), &[], None)?.is_empty() {
+        if lists::load(root, std::slice::from_ref(selector), &[], None)?
+            .entries
+            .is_empty()
+        {
             empty.push(selector.as_str());
         }
     }
