@@ -166,3 +166,30 @@ fn a_host_budget_holds_at_the_registry_and_a_429_pauses_it_once() {
         "the request after the 429 came {after:?} later"
     );
 }
+
+/// A copy within one registry under one slot: each upload's body is the download of the
+/// same host, so an upload that held the slot until its answer would wait forever.
+#[test]
+fn one_slot_copies_within_one_registry() {
+    need!(Docker, Registry, Skopeo);
+    let (src, _dst) = source_and_destination(&["fixture/app"]);
+    let source = format!("{}/fixture/app:v1", src.addr);
+    let one = format!("{}=1", src.addr);
+    for prefix in ["once", "twice", "thrice"] {
+        let to = format!("{}/{prefix}", src.addr);
+        let output = xtask(&[
+            "images",
+            "mirror",
+            "--image",
+            &source,
+            "--to",
+            &to,
+            "--max-concurrent",
+            &one,
+            "--timeout",
+            "60s",
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert_same_tree(&source, &format!("{to}/fixture/app:v1"));
+    }
+}

@@ -194,15 +194,18 @@ impl Transport {
 
     /// Sends a request built on `client_for` its URL, within its host's budget: it waits
     /// for a slot and its start time, and holds the slot until the answer's head came
-    /// (a body streams under `--jobs`, and a copy within one registry never waits on
-    /// itself). Every try and every redirect hop comes through here, so each counts.
+    /// (a body streams under `--jobs`). Every try and every redirect hop comes through
+    /// here, so each counts.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let (client, request) = request.build_split();
         let request = request?;
         let Some(limiter) = self.limits.limiter_for(request.url()) else {
             return Ok(client.execute(request).await?);
         };
-        let _slot = limiter.admit().await;
+        // An upload streaming a download is answered only after that download ends; held,
+        // its slot could be the one the download of the same host waits for.
+        let streams = request.body().is_some_and(|body| body.as_bytes().is_none());
+        let _slot = limiter.admit().await.filter(|_| !streams);
         let response = client.execute(request).await?;
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             let wait = response
