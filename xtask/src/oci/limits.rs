@@ -155,8 +155,13 @@ impl HostLimits {
         })
     }
 
-    /// The lists' budgets, merged already; set before any request is sent.
+    /// The lists' budgets, merged already. A host already asked (the destination's
+    /// probe, say) gets its limiter again for every later request.
     pub fn set_list_limits(&self, lists: BTreeMap<String, Limit>) {
+        let mut limiters = self.limiters.lock().unwrap();
+        for key in lists.keys() {
+            limiters.remove(key);
+        }
         *self.lists.lock().unwrap() = lists;
     }
 
@@ -424,6 +429,21 @@ mod tests {
             assert!(message.contains(expected), "{rate} {concurrent}: {message}");
             assert!(!message.contains('\n'));
         }
+    }
+
+    #[test]
+    fn a_host_asked_before_the_lists_were_read_gets_their_budget() {
+        let limits = HostLimits::from_flags(&[], &[]).unwrap();
+        let url = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
+        assert!(limits.limiter_for(&url).is_none());
+        limits.set_list_limits(BTreeMap::from([(
+            "127.0.0.1:5000".to_string(),
+            Limit {
+                per_second: None,
+                concurrent: Some(2),
+            },
+        )]));
+        assert!(limits.limiter_for(&url).is_some());
     }
 
     #[test]
