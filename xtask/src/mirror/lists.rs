@@ -10,6 +10,7 @@ use super::tagset::{TagSet, TagSetSpec};
 use crate::catalog::Catalog;
 use crate::naming::ImageRef;
 use crate::oci::limits::{checked_host, Limit};
+use crate::text::printable;
 use crate::trust::{PolicySpec, Rule, TOML_NAMES};
 use std::sync::Arc;
 
@@ -225,22 +226,29 @@ fn describe(limit: &Limit) -> String {
     parts.join(", ")
 }
 
-/// A list's `[limits]`, each host and value checked.
+/// A list's `[limits]`, each host and value checked; two names of one host refused.
 fn limits_of(label: &str, specs: BTreeMap<String, LimitSpec>) -> Result<ListLimits> {
-    specs
-        .into_iter()
-        .map(|(host, spec)| {
-            let key = checked_host(&host).map_err(|e| anyhow!("{label}: [limits]: {e}"))?;
-            let limit = Limit {
-                per_second: spec.max_requests_per_second,
-                concurrent: spec.max_concurrent,
-            };
-            limit
-                .check(["max_requests_per_second", "max_concurrent"])
-                .map_err(|e| anyhow!("{label}: [limits.\"{key}\"]: {e}"))?;
-            Ok((key, (limit, label.to_string())))
-        })
-        .collect()
+    let mut limits = ListLimits::new();
+    let mut written_as: BTreeMap<String, String> = BTreeMap::new();
+    for (host, spec) in specs {
+        let key = checked_host(&host).map_err(|e| anyhow!("{label}: [limits]: {e}"))?;
+        if let Some(first) = written_as.insert(key.clone(), host.clone()) {
+            bail!(
+                "{label}: [limits] names the host {key} twice (as \"{}\" and \"{}\"); keep one",
+                printable(&first),
+                printable(&host)
+            );
+        }
+        let limit = Limit {
+            per_second: spec.max_requests_per_second,
+            concurrent: spec.max_concurrent,
+        };
+        limit
+            .check(["max_requests_per_second", "max_concurrent"])
+            .map_err(|e| anyhow!("{label}: [limits.\"{key}\"]: {e}"))?;
+        limits.insert(key, (limit, label.to_string()));
+    }
+    Ok(limits)
 }
 
 fn load_selector(root: &Path, selector: &str) -> Result<(Vec<Entry>, ListLimits)> {
@@ -680,6 +688,10 @@ mod tests {
             (
                 "[limits.\"bad host\"]\nmax_concurrent = 1",
                 "c.toml: [limits]: registry host 'bad host' is invalid",
+            ),
+            (
+                "[limits.\"docker.io\"]\nmax_concurrent = 1\n[limits.\"index.docker.io\"]\nmax_concurrent = 9",
+                "c.toml: [limits] names the host docker.io twice (as \"docker.io\" and \"index.docker.io\"); keep one",
             ),
         ] {
             let err = load(dir.path(), &[write("c.toml", limits)], &[], None)
