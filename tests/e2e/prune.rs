@@ -141,11 +141,11 @@ fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
     let expected: BTreeSet<String> = [
         format!("delete   {prefix}/k/app:v1.0.0 -> {v1}"),
         format!(
-            "untag    {prefix}/k/app:v1.1.0 -> {} (a kept image references the manifest)",
+            "leave    {prefix}/k/app:v1.1.0 -> {} (a kept image references the manifest)",
             released["v1.1.0"]
         ),
         format!(
-            "untag    {prefix}/k/app:old-alias -> {} (kept tag v1.2.0 has the same manifest)",
+            "leave    {prefix}/k/app:old-alias -> {} (kept tag v1.2.0 has the same manifest)",
             released["v1.2.0"]
         ),
     ]
@@ -169,8 +169,8 @@ fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
         );
     }
     assert!(
-        summary[0].starts_with("dry run: 5 tags would be pruned in 2 repositories")
-            && summary[0].contains("(5 kept)"),
+        summary[0].starts_with("dry run: 3 tags would be pruned in 2 repositories")
+            && summary[0].contains("(5 kept, 2 left on manifests kept tags have)"),
         "{dry}"
     );
     assert_eq!(digests(&dst), before, "the dry run deleted something");
@@ -182,7 +182,7 @@ fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
         .iter()
         .map(|tag| format!("m/k/app:{tag}"))
         .collect();
-    // distribution cannot delete a tag alone: the tags sharing a kept manifest stay.
+    // A tag sharing a kept manifest stays unless --untag-shared (below).
     let mut expected_after = before.clone();
     expected_after.retain(|tag, _| !gone.contains(tag));
     assert_eq!(after, expected_after, "{out}");
@@ -201,10 +201,18 @@ fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
     // ...and says so, one line each.
     for tag in ["old-alias", "v1.1.0"] {
         assert!(
-            out.contains(&format!("left     {prefix}/k/app:{tag} -> ")),
+            out.contains(&format!("left     {prefix}/k/app:{tag} -> "))
+                && out.contains("--untag-shared deletes the tag alone"),
             "{out}"
         );
     }
+    // Asked to, it tries the tag alone; distribution 2.8 cannot, so they stay.
+    let out = succeeded(&prune(&[&list, "--to", &prefix, "--yes", "--untag-shared"]));
+    assert_eq!(digests(&dst), expected_after, "{out}");
+    assert!(
+        out.contains("the registry cannot delete a tag alone"),
+        "{out}"
+    );
     // The pruned manifest is gone by digest too; the one v1.3.0 points at is not.
     let by_digest = |digest: &str| {
         std::process::Command::new("skopeo")
@@ -228,7 +236,7 @@ fn prune_deletes_what_the_lists_no_longer_select_and_nothing_else() {
         .iter()
         .map(|p| p["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, BTreeSet::from(["untag"]), "{again}");
+    assert_eq!(actions, BTreeSet::from(["leave"]), "{again}");
 }
 
 #[test]
@@ -310,7 +318,15 @@ fn a_registry_that_takes_the_manifest_with_a_tag_is_named_at_once() {
     let work = tempfile::tempdir().unwrap();
     let list = tool_list(work.path(), &dst.addr);
     let prefix = format!("{}/m", registry.addr);
-    let stderr = refused(&prune(&[&list, "--to", &prefix, "--yes"]));
+    // Unasked, prune sends no tag DELETE, so such a registry keeps the manifest.
+    let out = succeeded(&prune(&[&list, "--to", &prefix, "--yes"]));
+    assert!(
+        out.contains(&format!("left     {prefix}/k/tool:old -> ")),
+        "{out}"
+    );
+    let (still, _) = crate::support::fixture::raw_digest(&format!("{}/m/k/tool:v1", dst.addr));
+    assert_eq!(still, kept);
+    let stderr = refused(&prune(&[&list, "--to", &prefix, "--yes", "--untag-shared"]));
     assert!(
         stderr.contains(&format!(
             "{prefix}/k/tool:old: {} deleted the manifest {kept} with the tag, and kept tags need it; run the mirror again",

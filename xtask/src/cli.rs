@@ -602,6 +602,10 @@ pub struct MirrorPruneArgs {
     /// Delete; without it, only print what would be deleted.
     #[arg(long)]
     pub yes: bool,
+    /// Also delete a tag alone when a kept tag has its manifest (the OCI spec's tag
+    /// delete). Off by default: some registries take the manifest with the tag.
+    #[arg(long)]
+    pub untag_shared: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

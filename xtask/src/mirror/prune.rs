@@ -54,7 +54,10 @@ pub async fn run(ctx: &Ctx, args: &MirrorPruneArgs) -> Result<()> {
             wanted.entry(repository).or_default();
         }
     }
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        untag_shared: args.untag_shared,
+        ..Plan::default()
+    };
     for (repository, want) in &wanted {
         plan_repository(&registry, repository, want, &mut plan).await?;
     }
@@ -162,6 +165,8 @@ struct Plan {
     prunes: Vec<Prune>,
     kept: usize,
     repositories: usize,
+    /// `--untag-shared`: a tag whose manifest is kept goes alone; else it stays.
+    untag_shared: bool,
 }
 
 /// One tag to prune.
@@ -302,6 +307,8 @@ enum Done {
     Untagged,
     /// The registry cannot delete a tag alone, and its manifest is kept: left as it is.
     Left,
+    /// Its manifest is kept and `--untag-shared` was not given: no DELETE was sent.
+    Shared,
 }
 
 /// Deletes the plan, images before their signatures: a run cut short leaves at worst
@@ -315,11 +322,11 @@ async fn delete(registry: &Client, scope: &Scope, plan: &Plan, json: bool) -> Re
     for i in order {
         let prune = &plan.prunes[i];
         scope.check(&registry.host, &prune.repository)?;
-        results[i] = delete_one(registry, prune, &mut gone).await?;
+        results[i] = delete_one(registry, prune, plan.untag_shared, &mut gone).await?;
         if !json {
             println!(
                 "{}",
-                row_line(&registry.host, &row(prune, Some(&results[i])))
+                row_line(&registry.host, &row(plan, prune, Some(&results[i])))
             );
         }
     }
@@ -329,11 +336,16 @@ async fn delete(registry: &Client, scope: &Scope, plan: &Plan, json: bool) -> Re
 async fn delete_one(
     registry: &Client,
     prune: &Prune,
+    untag_shared: bool,
     gone: &mut HashSet<(Repository, Digest)>,
 ) -> Result<Done> {
     let line = format!("{}/{}:{}", registry.host, prune.repository, prune.tag);
     let by_digest = Reference::Digest(prune.digest.clone());
     if prune.shared_with.is_some() {
+        // A tag delete takes the manifest on some registries: never unasked.
+        if !untag_shared {
+            return Ok(Done::Shared);
+        }
         let by_tag = Reference::Tag(prune.tag.clone());
         return match registry.delete_manifest(&prune.repository, &by_tag).await? {
             Deletion::Declined { .. } => Ok(Done::Left),
@@ -380,16 +392,17 @@ fn enable_deletes_hint(status: reqwest::StatusCode, detail: &str) -> &'static st
 struct Row<'a> {
     #[serde(flatten)]
     prune: &'a Prune,
-    /// `delete` (the manifest) or `untag` (the tag alone).
+    /// `delete` (the manifest), `untag` (the tag alone) or `leave` (its manifest is kept).
     action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<&'a Done>,
 }
 
-fn row<'a>(prune: &'a Prune, result: Option<&'a Done>) -> Row<'a> {
-    let action = match prune.shared_with {
-        Some(_) => "untag",
-        None => "delete",
+fn row<'a>(plan: &Plan, prune: &'a Prune, result: Option<&'a Done>) -> Row<'a> {
+    let action = match (&prune.shared_with, plan.untag_shared) {
+        (Some(_), true) => "untag",
+        (Some(_), false) => "leave",
+        (None, _) => "delete",
     };
     Row {
         prune,
@@ -403,10 +416,10 @@ fn report(scope: &Scope, plan: &Plan, results: Option<&[Done]>, json: bool) -> R
         .prunes
         .iter()
         .enumerate()
-        .map(|(i, prune)| row(prune, results.map(|r| &r[i])))
+        .map(|(i, prune)| row(plan, prune, results.map(|r| &r[i])))
         .collect();
     let count = |done: Done| results.map_or(0, |r| r.iter().filter(|d| **d == done).count());
-    let left = count(Done::Left);
+    let left = count(Done::Left) + count(Done::Shared);
     if json {
         let document = serde_json::json!({
             "prefix": scope.display(),
@@ -426,13 +439,17 @@ fn report(scope: &Scope, plan: &Plan, results: Option<&[Done]>, json: bool) -> R
     let (n, m) = (plan.prunes.len(), plan.repositories);
     match results {
         None if n == 0 => println!("nothing to prune under {}: {m} repositories, {} tags, all selected", scope.display(), plan.kept),
-        None => println!("dry run: {n} tags would be pruned in {m} repositories under {} ({} kept); nothing was deleted, run again with --yes to delete them", scope.display(), plan.kept),
+        None => {
+            let leave = rows.iter().filter(|r| r.action == "leave").count();
+            let left = match leave { 0 => String::new(), l => format!(", {l} left on manifests kept tags have") };
+            println!("dry run: {} tags would be pruned in {m} repositories under {} ({} kept{left}); nothing was deleted, run again with --yes to delete them", n - leave, scope.display(), plan.kept)
+        }
         Some(_) => println!(
             "pruned {} of {n} tags in {m} repositories under {} ({} kept{}); blobs stay until the registry's garbage collection runs",
             n - left,
             scope.display(),
             plan.kept,
-            match left { 0 => String::new(), l => format!(", {l} left: the registry cannot delete a tag alone") }
+            match left { 0 => String::new(), l => format!(", {l} left on manifests kept tags have") }
         ),
     }
     Ok(())
@@ -456,6 +473,10 @@ fn row_line(host: &Registry, row: &Row) -> String {
         Some(Done::Left) => {
             let with = prune.shared_with.as_deref().unwrap_or_default();
             return format!("left     {what}: the registry cannot delete a tag alone, and {with}");
+        }
+        Some(Done::Shared) => {
+            let with = prune.shared_with.as_deref().unwrap_or_default();
+            return format!("left     {what}: {with}; --untag-shared deletes the tag alone where the registry keeps the manifest");
         }
     };
     format!("{verb:<8} {what}{why}")
