@@ -39,8 +39,6 @@ use crate::text::printable;
 
 /// All manifests of a bundle held at once; each is at most `MAX_MANIFEST_BYTES`.
 const MAX_ALL_MANIFEST_BYTES: u64 = 256 << 20;
-/// Members of a tar noted for a second read; far beyond any real bundle.
-const MAX_MEMBERS: usize = 200_000;
 
 /// A manifest tree read from a registry: every manifest's bytes, and every blob.
 #[derive(Default)]
@@ -735,8 +733,8 @@ impl Loader {
                 Member::Layout => self.read_layout(&mut entry, size)?,
                 Member::Index => self.read_index(&mut entry, size)?,
                 Member::Blob(digest) => {
-                    if toc.len() >= MAX_MEMBERS {
-                        bail!("more than {MAX_MEMBERS} blobs; refusing it");
+                    if toc.len() >= layout::MAX_MEMBERS {
+                        bail!("more than {} blobs; refusing it", layout::MAX_MEMBERS);
                     }
                     if toc
                         .insert(digest.clone(), (entry.raw_file_position(), size))

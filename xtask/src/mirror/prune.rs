@@ -235,6 +235,9 @@ async fn plan_repository(
     Ok(())
 }
 
+/// More than any real repository's kept images, signatures and referrers.
+const MAX_KEPT_MANIFESTS: usize = 100_000;
+
 /// Every digest a kept tag needs: its own, its children (recursively), its referrers,
 /// and its signature and attestation tags (cosign's `sha256-<hex>.sig/.att/.sbom` and
 /// the referrers fallback `sha256-<hex>`), with what those need in turn.
@@ -253,6 +256,13 @@ async fn kept_digests(
     );
     let mut queue: Vec<Digest> = kept.iter().cloned().collect();
     while let Some(digest) = queue.pop() {
+        // A registry that keeps inventing referrers would keep this walk going.
+        if kept.len() > MAX_KEPT_MANIFESTS {
+            bail!(
+                "{}/{repository}: kept tags reference more than {MAX_KEPT_MANIFESTS} manifests; refusing to prune a repository this large or this odd",
+                registry.host
+            );
+        }
         let mut next = children(registry, repository, &digest).await?;
         next.extend(
             tagged

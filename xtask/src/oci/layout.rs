@@ -167,6 +167,9 @@ impl Members {
     }
 }
 
+/// Members of a tar noted for a second read; far beyond any real bundle.
+pub const MAX_MEMBERS: usize = 200_000;
+
 /// The members of a located bundle (a tar by offset, or a folder) and index.json's
 /// bytes, from one pass that seeks past blob bodies.
 pub fn scan(located: &Located) -> Result<(Members, Vec<u8>)> {
@@ -189,7 +192,15 @@ pub fn scan(located: &Located) -> Result<(Members, Vec<u8>)> {
         match classify(entry.header(), &entry.path_bytes())? {
             Member::Index => index = Some(read_document(&mut entry, size, "index.json")?),
             Member::Blob(digest) => {
-                toc.insert(digest, (entry.raw_file_position(), size));
+                if toc.len() >= MAX_MEMBERS {
+                    bail!("more than {MAX_MEMBERS} blobs; refusing it");
+                }
+                if toc
+                    .insert(digest.clone(), (entry.raw_file_position(), size))
+                    .is_some()
+                {
+                    bail!("blob {digest} appears twice");
+                }
             }
             Member::Layout | Member::Other => {}
         }

@@ -137,6 +137,7 @@ impl BundleWriter {
         if self.limit.is_none() {
             self.file.sync_all()?;
             rename(&partial(&self.out), &self.out)?;
+            remove_stale(&self.out, None)?;
             let size = std::fs::metadata(&self.out)?.len();
             return Ok(Committed {
                 files: vec![(self.out.clone(), size)],
@@ -160,11 +161,34 @@ impl BundleWriter {
             files.push((path, part.size));
         }
         rename(&partial(&sidecar), &sidecar)?;
+        remove_stale(&self.out, Some(self.parts.len()))?;
         Ok(Committed {
             files,
             sidecar: Some(sidecar),
         })
     }
+}
+
+/// An earlier save to the same OUT in the other form (whole or split), or with more
+/// parts: what it left would otherwise be loaded, or diffed --since, in place of this one.
+fn remove_stale(out: &Path, parts: Option<usize>) -> Result<()> {
+    let mut stale = Vec::new();
+    match parts {
+        None => stale.push(sidecar_path(out)),
+        Some(_) if out.is_file() => stale.push(out.to_path_buf()),
+        Some(_) => {}
+    }
+    let first_stale_part = parts.unwrap_or(0) + 1;
+    stale.extend(
+        (first_stale_part..)
+            .map(|number| part_path(out, number))
+            .take_while(|path| path.is_file()),
+    );
+    for path in stale.iter().filter(|path| path.is_file()) {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing {}, left by an earlier save", path.display()))?;
+    }
+    Ok(())
 }
 
 impl Write for BundleWriter {
@@ -235,7 +259,14 @@ pub fn locate(path: &Path) -> Result<Located> {
         .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     {
         Some(path.with_file_name(base))
-    } else if !path.exists() && sidecar_path(path).exists() {
+    } else if sidecar_path(path).exists() {
+        if path.exists() {
+            bail!(
+                "{} and {} both exist, a whole bundle and a split one of the same name: name the part or sidecar to load, or remove the stale one",
+                path.display(),
+                sidecar_path(path).display()
+            );
+        }
         Some(path.to_path_buf())
     } else {
         None
@@ -468,6 +499,31 @@ mod tests {
             whole.read_exact(&mut four).unwrap();
             assert_eq!(four, data[at as usize..at as usize + 4]);
         }
+    }
+
+    #[test]
+    fn a_save_replaces_the_other_form_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("b.tar");
+        let save = |limit: Option<u64>, size: usize| {
+            let mut writer = BundleWriter::create(&out, limit).unwrap();
+            writer.write_all(&vec![1u8; size]).unwrap();
+            writer.commit().unwrap()
+        };
+        save(None, 10);
+        let split = save(Some(MIN_PART_SIZE), 3 << 20);
+        assert!(!out.exists(), "the whole bundle of an earlier save is left");
+        assert_eq!(split.files.len(), 3);
+        save(Some(MIN_PART_SIZE), 1 << 20);
+        assert!(
+            !part_path(&out, 2).exists(),
+            "a part of the larger save is left"
+        );
+        save(None, 10);
+        assert!(!sidecar_path(&out).exists() && !part_path(&out, 1).exists());
+        // Both there (an older tool, a copy): the base name is ambiguous, and refused.
+        std::fs::write(sidecar_path(&out), b"{}").unwrap();
+        assert!(refusal(&out).contains("both exist"));
     }
 
     fn refusal(path: &Path) -> String {
