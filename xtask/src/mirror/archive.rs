@@ -627,7 +627,10 @@ impl Loader {
         if self.expected.contains_key(digest) {
             return self.read_manifest(digest, reader, size);
         }
-        if self.blobs.get(digest).is_some_and(|b| b.placed.is_empty()) {
+        // An incremental bundle uploads nothing until what it leaves out is found at the
+        // destination: its blobs are placed by offset after that check.
+        let unplaced = self.blobs.get(digest).is_some_and(|b| b.placed.is_empty());
+        if unplaced && self.since.is_none() {
             self.upload(digest, reader)?;
         }
         Ok(())
