@@ -401,8 +401,9 @@ pub struct RegistryArgs {
     /// defaults to 5.
     #[arg(long, value_name = "HOST=N")]
     pub max_requests_per_second: Vec<String>,
-    /// At most N requests to HOST awaiting their answer at once (repeatable). Beats a
-    /// list's `[limits."HOST"]`; docker.io defaults to 3.
+    /// At most N requests to HOST awaiting their answer at once (repeatable); bodies
+    /// streaming after the answer are bounded by --jobs instead. Beats a list's
+    /// `[limits."HOST"]`; docker.io defaults to 3.
     #[arg(long, value_name = "HOST=N")]
     pub max_concurrent: Vec<String>,
 }
