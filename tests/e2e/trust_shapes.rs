@@ -8,7 +8,7 @@ use crate::support::fixture::{raw_digest, seed};
 use crate::support::upload::{push_blob, push_manifest, put};
 use crate::support::*;
 use crate::trust_verify::{
-    base64, cosign, key_pair, local_ca, sign, trusted_root, IDENTITY, ISSUER,
+    base64, cosign, key_pair, local_ca, rekor_key, sign, trusted_root, IDENTITY, ISSUER,
 };
 use sha2::Digest as _;
 use std::fs;
@@ -207,18 +207,7 @@ fn keys() -> tempfile::TempDir {
         key_pair(dir, name);
     }
     local_ca(dir, "c");
-    for args in [
-        "ecparam -name prime256v1 -genkey -noout -out rekor.key",
-        "ec -in rekor.key -pubout -outform DER -out rekor.der",
-    ] {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let out = Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}");
-    }
+    rekor_key(dir);
     let ca = fs::read_to_string(dir.join("ca.pem")).unwrap();
     let rekor = fs::read(dir.join("rekor.der")).unwrap();
     fs::write(dir.join("root.json"), trusted_root(&ca, &rekor)).unwrap();

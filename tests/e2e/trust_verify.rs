@@ -110,6 +110,30 @@ fn get(registry: &Registry, path: &str) -> Vec<u8> {
     output.stdout
 }
 
+/// openssl with `args` (one string, split at spaces) in `dir`; fails the test on error.
+pub(crate) fn openssl_in(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl")
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A stand-in Rekor key: `dir/rekor.key`, and its public key as DER in `dir/rekor.der`.
+pub(crate) fn rekor_key(dir: &Path) {
+    openssl_in(
+        dir,
+        "ecparam -name prime256v1 -genkey -noout -out rekor.key",
+    );
+    openssl_in(dir, "ec -in rekor.key -pubout -outform DER -out rekor.der");
+}
+
 /// A local CA and a code-signing certificate for `NAME.pub`, naming IDENTITY and ISSUER
 /// as Fulcio does (both issuer extensions).
 pub(crate) fn local_ca(dir: &Path, name: &str) {
@@ -716,23 +740,12 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
     let r = src.addr.clone();
     key_pair(dir, "c");
     local_ca(dir, "c");
-    let openssl = |args: &str| {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let out = Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    openssl("ecparam -name prime256v1 -genkey -noout -out rekor.key");
-    openssl("ec -in rekor.key -pubout -outform DER -out rekor.der");
-    openssl("ecparam -name prime256v1 -genkey -noout -out other.key");
-    openssl("req -x509 -new -key other.key -subj /CN=TestCA -days 2 -out other-ca.pem -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign");
+    rekor_key(dir);
+    openssl_in(
+        dir,
+        "ecparam -name prime256v1 -genkey -noout -out other.key",
+    );
+    openssl_in(dir, "req -x509 -new -key other.key -subj /CN=TestCA -days 2 -out other-ca.pem -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign");
     let rekor = fs::read(dir.join("rekor.der")).unwrap();
     let ca = fs::read_to_string(dir.join("ca.pem")).unwrap();
     fs::write(dir.join("root.json"), trusted_root(&ca, &rekor)).unwrap();
@@ -765,7 +778,7 @@ fn keyless_signatures_verify_against_a_trusted_root_offline() {
     // cosign, the independent party, accepts the fixture. cosign 2.5 reads --trusted-root
     // only for new-format bundles (it fetched Rekor's keys over TUF here), so its offline
     // path: the same CA as a chain and the same Rekor key, the SET checked at its time.
-    openssl("ec -in rekor.key -pubout -out rekor.pem");
+    openssl_in(dir, "ec -in rekor.key -pubout -out rekor.pem");
     let cosign_verify = |repository: &str| {
         Command::new("cosign")
             .args([

@@ -322,19 +322,12 @@ pub fn dsse_body_matches(
     signature: &[u8],
     leaf: &Certificate,
 ) -> Result<(), String> {
-    use sha2::Digest as _;
     let bad = |why: &str| Err(format!("its Rekor entry {why}"));
     let json = entry_of_kind(body, &["dsse"])?;
     let spec = &json["spec"];
-    let hash = &spec["payloadHash"];
-    let want = hex::encode(sha2::Sha256::digest(payload));
-    if hash["algorithm"] != "sha256" || hash["value"].as_str() != Some(want.as_str()) {
+    if !is_sha256_of(&spec["payloadHash"], payload) {
         return bad("is for other data (its payloadHash is not the envelope payload's SHA-256)");
     }
-    let decode = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-    };
     let recorded = spec["signatures"]
         .as_array()
         .into_iter()
@@ -347,6 +340,20 @@ pub fn dsse_body_matches(
         return bad("is for another signature, certificate or key");
     }
     Ok(())
+}
+
+/// A Rekor entry's `{"algorithm": "sha256", "value": HEX}` is `data`'s SHA-256.
+fn is_sha256_of(hash: &serde_json::Value, data: &[u8]) -> bool {
+    use sha2::Digest as _;
+    let want = hex::encode(sha2::Sha256::digest(data));
+    hash["algorithm"] == "sha256" && hash["value"].as_str() == Some(want.as_str())
+}
+
+/// A base64 string field's bytes; None when it is missing or not base64.
+fn decode(value: &serde_json::Value) -> Option<Vec<u8>> {
+    value
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
 /// `pem` (a certificate or a public key) is `leaf` or its key.
@@ -390,19 +397,12 @@ fn body_matches(
     signature: &[u8],
     leaf: &Certificate,
 ) -> Result<(), String> {
-    use sha2::Digest as _;
     let bad = |why: &str| Err(format!("its Rekor entry {why}"));
     let json = entry_of_kind(body, &["hashedrekord", "rekord"])?;
     let spec = &json["spec"];
-    let hash = &spec["data"]["hash"];
-    let want = hex::encode(sha2::Sha256::digest(payload));
-    if hash["algorithm"] != "sha256" || hash["value"].as_str() != Some(want.as_str()) {
+    if !is_sha256_of(&spec["data"]["hash"], payload) {
         return bad("is for other data (its hash is not the payload's SHA-256)");
     }
-    let decode = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-    };
     if decode(&spec["signature"]["content"]).as_deref() != Some(signature) {
         return bad("is for another signature");
     }
